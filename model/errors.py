@@ -1,0 +1,9 @@
+"""One error type for bad user input, formatted as one line: expected / found / what to do."""
+
+
+class DynamiCrafterInputError(ValueError):
+    """Bad input from a user (file, widget value, tensor): the message is one line and says what to do."""
+
+    def __init__(self, what: str, expected: str, found: str, todo: str):
+        self.what, self.expected, self.found, self.todo = what, expected, found, todo
+        super().__init__(f"{what}: expected {expected}, found {found}; {todo}")

@@ -1,0 +1,4 @@
+"""The pack's one named logger."""
+import logging
+
+logger = logging.getLogger("DynamiCrafter")

@@ -1,0 +1,87 @@
+"""Registry of named DynamiCrafter variants: the real configs and tiny test configs built from the same code.
+
+Real values come from the reference `configs/inference_{256,512,1024}_v1.0.yaml` and
+`configs/training_512_v1.0/config_interp.yaml` (DESIGN.md section 2). A tiny variant shrinks only widths and
+depths; every flag, the schedule and the inference defaults stay those of the real variant, so tests run the same
+code path as real weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List
+
+from .config import ResamplerConfig, ScheduleConfig, UNetConfig, Variant
+from .errors import DynamiCrafterInputError
+
+# ----------------------------------------------------------------------------------------------------------------
+# Real variants
+# ----------------------------------------------------------------------------------------------------------------
+_UNET_512 = UNetConfig()
+_P = ResamplerConfig()
+_SCHED_V = ScheduleConfig()
+
+VARIANTS: Dict[str, Variant] = {
+    "256": Variant(
+        name="256",
+        unet=dataclasses.replace(_UNET_512, image_cross_attention_scale_learnable=True, default_fs=3),
+        resampler=_P,
+        schedule=dataclasses.replace(
+            _SCHED_V, rescale_betas_zero_snr=False, parameterization="eps", use_dynamic_rescale=False
+        ),
+        height=256, width=256, motion_input="frame_stride", default_motion=3, motion_range=(1, 10),
+        timestep_spacing="uniform", guidance_rescale=0.0,
+        description="DynamiCrafter 256x256, eps-prediction, frame-stride input, learnable image-attention gate",
+    ),
+    "512": Variant(
+        name="512", unet=_UNET_512, resampler=_P, schedule=_SCHED_V,
+        height=320, width=512, motion_input="fps", default_motion=24, motion_range=(15, 30),
+        description="DynamiCrafter 320x512, v-prediction, zero-SNR, dynamic rescale 0.7",
+    ),
+    "1024": Variant(
+        name="1024",
+        unet=dataclasses.replace(_UNET_512, default_fs=10),
+        resampler=_P,
+        schedule=dataclasses.replace(_SCHED_V, base_scale=0.3),
+        height=576, width=1024, motion_input="fps", default_motion=10, motion_range=(5, 15),
+        description="DynamiCrafter 576x1024, v-prediction, zero-SNR, dynamic rescale 0.3",
+    ),
+    "512-interp": Variant(
+        name="512-interp", unet=_UNET_512, resampler=_P, schedule=_SCHED_V,
+        height=320, width=512, motion_input="fps", default_motion=5, motion_range=(1, 30), interp=True,
+        description="DynamiCrafter 320x512 interpolation/loop (start + end frame); run.sh passes 5, training used 10",
+    ),
+}
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny variants (tests): same flags, small widths. Image tokens stay 16 per frame (the UNet hard-codes it).
+# ----------------------------------------------------------------------------------------------------------------
+TINY_UNET = dict(
+    model_channels=32, attention_resolutions=(1,), num_res_blocks=1, channel_mult=(1, 2),
+    num_head_channels=8, context_dim=64, temporal_length=16,
+)
+TINY_RESAMPLER = dict(dim=48, depth=2, dim_head=8, heads=4, output_dim=64, ff_mult=2)
+
+
+def variant_names() -> List[str]:
+    return list(VARIANTS)
+
+
+def get_variant(name: str, tiny: bool = False, clip_dim: int | None = None) -> Variant:
+    """Return the registered variant ``name``; ``tiny`` shrinks it for tests (``clip_dim`` sets P's input width)."""
+    if name not in VARIANTS:
+        raise DynamiCrafterInputError(
+            "variant", f"one of {variant_names()}", repr(name), "pick one of the listed variant names"
+        )
+    v = VARIANTS[name]
+    if not tiny:
+        return v
+    res = dict(TINY_RESAMPLER)
+    if clip_dim is not None:
+        res["embedding_dim"] = clip_dim
+    return dataclasses.replace(
+        v,
+        name=v.name,
+        unet=dataclasses.replace(v.unet, **TINY_UNET),
+        resampler=dataclasses.replace(v.resampler, **res),
+        extra={"tiny": True},
+    )
