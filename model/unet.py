@@ -1,0 +1,484 @@
+"""The DynamiCrafter 3D UNet: VideoCrafter's latent video UNet with dual-stream image injection.
+
+State-dict keys and shapes are exactly those of the reference `lvdm.modules.networks.openaimodel3d.UNetModel`
+(misspelled `temopral_conv` included), so real checkpoints load with ``strict=True``. Layers are built from an
+``operations`` namespace (``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``, ``GroupNorm``, ``LayerNorm``) so a host
+can inject cast-on-use layers, and attention goes through one function ``attention(q, k, v, heads)`` on
+``[batch, tokens, heads*dim_head]`` tensors (PyTorch SDPA by default) so a host can inject its own kernel.
+
+Two exact reorganisations of the reference math (fixtures README, "Tolerances": float noise only):
+- the text tokens (and a context shared by all frames) are projected to K/V once per sample, not once per frame;
+  the frames' queries attend to them as one longer query sequence, which is the same softmax row by row;
+- frames are folded into the batch as ``(b t)``, batch-major, like the reference.
+"""
+from __future__ import annotations
+
+import math
+import types
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import UNetConfig
+
+# ================================================================================================================
+# Host-injectable pieces: layer namespace and attention function
+# ================================================================================================================
+DEFAULT_OPERATIONS = types.SimpleNamespace(
+    Linear=nn.Linear, Conv1d=nn.Conv1d, Conv2d=nn.Conv2d, Conv3d=nn.Conv3d, GroupNorm=nn.GroupNorm,
+    LayerNorm=nn.LayerNorm,
+)
+
+# CUDA SDPA kernels fail for very large batch*heads; the temporal attention of big frames gets there.
+_MAX_SDPA_BATCH = 32768
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(QK^T / sqrt(d)) V per head with PyTorch SDPA; tensors are [B, N, heads*d]."""
+    b, n, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))  # [B, h, N, d]
+    if q.is_cuda and b > _MAX_SDPA_BATCH:
+        out = torch.cat([F.scaled_dot_product_attention(q[i:i + _MAX_SDPA_BATCH], k[i:i + _MAX_SDPA_BATCH],
+                                                        v[i:i + _MAX_SDPA_BATCH])
+                         for i in range(0, b, _MAX_SDPA_BATCH)])
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)                       # [B, h, N, d]
+    return out.transpose(1, 2).reshape(b, n, inner)                        # [B, N, h*d]
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
+    """Sinusoidal embedding, cos first, frequencies and product in float32 (reference `timestep_embedding`)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+_GN32_CLASSES: dict = {}
+
+
+def _gn32(ops, channels, dtype=None, device=None):
+    """GroupNorm(32, eps 1e-5) of the host's ops class, computed in float32 (reference `GroupNorm32`)."""
+    base = ops.GroupNorm
+    cls = _GN32_CLASSES.get(base)
+    if cls is None:
+        def forward(self, x):
+            return base.forward(self, x.float()).type(x.dtype)
+
+        cls = _GN32_CLASSES[base] = type("GroupNorm32", (base,), {"forward": forward})
+    return cls(32, channels, dtype=dtype, device=device)
+
+
+# ================================================================================================================
+# Attention and transformer blocks
+# ================================================================================================================
+class GEGLU(nn.Module):
+    def __init__(self, ops, dim_in, dim_out, dtype=None, device=None):
+        super().__init__()
+        self.proj = ops.Linear(dim_in, dim_out * 2, dtype=dtype, device=device)
+
+    def forward(self, x):
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward, inner width 4*dim (keys `net.0.proj`, `net.2`)."""
+
+    def __init__(self, ops, dim, dropout=0.0, dtype=None, device=None):
+        super().__init__()
+        inner = dim * 4
+        self.net = nn.Sequential(GEGLU(ops, dim, inner, dtype, device), nn.Dropout(dropout),
+                                 ops.Linear(inner, dim, dtype=dtype, device=device))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Context:
+    """Cross-attention context for B samples of T frames, split once per UNet call.
+
+    text:  [B, Lt, D] tokens shared by all frames of a sample.
+    image: [B*T, Li, D] per-frame image tokens when ``per_frame``, else [B, Li, D] shared by all frames (or None).
+    """
+
+    def __init__(self, text, image, frames: int, per_frame: bool):
+        self.text, self.image, self.frames, self.per_frame = text, image, frames, per_frame
+
+
+class CrossAttention(nn.Module):
+    """Attention with DynamiCrafter's separate image K/V (`to_k_ip`, `to_v_ip`) and two softmaxes."""
+
+    def __init__(self, ops, attention, query_dim, context_dim=None, heads=8, dim_head=64, dropout=0.0,
+                 image_cross_attention=False, scale_learnable=False, dtype=None, device=None):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = context_dim or query_dim
+        self.heads, self.attention = heads, attention
+        self.to_q = ops.Linear(query_dim, inner, bias=False, dtype=dtype, device=device)
+        self.to_k = ops.Linear(context_dim, inner, bias=False, dtype=dtype, device=device)
+        self.to_v = ops.Linear(context_dim, inner, bias=False, dtype=dtype, device=device)
+        self.to_out = nn.Sequential(ops.Linear(inner, query_dim, dtype=dtype, device=device), nn.Dropout(dropout))
+        self.image_cross_attention = image_cross_attention
+        self.scale_learnable = scale_learnable
+        if image_cross_attention:
+            self.to_k_ip = ops.Linear(context_dim, inner, bias=False, dtype=dtype, device=device)
+            self.to_v_ip = ops.Linear(context_dim, inner, bias=False, dtype=dtype, device=device)
+            if scale_learnable:
+                self.alpha = nn.Parameter(torch.tensor(0.0, dtype=dtype, device=device))
+
+    def _shared(self, q, kv_src, to_k, to_v, frames):
+        # q: [(b t), N, inner]; kv_src: [b, L, D] shared by the t frames -> fold frames into the query sequence.
+        bt, n, inner = q.shape
+        b = kv_src.shape[0]
+        k, v = to_k(kv_src), to_v(kv_src)                                   # [b, L, inner] once per sample
+        out = self.attention(q.reshape(b, (bt // b) * n, inner), k, v, self.heads)  # [b, t*N, inner]
+        return out.reshape(bt, n, inner)                                   # [(b t), N, inner]
+
+    def forward(self, x, context: Optional[Context] = None):
+        q = self.to_q(x)                                                   # [(b t), N, inner]
+        if context is None:                                                # self-attention
+            return self.to_out(self.attention(q, self.to_k(x), self.to_v(x), self.heads))
+        out = self._shared(q, context.text, self.to_k, self.to_v, context.frames)
+        if self.image_cross_attention and context.image is not None and context.image.shape[1] > 0:
+            if context.per_frame:                                          # [(b t), 16, D]: own tokens per frame
+                out_ip = self.attention(q, self.to_k_ip(context.image), self.to_v_ip(context.image), self.heads)
+            else:                                                          # [b, L, D] shared by the frames
+                out_ip = self._shared(q, context.image, self.to_k_ip, self.to_v_ip, context.frames)
+            if self.scale_learnable:
+                out_ip = out_ip * (torch.tanh(self.alpha) + 1).to(out_ip.dtype)
+            out = out + out_ip
+        return self.to_out(out)
+
+
+class BasicTransformerBlock(nn.Module):
+    """x += attn1(norm1 x); x += attn2(norm2 x, context); x += ff(norm3 x) (key order attn1, ff, attn2, norms)."""
+
+    def __init__(self, ops, attention, dim, heads, dim_head, dropout=0.0, context_dim=None,
+                 image_cross_attention=False, scale_learnable=False, dtype=None, device=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        self.attn1 = CrossAttention(ops, attention, dim, None, heads, dim_head, dropout, **kw)
+        self.ff = FeedForward(ops, dim, dropout, **kw)
+        self.attn2 = CrossAttention(ops, attention, dim, context_dim, heads, dim_head, dropout,
+                                    image_cross_attention, scale_learnable, **kw)
+        self.norm1 = ops.LayerNorm(dim, **kw)
+        self.norm2 = ops.LayerNorm(dim, **kw)
+        self.norm3 = ops.LayerNorm(dim, **kw)
+
+    def forward(self, x, context=None):
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """Per-frame spatial transformer: GroupNorm(eps 1e-6) -> Linear proj_in -> blocks -> proj_out -> residual."""
+
+    def __init__(self, ops, attention, channels, heads, dim_head, depth=1, dropout=0.0, context_dim=None,
+                 image_cross_attention=False, scale_learnable=False, dtype=None, device=None):
+        super().__init__()
+        inner = heads * dim_head
+        kw = dict(dtype=dtype, device=device)
+        self.norm = ops.GroupNorm(32, channels, eps=1e-6, affine=True, **kw)
+        self.proj_in = ops.Linear(channels, inner, **kw)
+        self.transformer_blocks = nn.ModuleList([
+            BasicTransformerBlock(ops, attention, inner, heads, dim_head, dropout, context_dim,
+                                  image_cross_attention, scale_learnable, **kw) for _ in range(depth)])
+        self.proj_out = ops.Linear(inner, channels, **kw)
+
+    def forward(self, x, context: Context):
+        bt, c, h, w = x.shape
+        x_in = x
+        x = self.norm(x).flatten(2).transpose(1, 2)                        # [(b t), h*w, c]
+        x = self.proj_in(x)                                                # [(b t), h*w, inner]
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        x = self.proj_out(x)                                               # [(b t), h*w, c]
+        return x.transpose(1, 2).reshape(bt, c, h, w) + x_in
+
+
+class TemporalTransformer(nn.Module):
+    """Self-attention over frames per pixel; GroupNorm(eps 1e-6) over the 5-D tensor, i.e. across frames.
+
+    ``linear=False`` is the reference's Conv1d(k=1) projection variant used by ``init_attn``.
+    """
+
+    def __init__(self, ops, attention, channels, heads, dim_head, depth=1, dropout=0.0, linear=True,
+                 dtype=None, device=None):
+        super().__init__()
+        inner = heads * dim_head
+        kw = dict(dtype=dtype, device=device)
+        self.linear = linear
+        self.norm = ops.GroupNorm(32, channels, eps=1e-6, affine=True, **kw)
+        if linear:
+            self.proj_in = ops.Linear(channels, inner, **kw)
+            self.proj_out = ops.Linear(inner, channels, **kw)
+        else:
+            self.proj_in = ops.Conv1d(channels, inner, 1, **kw)
+            self.proj_out = ops.Conv1d(inner, channels, 1, **kw)
+        self.transformer_blocks = nn.ModuleList([
+            BasicTransformerBlock(ops, attention, inner, heads, dim_head, dropout, None, **kw) for _ in range(depth)])
+
+    def _proj(self, layer, x):
+        # x: [(b h w), t, c]; a Conv1d(k=1) is the same map applied as a matmul over channels.
+        if self.linear:
+            return layer(x)
+        return layer(x.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, x, frames: int):
+        bt, c, h, w = x.shape
+        b = bt // frames
+        x_in = x
+        x = x.reshape(b, frames, c, h, w).transpose(1, 2)                  # [b, c, t, h, w]
+        x = self.norm(x)                                                   # statistics across frames
+        x = x.permute(0, 3, 4, 2, 1).reshape(b * h * w, frames, c)         # [(b h w), t, c]
+        x = self._proj(self.proj_in, x)                                    # [(b h w), t, inner]
+        for block in self.transformer_blocks:
+            x = block(x)                                                   # attn1 and attn2 both self-attention
+        x = self._proj(self.proj_out, x)                                   # [(b h w), t, c]
+        x = x.reshape(b, h, w, frames, c).permute(0, 3, 4, 1, 2).reshape(bt, c, h, w)
+        return x + x_in
+
+
+# ================================================================================================================
+# Convolutional blocks
+# ================================================================================================================
+class TemporalConvBlock(nn.Module):
+    """4 x [GroupNorm(32) over C*T*H*W -> SiLU -> (Dropout) -> Conv3d (3,1,1)] with a residual (`temopral_conv`)."""
+
+    def __init__(self, ops, channels, dropout=0.0, dtype=None, device=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+
+        def conv():
+            return ops.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0), **kw)
+
+        self.conv1 = nn.Sequential(ops.GroupNorm(32, channels, **kw), nn.SiLU(), conv())
+        self.conv2 = nn.Sequential(ops.GroupNorm(32, channels, **kw), nn.SiLU(), nn.Dropout(dropout), conv())
+        self.conv3 = nn.Sequential(ops.GroupNorm(32, channels, **kw), nn.SiLU(), nn.Dropout(dropout), conv())
+        self.conv4 = nn.Sequential(ops.GroupNorm(32, channels, **kw), nn.SiLU(), nn.Dropout(dropout), conv())
+
+    def forward(self, x):                                                  # x: [b, c, t, h, w]
+        return x + self.conv4(self.conv3(self.conv2(self.conv1(x))))
+
+
+class ResBlock(nn.Module):
+    """ResBlock with the timestep embedding added between the two convs, then an optional temporal conv."""
+
+    def __init__(self, ops, channels, emb_channels, dropout, out_channels=None, temporal_conv=False,
+                 dtype=None, device=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        out_channels = out_channels or channels
+        self.in_layers = nn.Sequential(_gn32(ops, channels, **kw), nn.SiLU(),
+                                       ops.Conv2d(channels, out_channels, 3, padding=1, **kw))
+        self.emb_layers = nn.Sequential(nn.SiLU(), ops.Linear(emb_channels, out_channels, **kw))
+        self.out_layers = nn.Sequential(_gn32(ops, out_channels, **kw), nn.SiLU(), nn.Dropout(dropout),
+                                        ops.Conv2d(out_channels, out_channels, 3, padding=1, **kw))
+        self.skip_connection = (nn.Identity() if out_channels == channels
+                                else ops.Conv2d(channels, out_channels, 1, **kw))
+        if temporal_conv:
+            self.temopral_conv = TemporalConvBlock(ops, out_channels, dropout, **kw)  # (sic) reference key name
+        self.temporal_conv = temporal_conv
+
+    def forward(self, x, emb, frames: int):
+        h = self.in_layers(x)                                              # [(b t), c', h, w]
+        h = h + self.emb_layers(emb).type(h.dtype)[..., None, None]
+        h = self.skip_connection(x) + self.out_layers(h)
+        if self.temporal_conv:
+            bt, c, hh, ww = h.shape
+            h5 = h.reshape(bt // frames, frames, c, hh, ww).transpose(1, 2)  # [b, c, t, h, w]
+            h = self.temopral_conv(h5).transpose(1, 2).reshape(bt, c, hh, ww)
+        return h
+
+
+class Downsample(nn.Module):
+    def __init__(self, ops, channels, dtype=None, device=None):
+        super().__init__()
+        self.op = ops.Conv2d(channels, channels, 3, stride=2, padding=1, dtype=dtype, device=device)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ops, channels, dtype=None, device=None):
+        super().__init__()
+        self.conv = ops.Conv2d(channels, channels, 3, padding=1, dtype=dtype, device=device)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Block(nn.ModuleList):
+    """Reference `TimestepEmbedSequential`: dispatches (x, emb, context, frames) to each layer by kind."""
+
+    def forward(self, x, emb, context: Context, frames: int, checkpointing: bool = False):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                fn = lambda x_, layer=layer: layer(x_, emb, frames)           # noqa: E731
+            elif isinstance(layer, SpatialTransformer):
+                fn = lambda x_, layer=layer: layer(x_, context)               # noqa: E731
+            elif isinstance(layer, TemporalTransformer):
+                fn = lambda x_, layer=layer: layer(x_, frames)                # noqa: E731
+            else:
+                fn = layer
+            if checkpointing and not isinstance(layer, (Downsample, Upsample, nn.Conv2d)):
+                x = checkpoint(fn, x, use_reentrant=False)
+            else:
+                x = fn(x)
+        return x
+
+
+# ================================================================================================================
+# The UNet
+# ================================================================================================================
+class UNetModel(nn.Module):
+    """DynamiCrafter UNet: x [B, in_ch, T, H, W], integer timesteps [B], context [B, 77 + L, D], fs [B] -> [B, 4, T, H, W].
+
+    ``dtype`` is the parameter dtype and the compute dtype; inputs are cast to it and the output back to the
+    input's dtype. ``attention`` replaces the attention kernel (host injection); ``gradient_checkpointing`` is for
+    training.
+    """
+
+    def __init__(self, cfg: UNetConfig, dtype: Optional[torch.dtype] = None, device=None, operations=None,
+                 attention: Optional[Callable] = None):
+        super().__init__()
+        ops = operations or DEFAULT_OPERATIONS
+        attention = attention or sdpa_attention
+        kw = dict(dtype=dtype, device=device)
+        self.cfg = cfg
+        self.dtype = dtype or torch.float32
+        self.gradient_checkpointing = False
+        mc = cfg.model_channels
+        emb_dim = mc * 4
+
+        def heads_for(ch):
+            return ch // cfg.num_head_channels, cfg.num_head_channels
+
+        def spatial(ch):
+            heads, dh = heads_for(ch)
+            return SpatialTransformer(ops, attention, ch, heads, dh, cfg.transformer_depth, cfg.dropout,
+                                      cfg.context_dim, cfg.image_cross_attention,
+                                      cfg.image_cross_attention_scale_learnable, **kw)
+
+        def temporal(ch):
+            heads, dh = heads_for(ch)
+            return TemporalTransformer(ops, attention, ch, heads, dh, cfg.transformer_depth, cfg.dropout,
+                                       cfg.use_linear, **kw)
+
+        def res(ch_in, ch_out):
+            return ResBlock(ops, ch_in, emb_dim, cfg.dropout, ch_out, cfg.temporal_conv, **kw)
+
+        self.time_embed = nn.Sequential(ops.Linear(mc, emb_dim, **kw), nn.SiLU(), ops.Linear(emb_dim, emb_dim, **kw))
+        if cfg.fs_condition:
+            self.fps_embedding = nn.Sequential(ops.Linear(mc, emb_dim, **kw), nn.SiLU(),
+                                               ops.Linear(emb_dim, emb_dim, **kw))
+
+        # ---- encoder ---------------------------------------------------------------------------------------------
+        self.input_blocks = nn.ModuleList([Block([ops.Conv2d(cfg.in_channels, mc, 3, padding=1, **kw)])])
+        if cfg.addition_attention:
+            # Reference hard-codes 8 heads x num_head_channels and Conv1d projections here.
+            self.init_attn = Block([TemporalTransformer(ops, attention, mc, 8, cfg.num_head_channels,
+                                                        cfg.transformer_depth, cfg.dropout, linear=False, **kw)])
+        chans: List[int] = [mc]
+        ch, ds = mc, 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: List[nn.Module] = [res(ch, mult * mc)]
+                ch = mult * mc
+                if ds in cfg.attention_resolutions:
+                    layers.append(spatial(ch))
+                    if cfg.temporal_attention:
+                        layers.append(temporal(ch))
+                self.input_blocks.append(Block(layers))
+                chans.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(Block([Downsample(ops, ch, **kw)]))
+                chans.append(ch)
+                ds *= 2
+
+        # ---- middle ----------------------------------------------------------------------------------------------
+        mid: List[nn.Module] = [res(ch, ch), spatial(ch)]
+        if cfg.temporal_attention:
+            mid.append(temporal(ch))
+        mid.append(res(ch, ch))
+        self.middle_block = Block(mid)
+
+        # ---- decoder ---------------------------------------------------------------------------------------------
+        self.output_blocks = nn.ModuleList()
+        for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res(ch + chans.pop(), mc * mult)]
+                ch = mc * mult
+                if ds in cfg.attention_resolutions:
+                    layers.append(spatial(ch))
+                    if cfg.temporal_attention:
+                        layers.append(temporal(ch))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ops, ch, **kw))
+                    ds //= 2
+                self.output_blocks.append(Block(layers))
+
+        self.out = nn.Sequential(_gn32(ops, ch, **kw), nn.SiLU(), ops.Conv2d(mc, cfg.out_channels, 3, padding=1, **kw))
+
+    # ------------------------------------------------------------------------------------------------------------
+    def split_context(self, context: torch.Tensor, frames: int) -> Context:
+        """Reference rule: 77 + T*16 tokens -> per-frame image tokens; any other length is shared by all frames."""
+        cfg = self.cfg
+        b, length, d = context.shape
+        lt, lf = cfg.text_context_len, cfg.image_tokens_per_frame
+        text = context[:, :lt]                                             # [b, 77, D]
+        if length == lt + frames * lf:
+            image = context[:, lt:].reshape(b * frames, lf, d)             # [(b t), 16, D]
+            return Context(text, image, frames, per_frame=True)
+        image = context[:, lt:] if cfg.image_cross_attention else None     # [b, L, D] shared (may be empty)
+        return Context(text, image, frames, per_frame=False)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, fs: Optional[torch.Tensor] = None,
+                **kwargs) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        in_dtype = x.dtype
+        dt = self.dtype
+        ctx = self.split_context(context.to(dt), t)
+        emb = self.time_embed(timestep_embedding(timesteps, self.cfg.model_channels).to(dt))     # [b, 4mc]
+        if self.cfg.fs_condition:
+            if fs is None:
+                fs = torch.full((b,), self.cfg.default_fs, dtype=torch.long, device=x.device)
+            emb = emb + self.fps_embedding(timestep_embedding(fs, self.cfg.model_channels).to(dt))
+        emb = emb.repeat_interleave(t, dim=0)                              # [(b t), 4mc]
+        hcur = x.to(dt).transpose(1, 2).reshape(b * t, -1, h, w)           # [(b t), in_ch, h, w]
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+
+        skips: List[torch.Tensor] = []
+        for i, block in enumerate(self.input_blocks):
+            hcur = block(hcur, emb, ctx, t, ckpt)
+            if i == 0 and self.cfg.addition_attention:
+                hcur = self.init_attn(hcur, emb, ctx, t, ckpt)             # first skip is after init_attn
+            skips.append(hcur)
+        hcur = self.middle_block(hcur, emb, ctx, t, ckpt)
+        for block in self.output_blocks:
+            hcur = block(torch.cat([hcur, skips.pop()], dim=1), emb, ctx, t, ckpt)
+        y = self.out(hcur)                                                 # [(b t), 4, h, w]
+        return y.reshape(b, t, -1, h, w).transpose(1, 2).to(in_dtype)      # [b, 4, t, h, w]
+
+    def set_attention(self, attention: Callable) -> None:
+        """Swap the attention kernel in every attention layer (host injection after construction)."""
+        for m in self.modules():
+            if isinstance(m, CrossAttention):
+                m.attention = attention
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__: Sequence[str] = ["UNetModel", "Context", "sdpa_attention", "timestep_embedding", "DEFAULT_OPERATIONS"]
