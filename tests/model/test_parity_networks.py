@@ -10,7 +10,7 @@ import torch
 from comfyui_dynamicrafter.model.config import ResamplerConfig, UNetConfig
 from comfyui_dynamicrafter.model.resampler import Resampler
 from comfyui_dynamicrafter.model.unet import UNetModel, timestep_embedding
-from tests.fixtures import fixture_sets, load_set
+from tests.fixtures import fixture_sets, load_set, report_checked
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 UNET_PREFIX = "model.diffusion_model."
@@ -39,7 +39,8 @@ def _call_inputs(fx, name, spec):
 
 
 @pytest.mark.parametrize("path", SETS, ids=[p.name for p in SETS])
-def test_unet_calls(path):
+def test_unet_calls(path, request):
+    report_checked(request, path, 'unet_forward calls')
     fx, meta = load_set(path, "unet_forward")
     model, _ = _unet_from_set(path)
     calls = {k: v for k, v in meta["calls"].items() if "alpha_keys" not in v}
@@ -52,7 +53,8 @@ def test_unet_calls(path):
 
 
 @pytest.mark.parametrize("path", SETS, ids=[p.name for p in SETS])
-def test_unet_sinusoidal_embeddings(path):
+def test_unet_sinusoidal_embeddings(path, request):
+    report_checked(request, path, 'unet sinusoidal embeddings')
     fx, meta = load_set(path, "unet_forward")
     mc = meta["unet_config"]["model_channels"]
     checked = 0
@@ -66,7 +68,8 @@ def test_unet_sinusoidal_embeddings(path):
 
 
 @pytest.mark.parametrize("path", SETS, ids=[p.name for p in SETS])
-def test_unet_learnable_alpha(path):
+def test_unet_learnable_alpha(path, request):
+    report_checked(request, path, 'unet alpha variant')
     fx, meta = load_set(path, "unet_forward")
     alpha_calls = {k: v for k, v in meta["calls"].items() if "alpha_keys" in v}
     assert alpha_calls, "fixture set has no alpha-variant call"
@@ -84,7 +87,8 @@ def test_unet_learnable_alpha(path):
 
 
 @pytest.mark.parametrize("path", SETS, ids=[p.name for p in SETS])
-def test_unet_intermediates(path):
+def test_unet_intermediates(path, request):
+    report_checked(request, path, 'unet_intermediates')
     fx, meta = load_set(path, "unet_intermediates")
     model, _ = _unet_from_set(path)
     taps = {k[len("tap."):]: v for k, v in fx.items() if k.startswith("tap.")}
@@ -103,7 +107,8 @@ def test_unet_intermediates(path):
 
 
 @pytest.mark.parametrize("path", SETS, ids=[p.name for p in SETS])
-def test_resampler(path):
+def test_resampler(path, request):
+    report_checked(request, path, 'resampler_forward')
     fx, meta = load_set(path, "resampler_forward")
     cfg = ResamplerConfig.from_dict(meta["resampler_config"])
     p = Resampler(cfg).eval()
