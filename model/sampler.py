@@ -1,0 +1,195 @@
+"""The reference DDIM sampler of DynamiCrafter as one pure function over a batched denoiser.
+
+Reproduces `lvdm/models/samplers/ddim.py` (single CFG) and `ddim_multiplecond.py` (text + image CFG) as measured in
+``shared/fixtures/README.md`` section 4: guidance combination, guidance rescale against the fully conditional
+output, v/eps conversion with the model buffers indexed by the DDPM timestep, dynamic rescale of pred_x0, and the
+DDIM update with every per-step scalar rounded to float32. Two deliberate differences, both only where the reference
+returns NaN: ``1 - a_prev - sigma^2`` is clamped at 0, and "uniform_trailing" never yields timestep -1 (see
+`schedule.ddim_timesteps`). The guidance branches run as ONE batched denoiser call per step instead of the
+reference's separate calls (same math; batching changes float32 results only at the 1e-6 level).
+
+RNG consumption matches the reference: after the denoiser call of every step, including eta = 0, one
+``torch.randn(x.shape)`` float32 draw on ``x.device`` (from ``generator`` or, when it is None, the global RNG as the
+reference's `noise_like`). Given the same RNG state before sampling, the same noise is drawn. Passing ``noise``
+injects per-step noise instead and draws nothing.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .config import ScheduleConfig
+from .errors import DynamiCrafterInputError
+from .log import logger
+from .schedule import (
+    check_parameterization, ddim_schedule, model_buffers, pred_x0_eps_from_eps, pred_x0_eps_from_v,
+)
+
+BRANCHES = ("cond", "uc", "uc_img")
+MODES = ("multi", "single")
+
+Denoise = Callable[[torch.Tensor, torch.Tensor, Tuple[str, ...]], torch.Tensor]
+
+
+def guidance_branches(mode: str, cfg_text: float) -> Tuple[str, ...]:
+    """Reference rule: unguided (cond only) iff the text scale is exactly 1.0; else cond+uc (single) or +uc_img (multi)."""
+    if mode not in MODES:
+        raise DynamiCrafterInputError("DDIM guidance mode", f"one of {list(MODES)}", repr(mode),
+                                      "use 'multi' (text + image CFG) or 'single'")
+    if cfg_text == 1.0:
+        return ("cond",)
+    return ("cond", "uc", "uc_img") if mode == "multi" else ("cond", "uc")
+
+
+def combine_guidance(outs: Dict[str, torch.Tensor], cfg_text: float, cfg_image: Optional[float]) -> torch.Tensor:
+    """Multi-condition CFG ``uc + cfg_img*(uc_img-uc) + s_txt*(cond-uc_img)`` (DynamiCrafter), or ``uc + s*(cond-uc)``."""
+    if len(outs) == 1:
+        return outs["cond"]
+    if "uc_img" in outs:
+        uc, uc_img, cond = outs["uc"], outs["uc_img"], outs["cond"]
+        return uc + cfg_image * (uc_img - uc) + cfg_text * (cond - uc_img)
+    return outs["uc"] + cfg_text * (outs["cond"] - outs["uc"])
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
+    """Lin et al. 2023 section 3.4 CFG rescale: ``r*v*std(cond)/std(v) + (1-r)*v``, unbiased std over non-batch dims."""
+    dims = list(range(1, guided.ndim))
+    std_cond = cond.std(dim=dims, keepdim=True)
+    std_cfg = guided.std(dim=dims, keepdim=True)
+    rescaled = guided * (std_cond / std_cfg)
+    return guidance_rescale * rescaled + (1.0 - guidance_rescale) * guided
+
+
+def _step_noise(noise, k: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(noise, torch.Tensor):
+        count = noise.shape[0] if noise.ndim == like.ndim + 1 else -1
+    else:
+        count = len(noise)
+    if count < n:
+        raise DynamiCrafterInputError(
+            "DDIM noise", f"{n} per-step tensors of shape {tuple(like.shape)} (a list or a [{n}, ...] tensor)",
+            f"{count if count >= 0 else 'a tensor of shape ' + str(tuple(noise.shape))}",
+            "pass one noise tensor per sampling step, or pass generator= instead",
+        )
+    nz = noise[k]
+    if tuple(nz.shape) != tuple(like.shape):
+        raise DynamiCrafterInputError("DDIM noise", f"step tensors of shape {tuple(like.shape)}",
+                                      f"step {k} of shape {tuple(nz.shape)}", "match the latent shape")
+    return nz.to(device=like.device, dtype=like.dtype)
+
+
+def _scalar(value, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+
+
+@torch.no_grad()
+def ddim_sample(
+    denoise: Denoise,
+    x_T: torch.Tensor,
+    cfg: ScheduleConfig,
+    steps: int,
+    *,
+    eta: float = 0.0,
+    spacing: str = "uniform_trailing",
+    cfg_text: float = 1.0,
+    cfg_image: Optional[float] = None,
+    guidance_rescale: float = 0.0,
+    mode: str = "multi",
+    noise: Union[None, torch.Tensor, Sequence[torch.Tensor]] = None,
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None,
+    return_trajectory: bool = False,
+):
+    """Reference DynamiCrafter DDIM (fixtures README section 4) from ``x_T`` over ``denoise(x, t, branches)``.
+
+    ``denoise`` gets x [K*B, ...] (the latent repeated branch-major), t LongTensor [K*B] and the K branch names
+    (``guidance_branches``), and returns the raw v or eps output for all K*B rows; it is called once per step.
+    Math runs in float32 (float64 if x_T is float64). Returns the final latent, or ``(final, trajectory)`` where
+    trajectory is a list of per-step dicts {t, index, x_prev, pred_x0 (after dynamic rescale), model_output
+    (guided)}. ``callback(step_index, total, x_prev, pred_x0)`` runs after each step and may raise to cancel.
+    """
+    param = check_parameterization(cfg)
+    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 2 or not x_T.is_floating_point():
+        raise DynamiCrafterInputError("DDIM x_T", "a floating tensor [B, C, T, H, W]",
+                                      repr(getattr(x_T, "shape", type(x_T))), "pass the initial noise latent")
+    if not isinstance(guidance_rescale, (int, float)) or guidance_rescale < 0:
+        raise DynamiCrafterInputError("guidance_rescale", "a number >= 0 (0.7 for 512/1024)", repr(guidance_rescale),
+                                      "use 0.0 to disable")
+    branches = guidance_branches(mode, cfg_text)
+    if mode == "multi" and cfg_image is None:
+        cfg_image = cfg_text  # reference multicond default
+    guided = len(branches) > 1
+
+    buffers = model_buffers(cfg)
+    sched = ddim_schedule(cfg, steps, eta, spacing, buffers)
+    ts = sched["ddim_timesteps"].tolist()
+    n = len(ts)
+    if n != steps:
+        logger.info("DDIM %s with %d steps runs %d timesteps (reference spacing)", spacing, steps, n)
+    if param == "eps" and bool((sched["ddim_alphas"] <= 0).any()):
+        raise DynamiCrafterInputError("DDIM schedule", "alphas_cumprod > 0 at every sampled t for eps-prediction",
+                                      "a zero-SNR timestep", "disable rescale_betas_zero_snr for eps models")
+
+    work = torch.float64 if x_T.dtype == torch.float64 else torch.float32
+    x = x_T.detach().to(work)
+    if generator is not None and noise is None and torch.device(generator.device).type != x.device.type:
+        raise DynamiCrafterInputError("DDIM generator", f"a torch.Generator on {x.device.type}",
+                                      f"one on {generator.device}", "create the generator on the latent's device")
+    B = x.shape[0]
+    K = len(branches)
+    rep = (K,) + (1,) * (x.ndim - 1)
+
+    # Per-step scalars, float32 as the reference's torch.full(size, value); sqrt in numpy (correctly rounded).
+    f32 = {k: v.numpy().astype(np.float32) for k, v in sched.items() if k != "ddim_timesteps"}
+    sqrt_ac = buffers["sqrt_alphas_cumprod"].numpy()
+    sqrt_1m_ac = buffers["sqrt_one_minus_alphas_cumprod"].numpy()
+
+    trajectory: List[Dict[str, object]] = []
+    for k in range(n):
+        index = n - 1 - k
+        t = int(ts[index])
+
+        x_in = x.repeat(*rep)  # branch-major: all B rows of branch 0, then branch 1, ...
+        t_in = torch.full((K * B,), t, dtype=torch.long, device=x.device)
+        out = denoise(x_in, t_in, branches)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x_in.shape):
+            raise DynamiCrafterInputError("DDIM denoise output", f"a tensor of shape {tuple(x_in.shape)}",
+                                          repr(getattr(out, "shape", type(out))),
+                                          "return the raw model output for every (branch, batch) row")
+        parts = dict(zip(branches, out.to(work).chunk(K, dim=0)))
+        model_output = combine_guidance(parts, cfg_text, cfg_image)
+        if guided and guidance_rescale > 0:
+            model_output = rescale_guidance(model_output, parts["cond"], guidance_rescale)
+
+        a_prev = f32["ddim_alphas_prev"][index]
+        sigma = f32["ddim_sigmas"][index]
+        if param == "v":
+            pred_x0, e_t = pred_x0_eps_from_v(x, model_output, _scalar(sqrt_ac[t], x), _scalar(sqrt_1m_ac[t], x))
+        else:
+            pred_x0, e_t = pred_x0_eps_from_eps(
+                x, model_output, _scalar(np.sqrt(f32["ddim_alphas"][index]), x),
+                _scalar(f32["ddim_sqrt_one_minus_alphas"][index], x),
+            )
+        if cfg.use_dynamic_rescale:
+            pred_x0 = pred_x0 * _scalar(f32["ddim_scale_arr_prev"][index] / f32["ddim_scale_arr"][index], x)
+
+        # The reference takes sqrt of this float32 residual; it is 0 in exact arithmetic at t=T-1 with zero SNR and
+        # eta=1 but can round to -6e-8, which makes the reference return all-NaN. Clamped at 0 on purpose.
+        residual = np.float32(1.0) - a_prev - sigma * sigma
+        dir_coef = np.sqrt(max(residual, np.float32(0.0)))
+        if noise is not None:
+            eps_noise = _step_noise(noise, k, n, x)
+        else:
+            eps_noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(work)
+        x_prev = _scalar(np.sqrt(a_prev), x) * pred_x0 + _scalar(dir_coef, x) * e_t + _scalar(sigma, x) * eps_noise
+
+        if return_trajectory:
+            trajectory.append({"t": t, "index": index, "x_prev": x_prev, "pred_x0": pred_x0,
+                               "model_output": model_output})
+        x = x_prev
+        if callback is not None:
+            callback(k, n, x_prev, pred_x0)
+
+    return (x, trajectory) if return_trajectory else x
