@@ -10,7 +10,7 @@ import torch
 from comfyui_dynamicrafter.model.config import ResamplerConfig, UNetConfig
 from comfyui_dynamicrafter.model.resampler import Resampler
 from comfyui_dynamicrafter.model.unet import UNetModel, timestep_embedding
-from tests.fixtures import fixture_sets, load_set, report_checked
+from comfyui_dynamicrafter.tests.fixtures import fixture_sets, load_set, report_checked
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 UNET_PREFIX = "model.diffusion_model."
