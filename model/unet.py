@@ -10,9 +10,18 @@ Two exact reorganisations of the reference math (fixtures README, "Tolerances": 
 - the text tokens (and a context shared by all frames) are projected to K/V once per sample, not once per frame;
   the frames' queries attend to them as one longer query sequence, which is the same softmax row by row;
 - frames are folded into the batch as ``(b t)``, batch-major, like the reference.
+
+Speed switches (all exact; bench/README.md has their measured ratios):
+- ``share_branch_prefix`` (on): when every sample of a batch has the same latent, timestep and fs (the guidance
+  branches of one step), the layers before the first cross-attention run once and are then repeated;
+- ``context_cache()`` (opt-in): the text/image K/V of an unchanged context are reused across calls (steps);
+- ``set_channels_last(True)``: NHWC activations and conv weights, so the token reshapes around the transformers
+  are views instead of copies;
+- ``set_reference_layout(True)`` (bench baseline only): the reference's per-frame text K/V projection.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 from typing import Callable, List, Optional, Sequence
@@ -50,6 +59,20 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, n, inner)                        # [B, N, h*d]
 
 
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """The reference's non-xformers path: softmax(QK^T * d^-0.5) materialised per head, then times V."""
+    b, n, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2).reshape(t.shape[0] * heads, t.shape[1], d)
+               for t in (q, k, v))                                         # [(B h), N, d]
+    sim = torch.bmm(q, k.transpose(1, 2)) * (d ** -0.5)                    # [(B h), N, L]
+    out = torch.bmm(sim.softmax(dim=-1), v)                                # [(B h), N, d]
+    return out.reshape(b, heads, n, d).transpose(1, 2).reshape(b, n, inner)
+
+
+ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "explicit": explicit_attention}
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
     """Sinusoidal embedding, cos first, frequencies and product in float32 (reference `timestep_embedding`)."""
     half = dim // 2
@@ -70,6 +93,10 @@ def _gn32(ops, channels, dtype=None, device=None):
     cls = _GN32_CLASSES.get(base)
     if cls is None:
         def forward(self, x):
+            if base is nn.GroupNorm and self.weight is not None and self.weight.dtype != torch.float32:
+                # plain GroupNorm refuses float input with low-precision affine params on CPU: cast them here
+                return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
+                                    self.eps).type(x.dtype)
             return base.forward(self, x.float()).type(x.dtype)
 
         cls = _GN32_CLASSES[base] = type("GroupNorm32", (base,), {"forward": forward})
@@ -107,10 +134,12 @@ class Context:
 
     text:  [B, Lt, D] tokens shared by all frames of a sample.
     image: [B*T, Li, D] per-frame image tokens when ``per_frame``, else [B, Li, D] shared by all frames (or None).
+
+    ``kv``: a dict of K/V kept across calls (``UNetModel.context_cache``), or None.
     """
 
-    def __init__(self, text, image, frames: int, per_frame: bool):
-        self.text, self.image, self.frames, self.per_frame = text, image, frames, per_frame
+    def __init__(self, text, image, frames: int, per_frame: bool, kv: Optional[dict] = None):
+        self.text, self.image, self.frames, self.per_frame, self.kv = text, image, frames, per_frame, kv
 
 
 class CrossAttention(nn.Module):
@@ -134,11 +163,28 @@ class CrossAttention(nn.Module):
             if scale_learnable:
                 self.alpha = nn.Parameter(torch.tensor(0.0, dtype=dtype, device=device))
 
-    def _shared(self, q, kv_src, to_k, to_v, frames):
+    # Reference layout (bench baseline only): the shared context is repeated to every frame and projected per frame.
+    fold_shared = True
+
+    def _kv(self, ctx: Context, which: str, src, to_k, to_v):
+        """K/V of a context part, from ``ctx.kv`` when the same context was projected in an earlier call."""
+        store = ctx.kv
+        if store is None:
+            return to_k(src), to_v(src)
+        key = (id(self), which)
+        kv = store.get(key)
+        if kv is None:
+            kv = store[key] = (to_k(src), to_v(src))
+        return kv
+
+    def _shared(self, q, ctx: Context, which, kv_src, to_k, to_v):
         # q: [(b t), N, inner]; kv_src: [b, L, D] shared by the t frames -> fold frames into the query sequence.
         bt, n, inner = q.shape
         b = kv_src.shape[0]
-        k, v = to_k(kv_src), to_v(kv_src)                                   # [b, L, inner] once per sample
+        if not self.fold_shared:
+            k, v = self._kv(ctx, which, kv_src.repeat_interleave(bt // b, dim=0), to_k, to_v)  # [(b t), L, inner]
+            return self.attention(q, k, v, self.heads)
+        k, v = self._kv(ctx, which, kv_src, to_k, to_v)                    # [b, L, inner] once per sample
         out = self.attention(q.reshape(b, (bt // b) * n, inner), k, v, self.heads)  # [b, t*N, inner]
         return out.reshape(bt, n, inner)                                   # [(b t), N, inner]
 
@@ -146,14 +192,15 @@ class CrossAttention(nn.Module):
         q = self.to_q(x)                                                   # [(b t), N, inner]
         if context is None:                                                # self-attention
             return self.to_out(self.attention(q, self.to_k(x), self.to_v(x), self.heads))
-        out = self._shared(q, context.text, self.to_k, self.to_v, context.frames)
+        out = self._shared(q, context, "text", context.text, self.to_k, self.to_v)
         if self.image_cross_attention and context.image is not None and context.image.shape[1] > 0:
             if context.per_frame:                                          # [(b t), 16, D]: own tokens per frame
-                out_ip = self.attention(q, self.to_k_ip(context.image), self.to_v_ip(context.image), self.heads)
+                k, v = self._kv(context, "image", context.image, self.to_k_ip, self.to_v_ip)
+                out_ip = self.attention(q, k, v, self.heads)
             else:                                                          # [b, L, D] shared by the frames
-                out_ip = self._shared(q, context.image, self.to_k_ip, self.to_v_ip, context.frames)
+                out_ip = self._shared(q, context, "image", context.image, self.to_k_ip, self.to_v_ip)
             if self.scale_learnable:
-                out_ip = out_ip * (torch.tanh(self.alpha) + 1).to(out_ip.dtype)
+                out_ip = out_ip * (torch.tanh(self.alpha.float()) + 1).to(out_ip.dtype)
             out = out + out_ip
         return self.to_out(out)
 
@@ -244,8 +291,16 @@ class TemporalTransformer(nn.Module):
         for block in self.transformer_blocks:
             x = block(x)                                                   # attn1 and attn2 both self-attention
         x = self._proj(self.proj_out, x)                                   # [(b h w), t, c]
-        x = x.reshape(b, h, w, frames, c).permute(0, 3, 4, 1, 2).reshape(bt, c, h, w)
+        x = x.reshape(b, h, w, frames, c)
+        if _is_nhwc(x_in):                                                 # one copy into NHWC memory
+            x = x.permute(0, 3, 1, 2, 4).reshape(bt, h, w, c).permute(0, 3, 1, 2)
+        else:
+            x = x.permute(0, 3, 4, 1, 2).reshape(bt, c, h, w)
         return x + x_in
+
+
+def _is_nhwc(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 # ================================================================================================================
@@ -290,6 +345,8 @@ class ResBlock(nn.Module):
         self.temporal_conv = temporal_conv
 
     def forward(self, x, emb, frames: int):
+        if emb.shape[0] != x.shape[0]:                                     # shared-prefix rows: sample 0's frames
+            emb = emb[: x.shape[0]]
         h = self.in_layers(x)                                              # [(b t), c', h, w]
         h = h + self.emb_layers(emb).type(h.dtype)[..., None, None]
         h = self.skip_connection(x) + self.out_layers(h)
@@ -321,8 +378,10 @@ class Upsample(nn.Module):
 class Block(nn.ModuleList):
     """Reference `TimestepEmbedSequential`: dispatches (x, emb, context, frames) to each layer by kind."""
 
-    def forward(self, x, emb, context: Context, frames: int, checkpointing: bool = False):
+    def forward(self, x, emb, context: Context, frames: int, checkpointing: bool = False, batch: int = 0):
         for layer in self:
+            if isinstance(layer, SpatialTransformer) and batch and x.shape[0] < batch * frames:
+                x = torch.cat([x] * batch)                                  # shared prefix ends at cross-attention
             if isinstance(layer, ResBlock):
                 fn = lambda x_, layer=layer: layer(x_, emb, frames)           # noqa: E731
             elif isinstance(layer, SpatialTransformer):
@@ -344,20 +403,24 @@ class Block(nn.ModuleList):
 class UNetModel(nn.Module):
     """DynamiCrafter UNet: x [B, in_ch, T, H, W], integer timesteps [B], context [B, 77 + L, D], fs [B] -> [B, 4, T, H, W].
 
-    ``dtype`` is the parameter dtype and the compute dtype; inputs are cast to it and the output back to the
-    input's dtype. ``attention`` replaces the attention kernel (host injection); ``gradient_checkpointing`` is for
-    training.
+    ``dtype`` is the parameter dtype and, unless ``compute_dtype`` is given (cast-on-use ``operations`` storing
+    weights in another dtype), the compute dtype; inputs are cast to it and the output back to the input's dtype.
+    ``attention`` replaces the attention kernel (host injection); ``gradient_checkpointing`` is for training.
     """
 
     def __init__(self, cfg: UNetConfig, dtype: Optional[torch.dtype] = None, device=None, operations=None,
-                 attention: Optional[Callable] = None):
+                 attention: Optional[Callable] = None, compute_dtype: Optional[torch.dtype] = None):
         super().__init__()
         ops = operations or DEFAULT_OPERATIONS
         attention = attention or sdpa_attention
         kw = dict(dtype=dtype, device=device)
         self.cfg = cfg
-        self.dtype = dtype or torch.float32
+        self.dtype = compute_dtype or dtype or torch.float32
         self.gradient_checkpointing = False
+        self.share_branch_prefix = True
+        self.channels_last = False
+        self._kv_store: Optional[dict] = None                                # None: context cache off
+        self._kv_key = None
         mc = cfg.model_channels
         emb_dim = mc * 4
 
@@ -449,26 +512,108 @@ class UNetModel(nn.Module):
         in_dtype = x.dtype
         dt = self.dtype
         ctx = self.split_context(context.to(dt), t)
+        ctx.kv = self._kv_for(context)
         emb = self.time_embed(timestep_embedding(timesteps, self.cfg.model_channels).to(dt))     # [b, 4mc]
         if self.cfg.fs_condition:
             if fs is None:
                 fs = torch.full((b,), self.cfg.default_fs, dtype=torch.long, device=x.device)
             emb = emb + self.fps_embedding(timestep_embedding(fs, self.cfg.model_channels).to(dt))
         emb = emb.repeat_interleave(t, dim=0)                              # [(b t), 4mc]
-        hcur = x.to(dt).transpose(1, 2).reshape(b * t, -1, h, w)           # [(b t), in_ch, h, w]
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        # Guidance branches of one step share x, t and fs: the layers before the first cross-attention see
+        # identical inputs, so run them for sample 0 only (Block repeats the rows where context first enters).
+        shared = (self.share_branch_prefix and b > 1 and not torch.is_grad_enabled() and _same_rows(x)
+                  and _same_rows(timesteps) and (fs is None or not self.cfg.fs_condition or _same_rows(fs)))
+        x_in = x[:1] if shared else x
+        hcur = x_in.to(dt).transpose(1, 2).reshape(x_in.shape[0] * t, -1, h, w)  # [(b t), in_ch, h, w]
+        if self.channels_last:
+            hcur = hcur.contiguous(memory_format=torch.channels_last)
 
         skips: List[torch.Tensor] = []
         for i, block in enumerate(self.input_blocks):
-            hcur = block(hcur, emb, ctx, t, ckpt)
+            hcur = block(hcur, emb, ctx, t, ckpt, b)
             if i == 0 and self.cfg.addition_attention:
-                hcur = self.init_attn(hcur, emb, ctx, t, ckpt)             # first skip is after init_attn
+                hcur = self.init_attn(hcur, emb, ctx, t, ckpt, b)          # first skip is after init_attn
             skips.append(hcur)
-        hcur = self.middle_block(hcur, emb, ctx, t, ckpt)
+        hcur = self.middle_block(hcur, emb, ctx, t, ckpt, b)
         for block in self.output_blocks:
-            hcur = block(torch.cat([hcur, skips.pop()], dim=1), emb, ctx, t, ckpt)
+            skip = skips.pop()
+            if skip.shape[0] != hcur.shape[0]:
+                skip = torch.cat([skip] * (hcur.shape[0] // skip.shape[0]))
+            hcur = block(torch.cat([hcur, skip], dim=1), emb, ctx, t, ckpt, b)
         y = self.out(hcur)                                                 # [(b t), 4, h, w]
+        if y.shape[0] != b * t:
+            y = torch.cat([y] * b)
         return y.reshape(b, t, -1, h, w).transpose(1, 2).to(in_dtype)      # [b, 4, t, h, w]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Constant-context K/V cache (opt-in; exact)
+    # ------------------------------------------------------------------------------------------------------------
+    def enable_context_cache(self, on: bool = True) -> None:
+        """Reuse the text/image K/V while the context stays the same tensor (same identity and version) or an
+        equal one; the caller clears it after sampling (``clear_context_cache`` or the ``context_cache()`` block).
+        Only under ``torch.no_grad()``; costs the K/V of every cross-attention (tens of MB for the real model)."""
+        self._kv_store = {} if on else None
+        self._kv_key = None
+
+    def clear_context_cache(self) -> None:
+        if self._kv_store is not None:
+            self._kv_store.clear()
+        self._kv_key = None
+
+    @contextlib.contextmanager
+    def context_cache(self):
+        """``with unet.context_cache(): sample(...)`` -- K/V cached for the block, freed at its end."""
+        previous = self._kv_store
+        self.enable_context_cache(True)
+        try:
+            yield self
+        finally:
+            self.clear_context_cache()
+            self._kv_store = previous
+
+    def _kv_for(self, context: torch.Tensor) -> Optional[dict]:
+        store = self._kv_store
+        if store is None or torch.is_grad_enabled():
+            return None
+        key = self._kv_key
+        if key is not None:
+            ref, version, copy = key
+            if ref is context and context._version == version:
+                return store
+            if (copy.shape == context.shape and copy.dtype == context.dtype and copy.device == context.device
+                    and torch.equal(copy, context)):
+                self._kv_key = (context, context._version, copy)
+                return store
+        store.clear()
+        self._kv_key = (context, context._version, context.detach().clone())
+        return store
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_context_cache()                                         # dtype/device moves invalidate K/V
+        return super()._apply(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Layout switches
+    # ------------------------------------------------------------------------------------------------------------
+    def set_channels_last(self, on: bool = True) -> None:
+        """NHWC activations (and conv weights in NHWC / NDHWC memory order): the transformers' token reshapes
+        become views. Values are unchanged."""
+        self.channels_last = on
+        fmt2 = torch.channels_last if on else torch.contiguous_format
+        fmt3 = torch.channels_last_3d if on else torch.contiguous_format
+        with torch.no_grad():
+            for m in self.modules():
+                w = getattr(m, "weight", None)
+                if isinstance(w, torch.Tensor) and w.dim() in (4, 5) and w.device.type != "meta":
+                    w.data = w.data.contiguous(memory_format=fmt2 if w.dim() == 4 else fmt3)
+
+    def set_reference_layout(self, on: bool = True) -> None:
+        """Bench baseline: the reference's per-frame text/image K/V projection and no shared prefix."""
+        for m in self.modules():
+            if isinstance(m, CrossAttention):
+                m.fold_shared = not on
+        self.share_branch_prefix = not on
 
     def set_attention(self, attention: Callable) -> None:
         """Swap the attention kernel in every attention layer (host injection after construction)."""
@@ -477,8 +622,13 @@ class UNetModel(nn.Module):
                 m.attention = attention
 
 
+def _same_rows(x: torch.Tensor) -> bool:
+    return bool(x.shape[0] > 1 and torch.equal(x[1:], x[:1].expand_as(x[1:])))
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__: Sequence[str] = ["UNetModel", "Context", "sdpa_attention", "timestep_embedding", "DEFAULT_OPERATIONS"]
+__all__: Sequence[str] = ["UNetModel", "Context", "sdpa_attention", "explicit_attention", "ATTENTION_FUNCTIONS",
+                          "timestep_embedding", "DEFAULT_OPERATIONS"]

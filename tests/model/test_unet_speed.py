@@ -1,0 +1,178 @@
+"""The UNet's speed/memory switches are exact reorganisations: each one against the plain path."""
+import dataclasses
+
+import pytest
+import torch
+
+from comfyui_dynamicrafter.model.ops import cast_operations, store_weights_
+from comfyui_dynamicrafter.model.unet import UNetModel, explicit_attention, sdpa_attention
+from comfyui_dynamicrafter.model.variants import get_variant
+
+TOL = dict(atol=2e-5, rtol=2e-5)
+T = 4
+
+
+def _model(seed=0, **kw):
+    cfg = dataclasses.replace(get_variant("512", tiny=True).unet, dropout=0.0)
+    torch.manual_seed(seed)
+    m = UNetModel(cfg, **kw).eval()
+    with torch.no_grad():                                           # random norms/biases so every path matters
+        for n, p in m.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def _inputs(b=3, per_frame=True, same_x=True, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(1, 8, T, 8, 8, generator=g)
+    x = x1.repeat(b, 1, 1, 1, 1) if same_x else torch.randn(b, 8, T, 8, 8, generator=g)
+    ctx = torch.randn(b, 77 + (T * 16 if per_frame else 16), 64, generator=g)
+    return x, torch.full((b,), 600), ctx, torch.full((b,), 24)
+
+
+@pytest.mark.parametrize("per_frame", [True, False])
+def test_shared_prefix_equals_plain_batch(per_frame):
+    m = _model()
+    x, t, ctx, fs = _inputs(per_frame=per_frame)
+    with torch.no_grad():
+        fast = m(x, t, ctx, fs)
+        m.share_branch_prefix = False
+        plain = m(x, t, ctx, fs)
+        one = torch.cat([m(x[i:i + 1], t[i:i + 1], ctx[i:i + 1], fs[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(fast, plain, **TOL)
+    torch.testing.assert_close(fast, one, **TOL)
+
+
+def test_shared_prefix_not_taken_when_rows_differ():
+    m = _model()
+    x, t, ctx, fs = _inputs(same_x=False)
+    with torch.no_grad():
+        fast = m(x, t, ctx, fs)
+        one = torch.cat([m(x[i:i + 1], t[i:i + 1], ctx[i:i + 1], fs[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(fast, one, **TOL)
+
+
+@pytest.mark.parametrize("per_frame", [True, False])
+def test_context_cache_exact_hits_and_invalidates(per_frame):
+    m = _model()
+    x, t, ctx, fs = _inputs(per_frame=per_frame)
+    calls = {"n": 0}
+    k = m.output_blocks[-1][1].transformer_blocks[0].attn2.to_k
+    hook = k.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    with torch.no_grad():
+        ref1 = m(x, t, ctx, fs)
+        ref2 = m(x * 0.5, t - 100, ctx, fs)
+        ctx2 = ctx + 1
+        ref3 = m(x, t, ctx2, fs)
+        calls["n"] = 0
+        with m.context_cache():
+            torch.testing.assert_close(m(x, t, ctx, fs), ref1, atol=0, rtol=0)
+            torch.testing.assert_close(m(x * 0.5, t - 100, ctx, fs), ref2, atol=0, rtol=0)
+            torch.testing.assert_close(m(x * 0.5, t - 100, ctx.clone(), fs), ref2, atol=0, rtol=0)  # equal copy
+            assert calls["n"] == 1                                   # projected once for three calls
+            torch.testing.assert_close(m(x, t, ctx2, fs), ref3, atol=0, rtol=0)  # new context: recomputed
+            assert calls["n"] == 2
+            ctx2.mul_(2)                                             # in-place change: version bump -> recompute
+            torch.testing.assert_close(m(x, t, ctx2, fs), ref_after(m, x, t, ctx2, fs), atol=0, rtol=0)
+            assert calls["n"] == 4                                   # recomputed, then once more uncached
+        assert m._kv_store is None and m._kv_key is None             # freed at the end of the block
+    hook.remove()
+
+
+def ref_after(m, x, t, ctx, fs):
+    saved = m._kv_store
+    m._kv_store = None
+    try:
+        return m(x, t, ctx, fs)
+    finally:
+        m._kv_store = saved
+
+
+def test_context_cache_off_under_grad():
+    m = _model()
+    x, t, ctx, fs = _inputs(b=1)
+    m.enable_context_cache(True)
+    m(x, t, ctx, fs).sum().backward()                                # no stale graph kept, nothing cached
+    assert not m._kv_store
+    m.enable_context_cache(False)
+
+
+def test_explicit_attention_equals_sdpa():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, n, 64, generator=g) for n in (33, 17, 17))
+    torch.testing.assert_close(explicit_attention(q, k, v, 4), sdpa_attention(q, k, v, 4), **TOL)
+    m = _model()
+    x, t, ctx, fs = _inputs()
+    with torch.no_grad():
+        a = m(x, t, ctx, fs)
+        m.set_attention(explicit_attention)
+        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
+
+
+@pytest.mark.parametrize("per_frame", [True, False])
+def test_reference_layout_equals_folded(per_frame):
+    m = _model()
+    x, t, ctx, fs = _inputs(per_frame=per_frame)
+    with torch.no_grad():
+        a = m(x, t, ctx, fs)
+        m.set_reference_layout(True)
+        assert not m.share_branch_prefix
+        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
+        m.set_reference_layout(False)
+        assert m.share_branch_prefix
+
+
+def test_channels_last_equals_default():
+    m = _model()
+    x, t, ctx, fs = _inputs()
+    with torch.no_grad():
+        a = m(x, t, ctx, fs)
+        m.set_channels_last(True)
+        assert m.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
+        m.set_channels_last(False)
+        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_compute_runs_close(dtype):
+    m = _model()
+    x, t, ctx, fs = _inputs()
+    with torch.no_grad():
+        ref = m(x, t, ctx, fs)
+        m.to(dtype)
+        m.dtype = dtype
+        y = m(x, t, ctx, fs)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    rel = (y - ref).abs().max() / ref.abs().max()
+    assert rel < 0.1, rel
+
+
+@pytest.mark.parametrize("storage", ["bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"])
+def test_cast_on_use_storage(storage):
+    storage = getattr(torch, storage, None)
+    if storage is None:
+        pytest.skip("dtype not in this torch")
+    ref_m = _model()
+    m = _model(operations=cast_operations, compute_dtype=torch.bfloat16)
+    m.load_state_dict(ref_m.state_dict())
+    x, t, ctx, fs = _inputs()
+    with torch.no_grad():
+        ref = ref_m(x, t, ctx, fs)
+        store_weights_(m, storage, compute_dtype=torch.bfloat16)
+        assert m.input_blocks[0][0].weight.dtype == storage
+        y = m(x, t, ctx, fs)
+    assert torch.isfinite(y).all()
+    rel = (y - ref).abs().max() / ref.abs().max()
+    assert rel < (0.5 if storage == torch.float8_e5m2 else 0.2), rel   # e5m2 keeps 2 mantissa bits
+    assert set(m.state_dict()) == set(ref_m.state_dict())
+
+
+def test_cast_ops_same_dtype_is_exact():
+    ref_m = _model()
+    m = _model(operations=cast_operations)
+    m.load_state_dict(ref_m.state_dict())
+    x, t, ctx, fs = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x, t, ctx, fs), ref_m(x, t, ctx, fs), atol=0, rtol=0)
