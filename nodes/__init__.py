@@ -1,3 +1,25 @@
-"""The node registry: every node class of the pack, by id."""
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+"""The node registry: every node class of the pack, by id (prefix DCN_, none of DESIGN.md section 5's taken ids)."""
+from . import compat
+from .conditioning import DCN_Conditioning
+from .encode import DCN_ImageEncode
+from .loader import DCN_Loader
+from .sampler_nodes import NODES as _SAMPLER_NODES
+
+compat.register_model_folder()
+
+NODE_CLASS_MAPPINGS = {
+    "DCN_Loader": DCN_Loader,
+    "DCN_ImageEncode": DCN_ImageEncode,
+    "DCN_Conditioning": DCN_Conditioning,
+    **_SAMPLER_NODES,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DCN_Loader": "DynamiCrafter Loader",
+    "DCN_ImageEncode": "DynamiCrafter Image Encode",
+    "DCN_Conditioning": "DynamiCrafter Conditioning",
+    "DCN_Sampler": "DynamiCrafter Sampler (reference DDIM)",
+    "DCN_Sigmas": "DynamiCrafter DDIM Sigmas",
+    "DCN_Guider": "DynamiCrafter Guider (dual CFG)",
+}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v for k, v in NODE_DISPLAY_NAME_MAPPINGS.items() if k in NODE_CLASS_MAPPINGS}

@@ -1,0 +1,134 @@
+"""The few host (ComfyUI) APIs that differ between the 2024-03 host and current ones, behind one name each.
+
+DESIGN.md section 4 lists the differences; every feature test here looks for the API itself, never a version number.
+"""
+from __future__ import annotations
+
+import os
+import types
+from typing import List, Optional
+
+import torch
+
+import comfy.model_management
+import comfy.ops
+import comfy.samplers
+import folder_paths
+
+from ..model.errors import DynamiCrafterInputError
+
+MODEL_FOLDER = "dynamicrafter"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model folders
+# ----------------------------------------------------------------------------------------------------------------
+def _folder_key(name: str) -> Optional[str]:
+    """The folder_paths key of a model folder on this host ("diffusion_models" is "unet" on 2024 hosts)."""
+    fnp = folder_paths.folder_names_and_paths
+    legacy = {"diffusion_models": "unet", "text_encoders": "clip"}
+    if name in fnp:
+        return name
+    if name in legacy and legacy[name] in fnp:
+        return legacy[name]
+    return None
+
+
+def register_model_folder() -> None:
+    """Register ``models/dynamicrafter`` (idempotent; a user's extra_model_paths entry keeps working)."""
+    fnp = folder_paths.folder_names_and_paths
+    if MODEL_FOLDER not in fnp:
+        path = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+        fnp[MODEL_FOLDER] = ([path], set(folder_paths.supported_pt_extensions))
+
+
+def checkpoint_folders() -> List[str]:
+    """Folders the loader lists, in priority order: dynamicrafter, diffusion_models, checkpoints."""
+    keys = [MODEL_FOLDER, _folder_key("diffusion_models"), _folder_key("checkpoints")]
+    return [k for k in dict.fromkeys(keys) if k is not None and k in folder_paths.folder_names_and_paths]
+
+
+def list_checkpoints() -> List[str]:
+    names: List[str] = []
+    for key in checkpoint_folders():
+        try:
+            names.extend(folder_paths.get_filename_list(key))
+        except Exception:  # a folder that vanished: list the others
+            continue
+    return list(dict.fromkeys(names))
+
+
+def checkpoint_path(name: str) -> str:
+    for key in checkpoint_folders():
+        path = folder_paths.get_full_path(key, name)
+        if path is not None and os.path.isfile(path):
+            return path
+    raise DynamiCrafterInputError(
+        "ckpt_name", f"a file in the model folders {checkpoint_folders()}", repr(name),
+        "put the DynamiCrafter checkpoint into models/dynamicrafter (or refresh the page after adding it)",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# layers and attention
+# ----------------------------------------------------------------------------------------------------------------
+def _cast_conv1d(base):
+    """A cast-on-use Conv1d for hosts whose ops lack one (2024-03), built on the host's own weight cast."""
+
+    class Conv1d(torch.nn.Conv1d, comfy.ops.CastWeightBiasOp):
+        comfy_cast_weights = getattr(base.Conv2d, "comfy_cast_weights", False)
+
+        def reset_parameters(self):
+            return None
+
+        def forward(self, input):
+            if self.comfy_cast_weights or self.weight.dtype != input.dtype:
+                weight, bias = comfy.ops.cast_bias_weight(self, input)
+                return self._conv_forward(input, weight, bias)
+            return super().forward(input)
+
+    return Conv1d
+
+
+def layer_namespace(operations) -> types.SimpleNamespace:
+    """The ``operations`` namespace model/unet.py wants, taken from the host's ops class (manual cast, fp8, ...)."""
+    ops = operations or comfy.ops.disable_weight_init
+    conv1d = getattr(ops, "Conv1d", None) or _cast_conv1d(ops)
+    return types.SimpleNamespace(Linear=ops.Linear, Conv1d=conv1d, Conv2d=ops.Conv2d, Conv3d=ops.Conv3d,
+                                 GroupNorm=ops.GroupNorm, LayerNorm=ops.LayerNorm)
+
+
+def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """The host's attention kernel ([B, N, heads*d] in and out), looked up per call so host settings apply."""
+    import comfy.ldm.modules.attention as attention
+
+    return attention.optimized_attention(q, k, v, heads)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sampling plumbing
+# ----------------------------------------------------------------------------------------------------------------
+def convert_cond(cond):
+    """CONDITIONING -> the host's internal cond dicts (``comfy.sampler_helpers`` now, ``comfy.sample`` in 2024)."""
+    try:
+        from comfy.sampler_helpers import convert_cond as fn
+    except ImportError:
+        from comfy.sample import convert_cond as fn
+    return fn(cond)
+
+
+def has_cfg_guider() -> bool:
+    return hasattr(comfy.samplers, "CFGGuider")
+
+
+def throw_if_interrupted() -> None:
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def load_models(patchers, memory_required: float = 0) -> None:
+    comfy.model_management.load_models_gpu(list(patchers), memory_required)
+
+
+def fp8_dtypes() -> List[str]:
+    """fp8 weight-storage choices this torch offers (cast to the compute dtype on use by the host's ops)."""
+    return [n for n in ("fp8_e4m3fn", "fp8_e5m2") if hasattr(torch, "float8_" + n[4:])]

@@ -1,0 +1,229 @@
+"""Conditioning: text CONDITIONING + image tokens + VAE + start (and end) image -> positive, image-only and negative
+CONDITIONING and an empty video LATENT [T, 4, h, w] (frames as batch, like the host's SVD).
+
+- positive   = positive text + image tokens            (reference ``cond``)
+- image_only = negative text + image tokens            (reference ``uc_img``: empty text + real image)
+- negative   = negative text + mid-grey image tokens   (reference ``uc``)
+All three carry the same concat latent (detail stream): the start frame's VAE latent on every frame, or for
+interpolation / loop the start latent on frame 0, the end latent on frame T-1 and zeros between.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import comfy.model_management
+
+from ..model.config import Variant
+from ..model.errors import DynamiCrafterInputError
+from ..model.log import logger
+from .encode import to_rgb
+from .native import COND_KEY
+
+MAX_SIZE = 8192
+MAX_FRAMES = 64
+_KNOWN_TEXT = {768: "an SD1.5 / CLIP-L text encoder", 1280: "an SDXL CLIP-G text encoder",
+               2048: "SDXL's text encoders", 4096: "a T5 text encoder"}
+
+
+def size_multiple(variant: Variant) -> int:
+    """Pixel multiple the UNet can use: VAE factor 8 times 2 per downsampling level."""
+    return 8 * 2 ** (len(variant.unet.channel_mult) - 1)
+
+
+def check_size_widget(name: str, value: int):
+    if value == 0:
+        return True
+    if value < 64 or value > MAX_SIZE or value % 8:
+        return (f"{name}: expected 0 (the model's own resolution) or a multiple of 8 from 64 to {MAX_SIZE} px, "
+                f"found {value}; DynamiCrafter needs multiples of 64 (they are snapped)")
+    return True
+
+
+def resolve_size(variant: Variant, width: int, height: int) -> Tuple[int, int, List[str]]:
+    notes = []
+    if width == 0 or height == 0:
+        width, height = width or variant.width, height or variant.height
+    m = size_multiple(variant)
+    out = []
+    for name, v in (("width", width), ("height", height)):
+        s = max(m, int(round(v / m)) * m)
+        if s != v:
+            notes.append(f"{name} {v} snapped to {s} (the {variant.name} UNet needs multiples of {m} px)")
+        out.append(s)
+    return out[0], out[1], notes
+
+
+def fit_image(rgb: torch.Tensor, width: int, height: int) -> Tuple[torch.Tensor, Optional[str]]:
+    """IMAGE [B, H, W, 3] -> [B, height, width, 3]: centre crop to the aspect ratio, then antialiased resize."""
+    b, h, w, _ = rgb.shape
+    if (h, w) == (height, width):
+        return rgb, None
+    x = rgb.movedim(-1, 1)
+    scale = max(height / h, width / w)
+    ch, cw = min(h, round(height / scale)), min(w, round(width / scale))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    x = x[:, :, top:top + ch, left:left + cw]
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return x.clamp(0, 1).movedim(1, -1), f"image {w}x{h} centre-cropped and resized to {width}x{height}"
+
+
+def _check_text(cond, name: str, width: int):
+    if not isinstance(cond, list) or not cond:
+        raise DynamiCrafterInputError(name, "CONDITIONING from CLIPTextEncode", repr(type(cond).__name__),
+                                      "connect a CLIPTextEncode output")
+    for entry in cond:
+        d = entry[0].shape[-1]
+        if d != width:
+            found = f"{d}-dim text tokens" + (f" ({_KNOWN_TEXT[d]})" if d in _KNOWN_TEXT else "")
+            want = f"{width}-dim text tokens" + (" (the SD2.1 / OpenCLIP ViT-H text encoder)" if width == 1024 else
+                                                 " (the text encoder of the DynamiCrafter checkpoint)")
+            raise DynamiCrafterInputError(f"{name} conditioning", want, found,
+                                          "encode the prompt with the CLIP output of DCN_Loader or the SD2.1 text "
+                                          "encoder (CLIPLoader, type stable_diffusion)")
+
+
+def _with(cond, info: dict):
+    out = []
+    for text, extra in cond:
+        d = dict(extra)
+        d[COND_KEY] = info
+        out.append([text, d])
+    return out
+
+
+def _vae_latent(vae, rgb: torch.Tensor) -> torch.Tensor:
+    if vae is None:
+        raise DynamiCrafterInputError("vae", "the SD VAE", "nothing",
+                                      "load the SD VAE with VAELoader or use a full DynamiCrafter checkpoint")
+    return vae.encode(rgb[..., :3]).float().to(comfy.model_management.intermediate_device())
+
+
+def build_conditioning(positive, negative, image_embeds, vae, start_image, width: int, height: int, frames: int,
+                       motion: int, loop: bool, end_image=None):
+    """-> (positive, image_only, negative, latent, notes). See the module docstring."""
+    if not isinstance(image_embeds, dict) or "cond" not in image_embeds:
+        raise DynamiCrafterInputError("image_embeds", "the output of DCN_ImageEncode", repr(type(image_embeds)),
+                                      "connect DCN_ImageEncode")
+    variant: Variant = image_embeds["variant"]
+    if frames < 2:
+        raise DynamiCrafterInputError("frames", "at least 2", str(frames), "use 16 (the trained length)")
+    tokens, tokens_uc = image_embeds["cond"], image_embeds["uncond"]
+    width_d = tokens.shape[-1]
+    _check_text(positive, "positive", width_d)
+    _check_text(negative, "negative", width_d)
+    width, height, notes = resolve_size(variant, width, height)
+    start, n = to_rgb(start_image, "start_image")
+    notes += n
+    if start.shape[0] > 1:
+        notes.append(f"start_image: batch of {start.shape[0]}, the first image is used")
+        start = start[:1]
+    end = None
+    if end_image is not None:
+        end, n = to_rgb(end_image, "end_image")
+        notes += n
+        end = end[:1]
+        if tuple(end.shape[1:3]) != tuple(start.shape[1:3]):
+            raise DynamiCrafterInputError(
+                "end_image", f"the start image's size {start.shape[2]}x{start.shape[1]}",
+                f"{end.shape[2]}x{end.shape[1]}", "resize the end image to the start image's size")
+    if loop:
+        if end is not None:
+            notes.append("loop is on: the end image is ignored, the video ends on the start image")
+        end = start
+    if end is not None and not variant.interp:
+        notes.append(f"interpolation/loop with the {variant.name} model (trained for image-to-video); the "
+                     "512-interp model is made for it")
+    if frames != variant.resampler.video_length:
+        notes.append(f"{frames} frames: the image tokens are made for {variant.resampler.video_length} frames and are "
+                     "shared by all frames (as the reference does)")
+    start_fit, n = fit_image(start, width, height)
+    if n:
+        notes.append(n)
+    lat = _vae_latent(vae, start_fit)                                      # [1, 4, h, w]
+    if end is None:
+        concat = lat.repeat(frames, 1, 1, 1)                               # [T, 4, h, w]
+    else:
+        end_fit, _ = fit_image(end, width, height)
+        concat = torch.zeros((frames,) + tuple(lat.shape[1:]), dtype=lat.dtype)
+        concat[0] = lat[0]
+        concat[-1] = lat[0] if loop else _vae_latent(vae, end_fit)[0]
+    fs = motion if motion > 0 else variant.default_motion
+    lo, hi = variant.motion_range
+    if not lo <= fs <= hi:
+        notes.append(f"{variant.motion_input} {fs} is outside the trained range {lo}-{hi} of the {variant.name} model")
+    base = {"concat_latent": concat, "fs": int(fs), "frames": int(frames), "variant": variant.name}
+    pos = _with(positive, dict(base, image_tokens=tokens))
+    img_only = _with(negative, dict(base, image_tokens=tokens))
+    neg = _with(negative, dict(base, image_tokens=tokens_uc))
+    latent = {"samples": torch.zeros((frames,) + tuple(lat.shape[1:]))}
+    for note in notes:
+        logger.info("%s", note)
+    return pos, img_only, neg, latent, notes
+
+
+class DCN_Conditioning:
+    """Text + image tokens + start/end frames -> the three DynamiCrafter conditionings and an empty video latent."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "positive": ("CONDITIONING", {"tooltip": "Prompt from CLIPTextEncode with the SD2.1/OpenCLIP-H text "
+                                                         "encoder (DCN_Loader's clip)."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt (the reference uses an empty prompt)."}),
+                "image_embeds": ("DCN_IMAGE_EMBEDS", {"tooltip": "Image tokens from DCN_ImageEncode."}),
+                "vae": ("VAE", {"tooltip": "The SD VAE (DCN_Loader's vae or VAELoader)."}),
+                "start_image": ("IMAGE", {"tooltip": "First frame of the video; centre-cropped and resized to "
+                                                     "width x height."}),
+                "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIZE, "step": 16,
+                                  "tooltip": "Video width in px; 0 = the model's own (512, 1024 or 256). Snapped to "
+                                             "the multiple the UNet needs (64) with a note."}),
+                "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIZE, "step": 16,
+                                   "tooltip": "Video height in px; 0 = the model's own (320, 576 or 256)."}),
+                "frames": ("INT", {"default": 16, "min": 2, "max": MAX_FRAMES, "step": 1,
+                                   "tooltip": "Number of frames (the models are trained on 16)."}),
+                "motion": ("INT", {"default": 0, "min": 0, "max": 60, "step": 1,
+                                   "tooltip": "fps (512/1024 models) or frame stride (256 model); 0 = the model's "
+                                              "default (24, 10, 3; 5 for 512-interp)."}),
+                "loop": ("BOOLEAN", {"default": False,
+                                     "tooltip": "Loop: the last frame is the start image again (interpolation "
+                                                "model); the end image is then ignored."}),
+            },
+            "optional": {
+                "end_image": ("IMAGE", {"tooltip": "Optional last frame for interpolation (same size as the start "
+                                                   "image)."}),
+            },
+        }
+
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "image_only", "negative", "latent")
+    OUTPUT_TOOLTIPS = ("Text + image: the fully conditional branch.",
+                       "Negative text + image: the image-only branch of dual CFG (DualCFGGuider cond2).",
+                       "Negative text + grey image: the unconditional branch.",
+                       "Empty video latent, frames as batch.")
+    FUNCTION = "condition"
+    CATEGORY = "DynamiCrafter/conditioning"
+    DESCRIPTION = "Builds DynamiCrafter's dual-stream conditioning for image-to-video, interpolation and loops."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, frames=None, motion=None):
+        for name, v in (("width", width), ("height", height)):
+            if v is not None:
+                r = check_size_widget(name, int(v))
+                if r is not True:
+                    return r
+        if frames is not None and int(frames) < 2:
+            return f"frames: expected at least 2 frames (16 is the trained length), found {frames}"
+        if motion is not None and not 0 <= int(motion) <= 60:
+            return f"motion: expected 0 (model default) or an fps / frame stride from 1 to 60, found {motion}"
+        return True
+
+    def condition(self, positive, negative, image_embeds, vae, start_image, width, height, frames, motion, loop,
+                  end_image=None):
+        pos, img_only, neg, latent, notes = build_conditioning(positive, negative, image_embeds, vae, start_image,
+                                                               width, height, frames, motion, loop, end_image)
+        result = (pos, img_only, neg, latent)
+        return {"ui": {"text": notes}, "result": result} if notes else result

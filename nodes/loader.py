@@ -1,0 +1,328 @@
+"""Loader: a DynamiCrafter checkpoint -> MODEL (ModelPatcher), the image projector P, and from a full official
+checkpoint also CLIP, CLIP_VISION and VAE built with the host's own classes.
+
+Text and image encoder configs are derived from the tensor shapes (width, depth, MLP width, positions, patch size),
+so the same code builds the real OpenCLIP ViT-H towers (it then gives exactly the host's ``sd2_clip_config.json`` /
+``clip_vision_config_h.json``) and the tiny ones in the tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+
+import comfy.clip_vision
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models_base
+import comfy.utils
+import folder_paths
+
+from ..model.checkpoint import detect_variant, open_checkpoint, validate_checkpoint
+from ..model.config import Variant
+from ..model.errors import DynamiCrafterInputError
+from ..model.log import logger
+from ..model.resampler import Resampler
+from ..model.variants import get_variant, variant_names
+from . import compat
+from .native import build_model
+
+WEIGHT_DTYPES = ["default", "fp32", "fp16", "bf16"] + compat.fp8_dtypes()
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+for _n in compat.fp8_dtypes():
+    _DTYPES[_n] = getattr(torch, "float8_" + _n[4:])
+# Attention heads per width of the known OpenCLIP / OpenAI towers (heads are not visible in tensor shapes).
+_TEXT_HEADS = {1024: 16, 768: 12, 1280: 20}
+_VISION_HEADS = {1280: 16, 1024: 16, 768: 12, 1664: 16}
+
+
+# ================================================================================================================
+# the image projector P (its own type)
+# ================================================================================================================
+class ImageProjector:
+    """P, the query transformer: CLIP-vision hidden states [B, 257, E] -> image tokens [B, 16*16, D].
+
+    Float32 weights on the host's offload device, moved by the host's memory manager through its ModelPatcher.
+    """
+
+    def __init__(self, variant: Variant, state_dict: Dict[str, torch.Tensor]):
+        mm = comfy.model_management
+        self.variant = variant
+        self.load_device = mm.get_torch_device()
+        offload = mm.unet_offload_device()
+        ops = compat.layer_namespace(comfy.ops.disable_weight_init)
+        self.model = Resampler(variant.resampler, dtype=torch.float32, device=offload, operations=ops)
+        self.model.load_state_dict(state_dict, strict=True)
+        self.model.eval().requires_grad_(False)
+        self.patcher = comfy.model_patcher.ModelPatcher(self.model, load_device=self.load_device,
+                                                        offload_device=offload)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.variant.resampler.embedding_dim
+
+    @property
+    def output_dim(self) -> int:
+        return self.variant.resampler.output_dim
+
+    @torch.no_grad()
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        comfy.model_management.load_models_gpu([self.patcher])
+        out = self.model(hidden.to(self.load_device, torch.float32))
+        return out.to(comfy.model_management.intermediate_device())
+
+
+# ================================================================================================================
+# encoders from the checkpoint, through the host's classes
+# ================================================================================================================
+def _config_path(config: dict) -> str:
+    """The host reads encoder configs from JSON files: one small cached file per derived config."""
+    blob = json.dumps(config, sort_keys=True, indent=1)
+    folder = os.path.join(tempfile.gettempdir(), "dynamicrafter-encoder-configs")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, hashlib.sha1(blob.encode()).hexdigest()[:16] + ".json")
+    if not os.path.isfile(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    return path
+
+
+def _count_blocks(keys, prefix: str) -> int:
+    pat = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
+    idx = {int(m.group(1)) for k in keys for m in [pat.match(k)] if m}
+    return max(idx) + 1 if idx else 0
+
+
+def text_config_from_shapes(shapes: Dict[str, tuple], prefix: str = "model.") -> dict:
+    """HF-style CLIP text config of an OpenCLIP text tower (``token_embedding``, ``transformer.resblocks.N``)."""
+    vocab, width = shapes[prefix + "token_embedding.weight"]
+    layers = _count_blocks(shapes, prefix)
+    mlp = shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0]
+    proj = shapes.get(prefix + "text_projection")
+    return {
+        "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
+        "eos_token_id": 2, "hidden_act": "gelu", "hidden_size": width, "initializer_factor": 1.0,
+        "initializer_range": 0.02, "intermediate_size": mlp, "layer_norm_eps": 1e-05,
+        "max_position_embeddings": shapes[prefix + "positional_embedding"][0], "model_type": "clip_text_model",
+        "num_attention_heads": _TEXT_HEADS.get(width, max(1, width // 64)), "num_hidden_layers": layers,
+        "pad_token_id": 1, "projection_dim": proj[1] if proj else width, "torch_dtype": "float32",
+        "vocab_size": vocab,
+    }
+
+
+def vision_config_from_shapes(shapes: Dict[str, tuple], prefix: str = "model.visual.") -> dict:
+    """HF-style CLIP vision config of an OpenCLIP ViT (``conv1``, ``positional_embedding``, ``resblocks.N``)."""
+    width, _, patch, _ = shapes[prefix + "conv1.weight"]
+    grid = int(round(math.sqrt(shapes[prefix + "positional_embedding"][0] - 1)))
+    proj = shapes.get(prefix + "proj")
+    return {
+        "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gelu", "hidden_size": width,
+        "image_size": grid * patch, "initializer_factor": 1.0, "initializer_range": 0.02,
+        "intermediate_size": shapes[prefix + "transformer.resblocks.0.mlp.c_fc.weight"][0],
+        "layer_norm_eps": 1e-05, "model_type": "clip_vision_model",
+        "num_attention_heads": _VISION_HEADS.get(width, max(1, width // 64)), "num_channels": 3,
+        "num_hidden_layers": _count_blocks(shapes, prefix), "patch_size": patch,
+        "projection_dim": proj[1] if proj else width, "torch_dtype": "float32",
+    }
+
+
+def _accepts(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def _sd2_tokenizer():
+    try:
+        from comfy.text_encoders.sd2_clip import SD2Tokenizer
+    except ImportError:
+        from comfy.sd2_clip import SD2Tokenizer
+    return SD2Tokenizer
+
+
+def _text_classes(config_path: str):
+    """SD2-style text encoder classes (penultimate layer + final LayerNorm, pad 0) over a derived config."""
+    base_takes_options = _accepts(comfy.sd1_clip.SDClipModel.__init__, "model_options")
+
+    class DynamiCrafterTextModel(comfy.sd1_clip.SDClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **_kw):
+            kw = dict(device=device, dtype=dtype, layer="hidden", layer_idx=-2, textmodel_json_config=config_path,
+                      special_tokens={"start": 49406, "end": 49407, "pad": 0})
+            if base_takes_options:
+                kw["model_options"] = model_options
+            super().__init__(**kw)
+
+    class DynamiCrafterClip(comfy.sd1_clip.SD1ClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **_kw):
+            super().__init__(device=device, dtype=dtype, clip_name="h", clip_model=DynamiCrafterTextModel,
+                             model_options=model_options)
+
+    return DynamiCrafterClip
+
+
+def build_text_encoder(part: Dict[str, torch.Tensor]):
+    """CLIP (host type) from the checkpoint's ``cond_stage_model.*`` (OpenCLIP text tower, prefix stripped)."""
+    prefix = "model."
+    sd = {k[len(prefix):]: v for k, v in part.items() if k.startswith(prefix)}
+    shapes = {prefix + k: tuple(v.shape) for k, v in sd.items()}
+    config = text_config_from_shapes(shapes, prefix)
+    sd = comfy.utils.transformers_convert(sd, "", "text_model.", config["num_hidden_layers"])
+    if "text_projection" in sd:
+        sd["text_projection.weight"] = sd.pop("text_projection").transpose(0, 1).contiguous()
+    sd.pop("logit_scale", None)
+    target = comfy.supported_models_base.ClipTarget(_sd2_tokenizer(), _text_classes(_config_path(config)))
+    kw = {}
+    if _accepts(comfy.sd.CLIP.__init__, "parameters"):
+        kw["parameters"] = sum(v.numel() for v in sd.values())
+    clip = comfy.sd.CLIP(target, embedding_directory=folder_paths.get_folder_paths("embeddings"), **kw)
+    missing, unexpected = clip.load_sd(sd)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing:
+        raise DynamiCrafterInputError("text encoder in the checkpoint", "a complete OpenCLIP text tower",
+                                      f"{len(missing)} missing weights (first {missing[:2]})",
+                                      "use the original checkpoint or load the SD2.1 text encoder with CLIPLoader")
+    logger.info("text encoder from the checkpoint: width %d, %d layers", config["hidden_size"],
+                config["num_hidden_layers"])
+    return clip
+
+
+def build_clip_vision(part: Dict[str, torch.Tensor]):
+    """CLIP_VISION (host type) from the checkpoint's ``embedder.*`` (OpenCLIP visual tower)."""
+    prefix = "model.visual."
+    sd = {k: v for k, v in part.items() if k.startswith(prefix)}
+    if not sd:
+        return None
+    config = vision_config_from_shapes({k: tuple(v.shape) for k, v in sd.items()}, prefix)
+    sd = comfy.clip_vision.convert_to_transformers(sd, prefix)
+    cv = comfy.clip_vision.ClipVisionModel(_config_path(config))
+    missing, _ = cv.load_sd(sd)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing:
+        raise DynamiCrafterInputError("image encoder in the checkpoint", "a complete OpenCLIP visual tower",
+                                      f"{len(missing)} missing weights (first {missing[:2]})",
+                                      "use the original checkpoint or load CLIP-ViT-H-14 with CLIPVisionLoader")
+    logger.info("image encoder from the checkpoint: width %d, %d layers", config["hidden_size"],
+                config["num_hidden_layers"])
+    return cv
+
+
+# ================================================================================================================
+# the loader function
+# ================================================================================================================
+def _variant_for(ck, name: str) -> Variant:
+    """The registry variant whose modules match the file: the real one, or its tiny test version."""
+    real = get_variant(name)
+    try:
+        validate_checkpoint(ck, real)
+        return real
+    except DynamiCrafterInputError as err:
+        proj = ck.parts["image_proj"].get("proj_in.weight")
+        if proj is not None:
+            tiny = get_variant(name, tiny=True, clip_dim=ck.shape(proj)[1])
+            try:
+                validate_checkpoint(ck, tiny)
+                logger.info("checkpoint '%s': tiny test configuration of variant %s", ck.name, name)
+                return tiny
+            except DynamiCrafterInputError:
+                pass
+        raise err
+
+
+@dataclass
+class Loaded:
+    model: object
+    projector: ImageProjector
+    clip: object
+    clip_vision: object
+    vae: object
+    info: str
+
+
+def load_checkpoint(path: str, variant: str = "auto", weight_dtype: str = "default") -> Loaded:
+    """Load a DynamiCrafter checkpoint file into host objects; ``info`` says which variant and why."""
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise DynamiCrafterInputError("weight_dtype", f"one of {WEIGHT_DTYPES}", repr(weight_dtype),
+                                      "pick one of the listed dtypes")
+    with open_checkpoint(path) as ck:
+        det = detect_variant(ck, variant=None if variant == "auto" else variant)
+        v = _variant_for(ck, det.variant)
+        unet_sd = {k: ck.tensor(full) for k, full in ck.parts["unet"].items()}
+        proj_sd = {k: ck.tensor(full).float() for k, full in ck.parts["image_proj"].items()}
+        text = {k: ck.tensor(full) for k, full in ck.parts["text_encoder"].items()}
+        vision = {k: ck.tensor(full) for k, full in ck.parts["image_encoder"].items()}
+        vae_sd = {k: ck.tensor(full) for k, full in ck.parts["vae"].items()}
+        name = ck.name
+    model = build_model(v, unet_sd, _DTYPES.get(weight_dtype))
+    del unet_sd
+    projector = ImageProjector(v, proj_sd)
+    clip = build_text_encoder(text) if text else None
+    clip_vision = build_clip_vision(vision) if vision else None
+    vae = comfy.sd.VAE(sd=vae_sd) if vae_sd else None
+    parts = [p for p, o in (("CLIP", clip), ("CLIP_VISION", clip_vision), ("VAE", vae)) if o is not None]
+    missing = [p for p, o in (("CLIP", clip), ("CLIP_VISION", clip_vision), ("VAE", vae)) if o is None]
+    info = (f"{name}: DynamiCrafter {v.name} ({v.description}); {det.reason}."
+            + (f" Also loaded from the file: {', '.join(parts)}." if parts else "")
+            + (f" Not in the file (outputs are empty; use the host's loaders): {', '.join(missing)}."
+               if missing else ""))
+    if v.extra.get("tiny"):
+        info += " Tiny test configuration."
+    logger.info("%s", info)
+    return Loaded(model, projector, clip, clip_vision, vae, info)
+
+
+# ================================================================================================================
+# node
+# ================================================================================================================
+class DCN_Loader:
+    """Load a DynamiCrafter checkpoint (full official .ckpt or pruned/converted .safetensors)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ckpt_name": (compat.list_checkpoints(), {
+                "tooltip": "DynamiCrafter checkpoint from models/dynamicrafter, models/diffusion_models or "
+                           "models/checkpoints. A full official model.ckpt also gives CLIP, CLIP_VISION and VAE."}),
+            "variant": (["auto"] + variant_names(), {
+                "default": "auto",
+                "tooltip": "auto: from the keys (256 vs 512-family), the file's metadata, or the file name; 512, "
+                           "1024 and 512-interp have identical weights layouts, so choose here if auto guesses "
+                           "wrong. The decision and its reason are shown in the info output."}),
+            "weight_dtype": (WEIGHT_DTYPES, {
+                "default": "default",
+                "tooltip": "Storage dtype of the UNet weights. default: the host decides (fp16/bf16 on most GPUs). "
+                           "fp8 halves memory again; layers then compute in the host's cast dtype."}),
+        }}
+
+    RETURN_TYPES = ("MODEL", "DCN_IMAGE_PROJ", "CLIP", "CLIP_VISION", "VAE", "STRING")
+    RETURN_NAMES = ("model", "image_proj", "clip", "clip_vision", "vae", "info")
+    OUTPUT_TOOLTIPS = ("The DynamiCrafter UNet as a host MODEL.", "The image query transformer P.",
+                       "SD2.1/OpenCLIP text encoder from a full checkpoint (else empty).",
+                       "OpenCLIP ViT-H image encoder from a full checkpoint (else empty).",
+                       "SD VAE from a full checkpoint (else empty).", "Which variant was loaded and why.")
+    FUNCTION = "load"
+    CATEGORY = "DynamiCrafter/loaders"
+    DESCRIPTION = "Loads a DynamiCrafter image-to-video model natively (host memory management, dtypes, samplers)."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, variant=None, weight_dtype=None):
+        if variant is not None and variant not in ["auto"] + variant_names():
+            return f"variant: expected one of {['auto'] + variant_names()}, found {variant!r}"
+        if weight_dtype is not None and weight_dtype not in WEIGHT_DTYPES:
+            return f"weight_dtype: expected one of {WEIGHT_DTYPES}, found {weight_dtype!r}"
+        return True
+
+    def load(self, ckpt_name, variant="auto", weight_dtype="default"):
+        res = load_checkpoint(compat.checkpoint_path(ckpt_name), variant, weight_dtype)
+        return {"ui": {"text": [res.info]},
+                "result": (res.model, res.projector, res.clip, res.clip_vision, res.vae, res.info)}

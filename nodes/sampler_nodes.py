@@ -1,0 +1,129 @@
+"""Sampling nodes: the exact reference DDIM sampler, the reference DDIM sigmas for the host's samplers, and (on hosts
+with ``comfy.samplers.CFGGuider``) the dual-CFG guider with the reference guidance rescale."""
+from __future__ import annotations
+
+from ..model.errors import DynamiCrafterInputError
+from ..model.sampler import MODES
+from . import compat
+from .sampling import SPACINGS, DynamiCrafterGuider, reference_sigmas, resolve_spacing, sample_exact
+
+_CFG = {"min": 0.0, "max": 30.0, "step": 0.1}
+
+
+def _check_model(model):
+    if getattr(getattr(model, "model", None), "dc_variant", None) is None:
+        raise DynamiCrafterInputError("model", "a DynamiCrafter MODEL from DCN_Loader",
+                                      type(getattr(model, "model", model)).__name__,
+                                      "load the model with DCN_Loader")
+    return model.model.dc_variant
+
+
+class DCN_Sampler:
+    """The reference DDIM sampler (exact path), three guidance branches batched into one UNet call per step."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "DynamiCrafter MODEL from DCN_Loader."}),
+            "positive": ("CONDITIONING", {"tooltip": "positive output of DCN_Conditioning."}),
+            "image_only": ("CONDITIONING", {"tooltip": "image_only output of DCN_Conditioning (used by 'multi')."}),
+            "negative": ("CONDITIONING", {"tooltip": "negative output of DCN_Conditioning."}),
+            "latent": ("LATENT", {"tooltip": "latent output of DCN_Conditioning (sets frames and size)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1,
+                             "tooltip": "Seed of the initial noise (same draw as KSampler) and of the DDIM noise."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "step": 1,
+                              "tooltip": "DDIM steps (the reference uses 50)."}),
+            "cfg_text": ("FLOAT", dict(_CFG, default=7.5, tooltip="Text guidance scale (1.0 = no guidance).")),
+            "cfg_image": ("FLOAT", dict(_CFG, default=7.5, tooltip="Image guidance scale of dual CFG ('multi').")),
+            "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": "DDIM eta: 0 deterministic, 1.0 the reference default."}),
+            "guidance_rescale": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01,
+                                           "tooltip": "Rescale of the guided output towards the conditional one's std "
+                                                      "(reference: 0.7 for 512/1024, 0 for 256)."}),
+            "spacing": (SPACINGS, {"default": "auto", "tooltip": "DDIM timestep spacing; auto = the model's "
+                                                                 "(uniform_trailing for 512/1024, uniform for 256)."}),
+            "mode": (list(MODES), {"default": "multi", "tooltip": "multi: text + image CFG (three branches); single: "
+                                                                 "uc + cfg_text (cond - uc) as the reference's "
+                                                                 "default script."}),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The sampled video latent (frames as batch); decode with VAEDecode.",)
+    FUNCTION = "sample"
+    CATEGORY = "DynamiCrafter/sampling"
+    DESCRIPTION = "Samples with DynamiCrafter's own DDIM: zero-SNR, dynamic rescale, dual CFG, guidance rescale."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, steps=None, spacing=None, mode=None):
+        if spacing is not None and spacing not in SPACINGS:
+            return f"spacing: expected one of {SPACINGS}, found {spacing!r}"
+        if mode is not None and mode not in MODES:
+            return f"mode: expected one of {list(MODES)}, found {mode!r}"
+        if steps is not None and spacing == "uniform" and int(steps) > 500:
+            return f"steps: expected at most 500 with spacing 'uniform', found {steps}"
+        return True
+
+    def sample(self, model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
+               guidance_rescale, spacing, mode):
+        _check_model(model)
+        return (sample_exact(model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
+                             guidance_rescale, spacing, mode),)
+
+
+class DCN_Sigmas:
+    """The reference DDIM timesteps as SIGMAS: the host's euler sampler on them is DDIM eta=0."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "DynamiCrafter MODEL from DCN_Loader."}),
+            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "step": 1, "tooltip": "Number of steps."}),
+            "spacing": (SPACINGS, {"default": "auto", "tooltip": "Timestep spacing; auto = the model's."}),
+        }}
+
+    RETURN_TYPES = ("SIGMAS",)
+    OUTPUT_TOOLTIPS = ("Descending sigmas of the DDIM timesteps, then 0.",)
+    FUNCTION = "sigmas"
+    CATEGORY = "DynamiCrafter/sampling"
+    DESCRIPTION = "Sigmas of the reference DDIM timesteps for SamplerCustom / SamplerCustomAdvanced."
+
+    def sigmas(self, model, steps, spacing):
+        variant = _check_model(model)
+        return (reference_sigmas(model.get_model_object("model_sampling") if hasattr(model, "get_model_object")
+                                 else model.model.model_sampling, steps, resolve_spacing(variant, spacing)),)
+
+
+class DCN_Guider:
+    """GUIDER for SamplerCustomAdvanced: dual CFG with the reference guidance rescale (current hosts)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "DynamiCrafter MODEL from DCN_Loader."}),
+            "positive": ("CONDITIONING", {"tooltip": "positive output of DCN_Conditioning."}),
+            "image_only": ("CONDITIONING", {"tooltip": "image_only output of DCN_Conditioning."}),
+            "negative": ("CONDITIONING", {"tooltip": "negative output of DCN_Conditioning."}),
+            "cfg_text": ("FLOAT", dict(_CFG, default=7.5, tooltip="Text guidance scale (1.0 = no guidance).")),
+            "cfg_image": ("FLOAT", dict(_CFG, default=7.5, tooltip="Image guidance scale (multi mode).")),
+            "guidance_rescale": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01,
+                                           "tooltip": "Reference guidance rescale (0 = off)."}),
+            "mode": (list(MODES), {"default": "multi", "tooltip": "multi: text + image CFG; single: one scale."}),
+        }}
+
+    RETURN_TYPES = ("GUIDER",)
+    OUTPUT_TOOLTIPS = ("Guider for SamplerCustomAdvanced.",)
+    FUNCTION = "guider"
+    CATEGORY = "DynamiCrafter/sampling"
+    DESCRIPTION = "DynamiCrafter's dual CFG for the host's samplers (use with DCN_Sigmas and euler for DDIM)."
+
+    def guider(self, model, positive, image_only, negative, cfg_text, cfg_image, guidance_rescale, mode):
+        _check_model(model)
+        g = DynamiCrafterGuider(model)
+        g.set_conds(positive, image_only, negative)
+        g.set_dc_cfg(cfg_text, cfg_image, guidance_rescale, mode)
+        return (g,)
+
+
+NODES = {"DCN_Sampler": DCN_Sampler, "DCN_Sigmas": DCN_Sigmas}
+if compat.has_cfg_guider():
+    NODES["DCN_Guider"] = DCN_Guider

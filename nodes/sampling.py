@@ -1,0 +1,294 @@
+"""Sampling inside the host: the pack's ``model_sampling``, the exact reference DDIM through ``BaseModel.apply_model``,
+and (on hosts that have ``comfy.samplers.CFGGuider``) a dual-CFG guider with the reference guidance rescale.
+
+model_sampling (DESIGN.md section 4): with x_t = sqrt(ac_t) s_t x0 + sqrt(1-ac_t) eps, the host's variable is
+x = x_t / (sqrt(ac_t) s_t) = x0 + sigma_t eps with sigma_t = sqrt(1-ac_t) / (sqrt(ac_t) s_t). For any sigma and the
+dynamic-rescale factor s of its nearest timestep, ac = 1 / (1 + sigma^2 s^2), so
+
+    model input     x_t = x * s / sqrt(1 + sigma^2 s^2)
+    v-prediction    denoised = x / (1 + sigma^2 s^2) - v * sigma / sqrt(1 + sigma^2 s^2)   (= (sqrt(ac) x_t - sqrt(1-ac) v) / s)
+    eps-prediction  denoised = x - eps * sigma
+
+and an Euler step between two table sigmas is the reference DDIM eta=0 step with the pred_x0 *= s_prev/s_t
+rescale. With s = 1 these are the host's own EPS / V_PREDICTION formulas. The zero-SNR terminal step (ac = 0,
+sigma = inf) uses the host's terminal ac = 4.9e-8 (``schedule.model_sigmas``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+
+import comfy.model_sampling
+import comfy.sample
+import comfy.samplers
+import latent_preview
+
+from ..model.config import ScheduleConfig
+from ..model.errors import DynamiCrafterInputError
+from ..model.log import logger
+from ..model.sampler import combine_guidance, ddim_sample, guidance_branches, rescale_guidance
+from ..model.schedule import ddim_timesteps, model_buffers, model_sigmas, scale_arr
+from . import compat
+
+BRANCH_CONDS = {"cond": "positive", "uc": "negative", "uc_img": "image_only"}
+SPACINGS = ["auto", "uniform_trailing", "uniform"]
+
+
+# ================================================================================================================
+# model_sampling
+# ================================================================================================================
+def _view(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
+    if sigma.ndim == 0 or sigma.numel() == 1:
+        return sigma.reshape(())
+    return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1))
+
+
+class _DynamiCrafterSampling:
+    """Mixin over the host's ModelSamplingDiscrete: the table holds the rescaled sigmas, ``dc_scale`` s_t."""
+
+    def _setup_dc(self, cfg: ScheduleConfig) -> None:
+        buffers = model_buffers(cfg)
+        n = int(cfg.timesteps)
+        self.set_sigmas(model_sigmas(cfg, buffers))
+        s = scale_arr(cfg)[:n] if cfg.use_dynamic_rescale else torch.ones(n)
+        self.register_buffer("dc_scale", s.to(torch.float32))
+        self.dc_schedule = cfg
+        self.dc_eps = cfg.parameterization == "eps"
+        self.sigma_data = 1.0
+        self.num_timesteps = n
+        self.zsnr = bool(cfg.rescale_betas_zero_snr)
+
+    # -- the factor s of the nearest table timestep --------------------------------------------------------------
+    def dc_index(self, sigma: torch.Tensor) -> torch.Tensor:
+        ls = sigma.float().clamp(min=1e-30).log().to(self.log_sigmas.device)
+        return (ls.reshape(-1)[None] - self.log_sigmas[:, None]).abs().argmin(dim=0).reshape(sigma.shape)
+
+    def _s(self, sigma: torch.Tensor, ndim: int) -> torch.Tensor:
+        s = self.dc_scale[self.dc_index(sigma)].to(device=sigma.device, dtype=sigma.dtype)
+        return _view(s, ndim)
+
+    def input_scale(self, sigma: torch.Tensor, ndim: int = 1) -> torch.Tensor:
+        """x_t / x = sqrt(ac) s = s / sqrt(1 + sigma^2 s^2)."""
+        s = self._s(sigma, ndim)
+        sg = _view(sigma, ndim)
+        return s / (1.0 + (sg * s) ** 2) ** 0.5
+
+    # -- host interface -------------------------------------------------------------------------------------------
+    def calculate_input(self, sigma, noise):
+        return noise * self.input_scale(sigma, noise.ndim)
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        sg = _view(sigma, model_output.ndim)
+        if self.dc_eps:
+            return model_input - model_output * sg
+        s = self._s(sigma, model_output.ndim)
+        q = 1.0 + (sg * s) ** 2
+        return model_input / q - model_output * sg / q ** 0.5
+
+    def model_output_from_denoised(self, sigma, denoised, model_input):
+        """Inverse of ``calculate_denoised``: the v (or eps) that gives ``denoised`` at ``sigma``."""
+        sg = _view(sigma, denoised.ndim)
+        if self.dc_eps:
+            return (model_input - denoised) / sg
+        s = self._s(sigma, denoised.ndim)
+        q = 1.0 + (sg * s) ** 2
+        return (model_input / q - denoised) * q ** 0.5 / sg
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+        sg = _view(sigma, noise.ndim)
+        if max_denoise:  # the prior x_t ~ N(0, I): x = noise / input_scale
+            noise = noise / self.input_scale(sigma, noise.ndim)
+        else:
+            noise = noise * sg
+        return noise + latent_image
+
+    def inverse_noise_scaling(self, sigma, latent):
+        return latent
+
+
+def make_model_sampling(cfg: ScheduleConfig):
+    """The pack's model_sampling object for a schedule (v or eps, zero-SNR and dynamic rescale as configured)."""
+
+    class DynamiCrafterModelSampling(_DynamiCrafterSampling, comfy.model_sampling.ModelSamplingDiscrete):
+        def __init__(self, schedule: ScheduleConfig):
+            super().__init__(None)
+            self._setup_dc(schedule)
+
+    return DynamiCrafterModelSampling(cfg)
+
+
+def resolve_spacing(variant, spacing: str) -> str:
+    return variant.timestep_spacing if spacing == "auto" else spacing
+
+
+def reference_sigmas(model_sampling, steps: int, spacing: str) -> torch.Tensor:
+    """SIGMAS of the reference DDIM timesteps (descending) followed by 0: Euler on them is DDIM eta=0."""
+    ts = ddim_timesteps(steps, spacing, int(model_sampling.num_timesteps)).flip(0)
+    sig = model_sampling.sigmas.detach().cpu()[ts]
+    return torch.cat([sig, sig.new_zeros(1)]).float()
+
+
+# ================================================================================================================
+# exact path: model/'s ddim_sample over BaseModel.apply_model
+# ================================================================================================================
+class _StepNoise:
+    """Per-step DDIM noise drawn lazily on the CPU from one seeded generator (device independent, in step order)."""
+
+    def __init__(self, n: int, shape, seed: int, zero: bool):
+        self.n, self.shape, self.zero = n, tuple(shape), zero
+        self.gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, k):
+        if self.zero:
+            return torch.zeros(self.shape)
+        return torch.randn(self.shape, generator=self.gen)
+
+
+def step_noise_seed(seed: int) -> int:
+    """Seed of the per-step DDIM noise (eta > 0): a stream apart from the initial noise of ``seed``."""
+    return (int(seed) + 0x5DEECE66D) % (2 ** 63)
+
+
+def _branch_conds(base, conditioning, noise, device, prompt_type: str, seed: int):
+    """One branch's model conds for a [T, C, h, w] video, through the host's own convert/encode functions."""
+    if not conditioning:
+        raise DynamiCrafterInputError(f"{prompt_type} conditioning", "one entry from DCN_Conditioning", "nothing",
+                                      "connect the conditioning node's outputs")
+    conds = compat.convert_cond(conditioning)
+    if len(conds) > 1:
+        logger.warning("exact DDIM sampler: %s has %d entries; the first is used (combine/area conditioning is not "
+                       "part of the reference sampler)", prompt_type, len(conds))
+    conds = comfy.samplers.encode_model_conds(base.extra_conds, conds[:1], noise, device, prompt_type,
+                                              latent_image=torch.zeros_like(noise), denoise_mask=None, seed=seed)
+    t, _, h, w = noise.shape
+    out = {}
+    for k, c in conds[0]["model_conds"].items():
+        out[k] = c.process_cond(batch_size=t, device=device, area=(h, w, 0, 0))
+    return out
+
+
+def _cat_conds(per_branch, device):
+    cat = comfy.samplers.cond_cat(per_branch)
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in cat.items()}
+
+
+def sample_exact(model, positive, image_only, negative, latent: dict, seed: int, steps: int, cfg_text: float,
+                 cfg_image: float, eta: float, guidance_rescale: float, spacing: str = "auto", mode: str = "multi"):
+    """The reference DDIM (model/'s ``ddim_sample``) with the three conditionings batched into ONE host
+    ``apply_model`` call per step, the host's progress bar and previews, and the interrupt check every step.
+
+    Initial noise: the host's ``prepare_noise(latent, seed)`` (what KSampler draws for the same seed), as
+    [1, 4, T, h, w]. Per-step noise (eta > 0): a CPU generator seeded with ``step_noise_seed(seed)``.
+    Returns a LATENT (host latent scale).
+    """
+    base = model.model
+    variant = getattr(base, "dc_variant", None)
+    if variant is None:
+        raise DynamiCrafterInputError("model", "a DynamiCrafter MODEL (DCN_Loader)", type(base).__name__,
+                                      "load the model with the DynamiCrafter loader")
+    samples = latent["samples"]
+    if samples.ndim != 4:
+        raise DynamiCrafterInputError("latent", "a video latent [frames, 4, h, w] from DCN_Conditioning",
+                                      f"shape {list(samples.shape)}", "connect the conditioning node's LATENT")
+    if torch.count_nonzero(samples) > 0:
+        logger.warning("exact DDIM sampler starts from pure noise, as the reference; the latent's content is ignored")
+    frames, ch, h, w = samples.shape
+    spacing = resolve_spacing(variant, spacing)
+    names = guidance_branches(mode, cfg_text)
+    conds = {"positive": positive, "negative": negative, "image_only": image_only}
+
+    noise = comfy.sample.prepare_noise(samples, seed)                      # [T, 4, h, w], CPU, host's RNG rule
+    compat.load_models([model], model.memory_required([len(names) * frames, ch, h, w]))
+    device = model.load_device
+    ms = base.model_sampling
+    prepared = {n: _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device, BRANCH_CONDS[n], seed)
+                for n in names}
+    batched = _cat_conds([prepared[n] for n in names], device)
+    topts_base = dict(model.model_options.get("transformer_options", {}))
+    wrapper = model.model_options.get("model_function_wrapper")
+    sigmas_table = ms.sigmas.to(device)
+
+    def denoise(x, t, branches):
+        compat.throw_if_interrupted()
+        k = len(branches)
+        if tuple(branches) != tuple(names):
+            raise RuntimeError(f"sampler asked for branches {branches}, prepared {names}")
+        xf = x.permute(0, 2, 1, 3, 4).reshape(k * frames, ch, h, w)       # [(K t), 4, h, w]
+        sigma = sigmas_table[t.to(device)].repeat_interleave(frames)       # [(K t)]
+        xk = xf / ms.input_scale(sigma, xf.ndim)                           # host variable; apply_model rescales
+        sink = []
+        topts = dict(topts_base, dcn_output_sink=sink, cond_or_uncond=[names.index(b) for b in branches],
+                     sigmas=sigma[:1])
+        c = dict(batched, transformer_options=topts)
+        if wrapper is not None:
+            wrapper(base.apply_model, {"input": xk, "timestep": sigma, "c": c,
+                                       "cond_or_uncond": topts["cond_or_uncond"]})
+        else:
+            base.apply_model(xk, sigma, **c)
+        if not sink:
+            raise RuntimeError("the DynamiCrafter UNet did not run (a model patch replaced it?)")
+        out = sink[-1].float()                                             # raw v / eps [(K t), 4, h, w]
+        return out.reshape(k, frames, ch, h, w).permute(0, 2, 1, 3, 4)     # [K, 4, t, h, w]
+
+    preview = latent_preview.prepare_callback(model, steps)
+
+    def callback(i, total, x_prev, pred_x0):
+        compat.throw_if_interrupted()
+        x0f = pred_x0[0].transpose(0, 1)                                   # [t, 4, h, w] for the previewer
+        preview(i, x0f, x_prev[0].transpose(0, 1), total)
+
+    x_T = noise.to(device=device, dtype=torch.float32).transpose(0, 1).unsqueeze(0)  # [1, 4, t, h, w]
+    n_steps = len(ddim_timesteps(steps, spacing, variant.schedule.timesteps))
+    step_noise = _StepNoise(n_steps, x_T.shape, step_noise_seed(seed), zero=(eta == 0))
+    out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
+                      cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
+                      callback=callback)
+    video = out[0].transpose(0, 1)                                         # [t, 4, h, w] model space
+    video = base.process_latent_out(video.float()).to(comfy.model_management.intermediate_device())
+    result = dict(latent)
+    result["samples"] = video
+    result.pop("noise_mask", None)
+    return result
+
+
+# ================================================================================================================
+# guider (current hosts)
+# ================================================================================================================
+if compat.has_cfg_guider():
+    class DynamiCrafterGuider(comfy.samplers.CFGGuider):
+        """Dual CFG ``uc + s_img (uc_img - uc) + s_txt (cond - uc_img)`` (or single CFG) with the reference guidance
+        rescale against the fully conditional output, std over the whole video; the 3 branches in one batch."""
+
+        def set_conds(self, positive, image_only, negative):
+            self.inner_set_conds({"positive": positive, "image_only": image_only, "negative": negative})
+
+        def set_dc_cfg(self, cfg_text: float, cfg_image: float, guidance_rescale: float, mode: str):
+            self.cfg = cfg_text
+            self.cfg_text, self.cfg_image, self.guidance_rescale, self.mode = cfg_text, cfg_image, guidance_rescale, mode
+            self.branches = guidance_branches(mode, cfg_text)
+
+        def predict_noise(self, x, timestep, model_options={}, seed=None):
+            conds = [self.conds.get(BRANCH_CONDS[n]) for n in self.branches]
+            outs = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+            if len(outs) == 1:
+                return outs[0]
+            ms = self.inner_model.model_sampling
+            to_v = getattr(ms, "model_output_from_denoised", None)
+            if to_v is None:  # another model_sampling patched in: guide on denoised (same CFG, rescale on x0)
+                parts = {n: o.reshape(1, -1) for n, o in zip(self.branches, outs)}
+                guided = combine_guidance(parts, self.cfg_text, self.cfg_image)
+                if self.guidance_rescale > 0:
+                    guided = rescale_guidance(guided, parts["cond"], self.guidance_rescale)
+                return guided.reshape(x.shape)
+            parts = {n: to_v(timestep, o, x).reshape(1, -1) for n, o in zip(self.branches, outs)}  # one video/row
+            guided = combine_guidance(parts, self.cfg_text, self.cfg_image)
+            if self.guidance_rescale > 0:
+                guided = rescale_guidance(guided, parts["cond"], self.guidance_rescale)
+            return ms.calculate_denoised(timestep, guided.reshape(x.shape), x)
+else:  # pragma: no cover - 2024-03 hosts
+    DynamiCrafterGuider = None
