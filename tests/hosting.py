@@ -436,6 +436,7 @@ class InProcessHost:
         self.pack_loaded = False
         self.pack_module_name: Optional[str] = None
         self.pack_import_error: Optional[str] = None
+        self.pack_import_log = ""  # what the host logged while importing the pack
         self.builtin_import_failures: Dict[str, str] = {}  # extras file -> reason
         self.features: Dict[str, bool] = {}
         self.folder_keys: Dict[str, str] = {}
@@ -549,6 +550,7 @@ class InProcessHost:
         with _capture_logs() as cap:
             ok = _run_maybe_async(load(self.pack_path, base, **kwargs))
         self.pack_loaded = bool(ok)
+        self.pack_import_log = cap.text()
         if not ok:
             self.pack_import_error = cap.text() or "load_custom_node returned False"
         init = os.path.realpath(os.path.join(self.pack_path, "__init__.py"))
@@ -629,6 +631,11 @@ class InProcessHost:
     @property
     def node_class_mappings(self) -> dict:
         return self.modules["nodes"].NODE_CLASS_MAPPINGS
+
+    @property
+    def pack_module(self):
+        """The pack as the host imported it (its classes are not those of ``comfyui_dynamicrafter``)."""
+        return sys.modules[self.pack_module_name] if self.pack_module_name else None
 
     @contextlib.contextmanager
     def register_nodes(self, mapping: Dict[str, type]):

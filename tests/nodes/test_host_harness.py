@@ -87,8 +87,7 @@ def test_builtin_nodes_import(host):
 def test_pack_loads_through_the_hosts_loader(host):
     assert host.pack_loaded, f"the pack failed to import in the host:\n{host.pack_import_error}"
     assert host.pack_module_name and host.pack_module_name != "comfyui_dynamicrafter"
-    import sys
-    pack = sys.modules[host.pack_module_name]
+    pack = host.pack_module
     for name, cls in pack.NODE_CLASS_MAPPINGS.items():
         assert host.node_class_mappings.get(name) is cls, name
     # model folders: only the temporary ones, under the host's own folder names
