@@ -1,0 +1,280 @@
+"""Frozen encoders of the trainer: SD KL-f8 VAE, OpenCLIP ViT-H/14 text and image towers, and the pre-compute cache.
+
+- Text (reference `FrozenOpenCLIPEmbedder`, layer "penultimate"): tokens -> all resblocks but the last -> ``ln_final``
+  -> [B, 77, 1024].
+- Image (reference `FrozenOpenCLIPImageEmbedderV2`): bicubic resize to 224 (align_corners, antialias), (x+1)/2, CLIP
+  mean/std, then the visual tower's tokens of the last transformer layer, without ``ln_post`` or ``proj`` ->
+  [B, 257, 1280].
+- VAE: the pack's ``model.vae`` AutoencoderKL, frame by frame, returning the posterior (mean, std); the trainer
+  draws the posterior sample with each sample's own generator (reproducible) and scales it by ``SCALE_FACTOR``.
+
+The towers are open_clip's own classes (``open_clip.CLIP``): the real ViT-H-14 config, or a tiny config of the same
+classes for tests. Weights: a DynamiCrafter full checkpoint (``cond_stage_model.model.*``, ``embedder.model.*``) or
+an open_clip ViT-H-14 file (bare keys).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.errors import DynamiCrafterInputError
+from ..model.log import logger
+
+CLIP_SIZE = 224
+
+TINY_CLIP = dict(embed_dim=32, vision=dict(layers=2, width=48, head_width=24, patch_size=14, image_size=224),
+                 text=dict(width=64, heads=2, layers=2))
+
+
+# ================================================================================================================
+# OpenCLIP towers
+# ================================================================================================================
+def build_open_clip(tiny: bool = False, text_width: Optional[int] = None, vision_width: Optional[int] = None,
+                    seed: int = 0) -> nn.Module:
+    """An ``open_clip.CLIP``: ViT-H-14 (random init; load weights after) or a tiny one of the same classes."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    if tiny:
+        v = dict(TINY_CLIP["vision"])
+        t = dict(TINY_CLIP["text"])
+        if vision_width:
+            v.update(width=vision_width, head_width=max(8, vision_width // 2))
+        if text_width:
+            t.update(width=text_width, heads=max(1, text_width // 32))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return open_clip.CLIP(embed_dim=TINY_CLIP["embed_dim"], vision_cfg=CLIPVisionCfg(**v),
+                                  text_cfg=CLIPTextCfg(**t))
+    cfg = open_clip.get_model_config("ViT-H-14")
+    return open_clip.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=CLIPVisionCfg(**cfg["vision_cfg"]),
+                          text_cfg=CLIPTextCfg(**cfg["text_cfg"]))
+
+
+class TextEncoder(nn.Module):
+    """open_clip text tower, penultimate layer + ln_final: captions -> [B, 77, width]."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.register_buffer("attn_mask", clip.attn_mask.clone(), persistent=False)
+        self.width = clip.ln_final.weight.shape[0]
+
+    @torch.no_grad()
+    def forward(self, captions: Sequence[str]) -> torch.Tensor:
+        import open_clip
+
+        tokens = open_clip.tokenize(list(captions)).to(self.positional_embedding.device)   # [B, 77]
+        x = self.token_embedding(tokens) + self.positional_embedding                      # [B, 77, W]
+        batch_first = getattr(self.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        mask = self.attn_mask.to(x.dtype)
+        for block in self.transformer.resblocks[:-1]:                                     # penultimate layer
+            x = block(x, attn_mask=mask)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        return self.ln_final(x)                                                           # [B, 77, W]
+
+
+class ImageEncoder(nn.Module):
+    """open_clip visual tower, last-layer tokens without ln_post: images [B, 3, H, W] in [-1, 1] -> [B, 257, width]."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        self.visual = clip.visual
+        self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
+        self.width = clip.visual.conv1.weight.shape[0]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        vis = self.visual
+        dt = vis.conv1.weight.dtype
+        x = F.interpolate(images.float(), size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", align_corners=True,
+                          antialias=True)
+        x = (((x + 1.0) / 2.0 - self.mean) / self.std).to(dt)                              # [B, 3, 224, 224]
+        x = vis.conv1(x).flatten(2).transpose(1, 2)                                       # [B, grid^2, W]
+        cls = vis.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + vis.positional_embedding.to(x.dtype)             # [B, 257, W]
+        x = vis.ln_pre(x)
+        batch_first = getattr(vis.transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in vis.transformer.resblocks:
+            x = block(x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        return x                                                                          # no ln_post, no proj
+
+
+def _load_clip_weights(clip: nn.Module, sources: Dict[str, Dict[str, torch.Tensor]]) -> List[str]:
+    """Load text weights from ``sources["text"]`` and visual ones from ``sources["image"]`` (bare open_clip keys)."""
+    own = clip.state_dict()
+    loaded, report = {}, []
+    for tower, sd in sources.items():
+        if not sd:
+            continue
+        want = [k for k in own if (k.startswith("visual.") if tower == "image" else not k.startswith("visual."))]
+        missing = [k for k in want if k not in sd]
+        bad = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+        need_missing = [k for k in missing if tower == "text" or k.startswith("visual.")]
+        if tower == "text":
+            need_missing = [k for k in need_missing if not k.startswith(("logit_", "text_projection"))]
+        if need_missing or bad:
+            raise DynamiCrafterInputError(
+                f"OpenCLIP {tower} weights", "the ViT-H-14 layout",
+                f"{len(need_missing)} missing (e.g. {need_missing[:3]}), {len(bad)} of another shape (e.g. {bad[:3]})",
+                "use the DynamiCrafter checkpoint or the open_clip ViT-H-14 laion2b_s32b_b79k file")
+        for k in want:
+            if k in sd:
+                loaded[k] = sd[k].to(own[k].dtype)
+        report.append(f"{tower}: {sum(1 for k in want if k in sd)} tensors")
+    clip.load_state_dict(loaded, strict=False)
+    return report
+
+
+def clip_weight_sources(paths: Sequence[str]) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Find OpenCLIP text/image weights in checkpoint files: ``cond_stage_model.model.*`` / ``embedder.model.*`` of a
+    DynamiCrafter checkpoint, or the bare keys of an open_clip file (used for both towers)."""
+    from ..model.checkpoint import open_checkpoint
+
+    out: Dict[str, Dict[str, torch.Tensor]] = {"text": {}, "image": {}}
+    for path in paths:
+        if not path:
+            continue
+        with open_checkpoint(path) as ck:
+            for part, tower in (("text_encoder", "text"), ("image_encoder", "image")):
+                if ck.parts[part] and not out[tower]:
+                    out[tower] = {k[len("model."):]: ck.tensor(full) for k, full in ck.parts[part].items()
+                                  if k.startswith("model.")}
+            rest = ck.parts["rest"]
+            if "token_embedding.weight" in rest or "visual.conv1.weight" in rest:
+                bare = {k: ck.tensor(full) for k, full in rest.items()}
+                if not out["text"] and "token_embedding.weight" in bare:
+                    out["text"] = bare
+                if not out["image"] and "visual.conv1.weight" in bare:
+                    out["image"] = bare
+    return out
+
+
+# ================================================================================================================
+# VAE
+# ================================================================================================================
+def vae_state_from(paths: Sequence[str]) -> Optional[Dict[str, torch.Tensor]]:
+    """SD VAE weights (keys without prefix): ``first_stage_model.*`` of a full checkpoint, or a bare VAE file."""
+    from ..model.checkpoint import open_checkpoint
+
+    for path in paths:
+        if not path:
+            continue
+        with open_checkpoint(path) as ck:
+            if ck.parts["vae"]:
+                return {k: ck.tensor(full) for k, full in ck.parts["vae"].items()}
+            rest = ck.parts["rest"]
+            if "encoder.conv_in.weight" in rest:
+                return {k: ck.tensor(full) for k, full in rest.items()}
+    return None
+
+
+class VideoVAE(nn.Module):
+    """Frozen SD VAE (``model.vae``), frames encoded independently in chunks: video [B, 3, T, H, W] -> posterior
+    (mean, std) [B, 4, T, H/f, W/f], unscaled, float32."""
+
+    def __init__(self, vae: nn.Module, chunk: int = 8):
+        super().__init__()
+        self.vae, self.chunk = vae, chunk
+
+    @property
+    def downscale(self) -> int:
+        return self.vae.downscale
+
+    @torch.no_grad()
+    def forward(self, video: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.vae.encode(video, chunk_frames=self.chunk)
+        return mean.float(), std.float()
+
+
+def build_vae(tiny: bool, state: Optional[Dict[str, torch.Tensor]], seed: int = 0) -> nn.Module:
+    """The pack's AutoencoderKL (``model.vae``): SD KL-f8, or a tiny one of the same class for tests."""
+    from ..model import vae as vae_mod
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = vae_mod.AutoencoderKL(vae_mod.TINY_VAE if tiny else vae_mod.VAEConfig())
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+    elif not tiny:
+        raise DynamiCrafterInputError("VAE weights", "first_stage_model.* in the init checkpoint or vae_checkpoint",
+                                      "none found", "set vae_checkpoint to the SD VAE file")
+    return model
+
+
+# ================================================================================================================
+# All encoders together
+# ================================================================================================================
+@dataclasses.dataclass
+class EncoderSpec:
+    tiny: bool
+    text_width: int
+    image_width: int
+    weight_files: Tuple[str, ...] = ()
+    seed: int = 0
+
+
+class Encoders(nn.Module):
+    """The frozen encoders; ``fingerprint`` identifies them (for the pre-compute cache)."""
+
+    def __init__(self, spec: EncoderSpec, dtype: torch.dtype = torch.float32, device="cpu", need_pixels: bool = True):
+        super().__init__()
+        self.spec = spec
+        clip = build_open_clip(spec.tiny, spec.text_width if spec.tiny else None,
+                               spec.image_width if spec.tiny else None, seed=spec.seed)
+        report = ["random tiny weights"] if spec.tiny else []
+        if not spec.tiny:
+            sources = clip_weight_sources(spec.weight_files)
+            for tower in ("text", "image"):
+                if not sources[tower]:
+                    raise DynamiCrafterInputError(
+                        f"OpenCLIP {tower} weights", "cond_stage_model/embedder in the init checkpoint or clip_checkpoint",
+                        "none found", "set clip_checkpoint to open_clip's ViT-H-14 laion2b_s32b_b79k file")
+            report = _load_clip_weights(clip, sources)
+        self.text = TextEncoder(clip)
+        self.image = ImageEncoder(clip)
+        if self.text.width != spec.text_width or self.image.width != spec.image_width:
+            raise DynamiCrafterInputError(
+                "encoders", f"text width {spec.text_width} and image width {spec.image_width} (the UNet context and P)",
+                f"{self.text.width} and {self.image.width}", "use the encoders that match the variant")
+        del clip
+        self.vae = VideoVAE(build_vae(spec.tiny, None if spec.tiny else vae_state_from(spec.weight_files),
+                                      seed=spec.seed + 1)) if need_pixels else None
+        logger.info("encoders: OpenCLIP %s (%s), VAE %s", "tiny" if spec.tiny else "ViT-H-14", ", ".join(report),
+                    "tiny" if spec.tiny else "SD KL-f8")
+        self.requires_grad_(False)
+        self.eval()
+        self.to(device=device, dtype=dtype)
+
+    def train(self, mode: bool = True):  # always frozen, always eval
+        return super().train(False)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.spec), sort_keys=True).encode())
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes()[:4096])
+        return h.hexdigest()[:16]
+
+
+__all__ = ["Encoders", "EncoderSpec", "TextEncoder", "ImageEncoder", "VideoVAE", "build_open_clip"]

@@ -1,0 +1,219 @@
+"""Training checkpoints: written atomically, found again on resume, never left half-written under a final name.
+
+A checkpoint is written to ``<name>.tmp-<pid>`` in the same folder, flushed and fsync'ed, then renamed over the final
+name with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsync'ed. ``latest.json`` (same procedure)
+names the newest complete checkpoint. A process killed at any point leaves either the old or the new file complete;
+a stray temporary file is ignored (and removed on the next save). Resume takes the file ``latest.json`` names if it
+loads, else the newest ``step_*.pt`` that loads.
+
+Test hook: ``DYNAMICRAFTER_TRAIN_FAULT=kill_during_save:<step>`` makes the process SIGKILL itself in the middle of
+writing the checkpoint of that step (see ``faults``), to prove the previous checkpoint survives.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import signal
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..model.log import logger
+
+STATE_FORMAT = "dynamicrafter-train-state/1"
+_STEP_RE = re.compile(r"step_(\d+)\.pt$")
+
+
+# ================================================================================================================
+# Fault injection (tests only; inert unless the environment variable is set)
+# ================================================================================================================
+def fault(kind: str) -> Optional[int]:
+    """The step of an injected fault ``kind`` from ``DYNAMICRAFTER_TRAIN_FAULT=kind:step[,kind:step]``, else None."""
+    spec = os.environ.get("DYNAMICRAFTER_TRAIN_FAULT", "")
+    for item in spec.split(","):
+        if ":" in item:
+            k, v = item.split(":", 1)
+            if k.strip() == kind:
+                return int(v)
+    return None
+
+
+class _KillingWriter:
+    """File wrapper that SIGKILLs the process once ``limit`` bytes have been written (fault injection)."""
+
+    def __init__(self, f, limit: int):
+        self.f, self.limit, self.n = f, limit, 0
+
+    def write(self, data) -> int:
+        n = self.f.write(data)
+        self.n += n
+        if self.n >= self.limit:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+# ================================================================================================================
+# Atomic writes
+# ================================================================================================================
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def atomic_torch_save(obj: Any, path: str, kill_after_bytes: Optional[int] = None) -> None:
+    """``torch.save`` to a temporary file, fsync, rename over ``path``, fsync the folder."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, _KillingWriter(f, kill_after_bytes) if kill_after_bytes else f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+# ================================================================================================================
+# Checkpoint folder
+# ================================================================================================================
+def checkpoint_path(folder: str, step: int) -> str:
+    return os.path.join(folder, f"step_{step:08d}.pt")
+
+
+def list_checkpoints(folder: str) -> List[Tuple[int, str]]:
+    out = []
+    for p in glob.glob(os.path.join(folder, "step_*.pt")):
+        m = _STEP_RE.search(os.path.basename(p))
+        if m:
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def save_checkpoint(folder: str, step: int, state: Dict[str, Any], keep: int = 3) -> str:
+    """Write ``state`` as the checkpoint of ``step`` atomically, point ``latest.json`` at it, prune old ones."""
+    os.makedirs(folder, exist_ok=True)
+    for stale in glob.glob(os.path.join(folder, "*.tmp-*")):  # left by a killed process
+        try:
+            os.remove(stale)
+        except OSError:
+            pass
+    path = checkpoint_path(folder, step)
+    kill = None
+    if fault("kill_during_save") == step:
+        kill = 4096
+    atomic_torch_save(dict(state, format=STATE_FORMAT), path, kill_after_bytes=kill)
+    atomic_write_bytes(os.path.join(folder, "latest.json"),
+                       json.dumps({"step": step, "file": os.path.basename(path)}).encode())
+    if keep > 0:
+        for s, p in list_checkpoints(folder)[:-keep]:
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+    return path
+
+
+def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+    """Load a training checkpoint (``weights_only``: tensors, numbers, strings, lists, dicts only)."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a DynamiCrafter training checkpoint")
+    return state
+
+
+def _loads(path: str) -> bool:
+    try:
+        load_checkpoint(path)
+        return True
+    except Exception as e:  # damaged / foreign file: say so and keep looking
+        logger.warning("checkpoint %s cannot be loaded (%s: %s); trying an older one", path, type(e).__name__,
+                       str(e)[:160])
+        return False
+
+
+def find_resume(folder: str) -> Optional[str]:
+    """The newest complete checkpoint in ``folder`` (``latest.json`` first), or None."""
+    latest = os.path.join(folder, "latest.json")
+    if os.path.isfile(latest):
+        try:
+            with open(latest) as f:
+                p = os.path.join(folder, json.load(f)["file"])
+            if os.path.isfile(p) and _loads(p):
+                return p
+        except (OSError, ValueError, KeyError):
+            pass
+    for _, p in reversed(list_checkpoints(folder)):
+        if _loads(p):
+            return p
+    return None
+
+
+# ================================================================================================================
+# RNG states
+# ================================================================================================================
+def rng_state() -> Dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return _to_plain(st)
+
+
+def set_rng_state(st: Dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    py = st["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = st["numpy"]
+    np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), int(npst[2]), int(npst[3]), float(npst[4])))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def _to_plain(obj):
+    """RNG states as types ``torch.load(weights_only=True)`` accepts (lists, ints, tensors)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
