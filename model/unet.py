@@ -419,8 +419,7 @@ class UNetModel(nn.Module):
         self.gradient_checkpointing = False
         self.share_branch_prefix = True
         self.channels_last = False
-        self._kv_store: Optional[dict] = None                                # None: context cache off
-        self._kv_key = None
+        self._kv_entries: Optional[list] = None                              # None: context cache off
         mc = cfg.model_channels
         emb_dim = mc * 4
 
@@ -549,45 +548,50 @@ class UNetModel(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     # Constant-context K/V cache (opt-in; exact)
     # ------------------------------------------------------------------------------------------------------------
+    KV_CACHE_CONTEXTS = 4                                                  # contexts kept (branches called apart)
+
     def enable_context_cache(self, on: bool = True) -> None:
-        """Reuse the text/image K/V while the context stays the same tensor (same identity and version) or an
+        """Reuse the text/image K/V while a context stays the same tensor (same identity and version) or an
         equal one; the caller clears it after sampling (``clear_context_cache`` or the ``context_cache()`` block).
+        Keeps up to ``KV_CACHE_CONTEXTS`` contexts (guidance branches called one by one each have their own).
         Only under ``torch.no_grad()``; costs the K/V of every cross-attention (tens of MB for the real model)."""
-        self._kv_store = {} if on else None
-        self._kv_key = None
+        self._kv_entries = [] if on else None
 
     def clear_context_cache(self) -> None:
-        if self._kv_store is not None:
-            self._kv_store.clear()
-        self._kv_key = None
+        if self._kv_entries is not None:
+            self._kv_entries.clear()
 
     @contextlib.contextmanager
     def context_cache(self):
         """``with unet.context_cache(): sample(...)`` -- K/V cached for the block, freed at its end."""
-        previous = self._kv_store
+        previous = self._kv_entries
         self.enable_context_cache(True)
         try:
             yield self
         finally:
-            self.clear_context_cache()
-            self._kv_store = previous
+            self._kv_entries = previous
+
+    @property
+    def context_cache_size(self) -> int:
+        return 0 if self._kv_entries is None else len(self._kv_entries)
 
     def _kv_for(self, context: torch.Tensor) -> Optional[dict]:
-        store = self._kv_store
-        if store is None or torch.is_grad_enabled():
+        entries = self._kv_entries
+        if entries is None or torch.is_grad_enabled():
             return None
-        key = self._kv_key
-        if key is not None:
-            ref, version, copy = key
-            if ref is context and context._version == version:
-                return store
+        for e in entries:                                                  # e = [ref, version, copy, store]
+            if e[0] is context and e[1] == context._version:
+                return e[3]
+        for e in entries:
+            copy = e[2]
             if (copy.shape == context.shape and copy.dtype == context.dtype and copy.device == context.device
                     and torch.equal(copy, context)):
-                self._kv_key = (context, context._version, copy)
-                return store
-        store.clear()
-        self._kv_key = (context, context._version, context.detach().clone())
-        return store
+                e[0], e[1] = context, context._version
+                return e[3]
+        if len(entries) >= self.KV_CACHE_CONTEXTS:
+            entries.pop(0)
+        entries.append([context, context._version, context.detach().clone(), {}])
+        return entries[-1][3]
 
     def _apply(self, fn, *args, **kwargs):
         self.clear_context_cache()                                         # dtype/device moves invalidate K/V

@@ -76,17 +76,17 @@ def test_context_cache_exact_hits_and_invalidates(per_frame):
             ctx2.mul_(2)                                             # in-place change: version bump -> recompute
             torch.testing.assert_close(m(x, t, ctx2, fs), ref_after(m, x, t, ctx2, fs), atol=0, rtol=0)
             assert calls["n"] == 4                                   # recomputed, then once more uncached
-        assert m._kv_store is None and m._kv_key is None             # freed at the end of the block
+        assert m._kv_entries is None                                 # freed at the end of the block
     hook.remove()
 
 
 def ref_after(m, x, t, ctx, fs):
-    saved = m._kv_store
-    m._kv_store = None
+    saved = m._kv_entries
+    m._kv_entries = None
     try:
         return m(x, t, ctx, fs)
     finally:
-        m._kv_store = saved
+        m._kv_entries = saved
 
 
 def test_context_cache_off_under_grad():
@@ -94,8 +94,27 @@ def test_context_cache_off_under_grad():
     x, t, ctx, fs = _inputs(b=1)
     m.enable_context_cache(True)
     m(x, t, ctx, fs).sum().backward()                                # no stale graph kept, nothing cached
-    assert not m._kv_store
+    assert m.context_cache_size == 0
     m.enable_context_cache(False)
+
+
+def test_context_cache_keeps_separate_branch_contexts():
+    m = _model()
+    x, t, ctx, fs = _inputs()
+    calls = {"n": 0}
+    k = m.middle_block[1].transformer_blocks[0].attn2.to_k
+    hook = k.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    with torch.no_grad():
+        refs = [m(x[i:i + 1], t[i:i + 1], ctx[i:i + 1], fs[i:i + 1]) for i in range(3)]
+        parts = [ctx[i:i + 1] for i in range(3)]
+        calls["n"] = 0
+        with m.context_cache():
+            for step in range(3):                                    # three branches called apart, three steps
+                for i in range(3):
+                    torch.testing.assert_close(m(x[i:i + 1], t[i:i + 1], parts[i], fs[i:i + 1]), refs[i],
+                                               atol=0, rtol=0)
+            assert calls["n"] == 3 and m.context_cache_size == 3
+    hook.remove()
 
 
 def test_explicit_attention_equals_sdpa():
