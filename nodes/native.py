@@ -42,9 +42,8 @@ class DynamiCrafterUNet(UNetModel):
     def __init__(self, dc_unet_config=None, dtype=None, dc_compute_dtype=None, device=None, operations=None,
                  **_ignored):
         super().__init__(dc_unet_config, dtype=dtype, device=device, operations=compat.layer_namespace(operations),
-                         attention=compat.host_attention)
+                         attention=compat.host_attention, compute_dtype=dc_compute_dtype)
         self.weight_dtype = dtype or torch.float32
-        self.dtype = dc_compute_dtype or self.weight_dtype
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, dcn_image_tokens=None,
                 dcn_fs=None, dcn_frames=None, **kwargs):
