@@ -4,6 +4,7 @@ the checkpoint training started from, when it has them).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Dict, Mapping, Optional
@@ -103,15 +104,16 @@ def export_merged(model: DiffusionModel, trained: Mapping[str, torch.Tensor], va
     return out_path
 
 
-def export_from_trainer(trainer) -> Dict[str, str]:
-    """At the end of a run (main process): adapter (+ merged checkpoint) into the output folder."""
+def export_from_trainer(trainer, trained: Mapping[str, torch.Tensor],
+                        ema: Optional[Mapping[str, torch.Tensor]]) -> Dict[str, str]:
+    """At the end of a run (main process, full tensors gathered): adapter (+ merged checkpoint) in the output folder."""
     cfg = trainer.cfg
     state = {"config": cfg.to_dict(), "stage": trainer.stage.name, "groups": trainer.groups, "step": trainer.step,
-             "base_sha256": trainer.base_sha256, "lora_alpha": trainer.lora_alpha,
-             "trainable": {n: p.detach().cpu() for n, p in trainer._named_trainable()},
-             "ema": ({n: t.detach().cpu() for n, t in trainer.ema.items()} if trainer.ema is not None else None)}
-    if trainer.world > 1 and trainer.strategy == "fsdp":
-        return {}  # sharded tensors: export from the final checkpoint with `train.py export`
+             "base_sha256": trainer.base_sha256, "lora_alpha": trainer.lora_alpha, "trainable": dict(trained),
+             "ema": dict(ema) if ema is not None else None}
+    if cfg.export_merged and trainer.world > 1 and trainer.strategy == "fsdp":
+        logger.warning("export_merged under FSDP: write it from the final checkpoint with `train.py export --merged`")
+        cfg = dataclasses.replace(cfg, export_merged=False)
     out = {"adapter": export_adapter_from_state(state, trainer.variant, os.path.join(cfg.output_dir,
                                                 "adapter.safetensors"), cfg.export_ema, cfg.export_dtype)}
     if cfg.export_merged:

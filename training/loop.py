@@ -553,10 +553,12 @@ class Trainer:
         self._report_skips()
         result = {"step": self.step, "losses": losses, "last_checkpoint": self.last_checkpoint,
                   "skipped": dict(self.skipped), "skip_events": self.skip_events}
+        trained = {n: self._full(p) for n, p in self._named_trainable()}          # collective under FSDP
+        ema = {n: self._full(t) for n, t in self.ema.items()} if self.ema is not None else None
         if self.is_main:
             from .export import export_from_trainer
 
-            result["adapter"] = export_from_trainer(self)
+            result["adapter"] = export_from_trainer(self, trained, ema)
         if self.world > 1:
             dist.barrier()
         return result
