@@ -4,7 +4,6 @@
     train.py precompute  --config run.yaml                         encode the dataset once into cache_dir
     train.py export      --checkpoint ckpt.pt --out adapter.safetensors [--merged full.safetensors] [--no-ema]
     train.py dump-config [--config run.yaml] [--format yaml|json]  print every setting with its value
-    train.py check-adapter adapter.safetensors --checkpoint model.safetensors   validate an adapter against a model
 
 Every setting of ``TrainConfig`` is a flag (``--lr 1e-4``, ``--gradient-checkpointing``/``--no-gradient-checkpointing``,
 lists and mappings as JSON or comma lists). Flags override the config file. Exit status: 0 done, 2 bad input,
@@ -24,7 +23,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from .config import TrainConfig, dump_config, load_config_file
 
-COMMANDS = ("train", "precompute", "export", "dump-config", "check-adapter")
+COMMANDS = ("train", "precompute", "export", "dump-config")
 
 
 def _parse_value(text: str, annotation: str):
@@ -102,11 +101,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
     p.add_argument("-v", "--verbose", action="store_true")
-    p = sub.add_parser("check-adapter", help="validate an adapter against a DynamiCrafter checkpoint")
-    p.add_argument("adapter")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--variant", default=None)
-    p.add_argument("-v", "--verbose", action="store_true")
     return ap
 
 
@@ -139,17 +133,6 @@ def _run(args) -> int:
 
         out = export_from_checkpoint(args.checkpoint, args.out, args.merged, use_ema=not args.no_ema, dtype=args.dtype)
         print(json.dumps(out))
-        return 0
-    if args.command == "check-adapter":
-        from ..model import adapters as ad
-        from ..model.checkpoint import load_dynamicrafter
-
-        loaded = load_dynamicrafter(args.checkpoint, variant=args.variant)
-        tensors, meta = ad.read_adapter(args.adapter)
-        info = ad.validate_adapter(tensors, meta, loaded.variant, ad.model_shapes(loaded.unet, loaded.image_proj),
-                                   name=f"adapter '{args.adapter}'")
-        print(json.dumps({"variant": info.variant, "stage": info.stage, "groups": info.groups, "step": info.step,
-                          "full_tensors": len(info.full_keys), "lora_pairs": len(info.lora)}))
         return 0
     cfg = build_config(args)
     if args.command == "precompute":
