@@ -86,3 +86,13 @@ def save_unet_checkpoint(path: str, unet: torch.nn.Module, image_proj: torch.nn.
         sd.update({f"image_proj_model.{k}": v.contiguous() for k, v in image_proj.state_dict().items()})
     save_file(sd, path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """In-process training on one intra-op thread, like the subprocesses (OMP_NUM_THREADS=1): on a shared 2-core
+    runner, two spinning threads per process cost more than they give."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
