@@ -18,6 +18,12 @@ SIZE = 64          # px; the tiny UNet (2 levels) needs multiples of 16, the rea
 FRAMES = 4
 LATENT_SCALE = 0.18215
 START, END = "dcn_start.png", "dcn_end.png"
+# The three full-graph kinds: conditioning_graph() arguments.
+GRAPHS = {
+    "image_to_video": dict(),
+    "interpolation": dict(end=END, model_ckpt="dc_tiny_interp.safetensors"),
+    "loop": dict(loop=True, model_ckpt="dc_tiny_interp.safetensors"),
+}
 
 
 def install(model_dirs: Dict[str, str], input_dir: str, refresh=None) -> Dict[str, str]:

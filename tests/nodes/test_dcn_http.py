@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 
 from comfyui_dynamicrafter.tests.nodes import dcn_support as S
-from comfyui_dynamicrafter.tests.nodes.test_dcn_nodes import GRAPHS
 
 
 def test_image_to_video_interpolation_and_loop_over_http(host_server):
@@ -15,7 +14,7 @@ def test_image_to_video_interpolation_and_loop_over_http(host_server):
         started = time.monotonic() - t0
         node_types = srv.get("/object_info/DCN_Sampler")
         assert "DCN_Sampler" in node_types, "the server did not load the pack"
-        for kind, kw in GRAPHS.items():
+        for kind, kw in S.GRAPHS.items():
             g = S.add_exact_sampler(S.conditioning_graph(**kw), steps=3, prefix=f"dcn_http_{kind}")
             res = srv.run_prompt(g, timeout=300)
             images = res.outputs["9"]["images"]

@@ -170,11 +170,7 @@ def test_host_ksampler_euler_is_reference_ddim(host, dc, record_property):
 # ---------------------------------------------------------------------------------------------------------------------
 # 3. full graphs: image -> video frames
 # ---------------------------------------------------------------------------------------------------------------------
-GRAPHS = {
-    "image_to_video": dict(),
-    "interpolation": dict(end=S.END, model_ckpt="dc_tiny_interp.safetensors"),
-    "loop": dict(loop=True, model_ckpt="dc_tiny_interp.safetensors"),
-}
+GRAPHS = S.GRAPHS
 
 
 @pytest.mark.parametrize("kind", list(GRAPHS))
