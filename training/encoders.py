@@ -207,13 +207,15 @@ class VideoVAE(nn.Module):
         return mean.float(), std.float()
 
 
-def build_vae(tiny: bool, state: Optional[Dict[str, torch.Tensor]], seed: int = 0) -> nn.Module:
+def build_vae(tiny: bool, state: Optional[Dict[str, torch.Tensor]], seed: int = 0, dtype: torch.dtype = torch.float32,
+              device="cpu") -> nn.Module:
     """The pack's AutoencoderKL (``model.vae``): SD KL-f8, or a tiny one of the same class for tests."""
     from ..model import vae as vae_mod
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = vae_mod.AutoencoderKL(vae_mod.TINY_VAE if tiny else vae_mod.VAEConfig())
+        # built in its compute dtype: AutoencoderKL casts its inputs to the dtype it was built with
+        model = vae_mod.AutoencoderKL(vae_mod.TINY_VAE if tiny else vae_mod.VAEConfig(), dtype=dtype, device=device)
     if state is not None:
         model.load_state_dict(state, strict=True)
     elif not tiny:
@@ -259,7 +261,7 @@ class Encoders(nn.Module):
                 f"{self.text.width} and {self.image.width}", "use the encoders that match the variant")
         del clip
         self.vae = VideoVAE(build_vae(spec.tiny, None if spec.tiny else vae_state_from(spec.weight_files),
-                                      seed=spec.seed + 1)) if need_pixels else None
+                                      seed=spec.seed + 1, dtype=dtype, device=device)) if need_pixels else None
         logger.info("encoders: OpenCLIP %s (%s), VAE %s", "tiny" if spec.tiny else "ViT-H-14", ", ".join(report),
                     "tiny" if spec.tiny else "SD KL-f8")
         self.requires_grad_(False)

@@ -260,7 +260,13 @@ class Trainer:
         if self.world == 1:
             return self.model
         if self.strategy == "fsdp":
+            import warnings
+
             from torch.distributed.fsdp import fully_shard
+
+            # The UNet blocks return reshaped views; nothing here modifies a block output in place, which is what
+            # this FSDP2 warning is about.
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
             unet = self.model.unet
             for blk in list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks):

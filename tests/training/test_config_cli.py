@@ -55,7 +55,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, video_data):
 
 
 def test_bf16_autocast_runs(tmp_path, video_data):
-    s = tiny_settings(str(tmp_path), video_data[0], precision="bf16", gradient_checkpointing=True, max_steps=2)
+    s = tiny_settings(str(tmp_path), video_data[0], precision="bf16", encoder_precision="bf16",
+                      gradient_checkpointing=True, max_steps=2)
     result = train(TrainConfig.from_dict(s))
     assert len(result["losses"]) == 2 and all(torch.isfinite(torch.tensor(result["losses"])))
 
