@@ -321,8 +321,27 @@ class TemporalConvBlock(nn.Module):
         self.conv3 = nn.Sequential(ops.GroupNorm(32, channels, **kw), nn.SiLU(), nn.Dropout(dropout), conv())
         self.conv4 = nn.Sequential(ops.GroupNorm(32, channels, **kw), nn.SiLU(), nn.Dropout(dropout), conv())
 
+    as_conv2d = True                                                       # False: plain Conv3d (bench A/B)
+
     def forward(self, x):                                                  # x: [b, c, t, h, w]
-        return x + self.conv4(self.conv3(self.conv2(self.conv1(x))))
+        h = x
+        for seq in (self.conv1, self.conv2, self.conv3, self.conv4):
+            for layer in seq[:-1]:
+                h = layer(h)
+            h = _temporal_conv(seq[-1], h) if self.as_conv2d else seq[-1](h)
+        return x + h
+
+
+def _temporal_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Conv3d with kernel (3,1,1) as the same Conv2d over (t, h*w): CPU kernels are faster for it and an
+    NDHWC input stays a view. Host layers other than plain / our cast-on-use Conv3d are called as they are."""
+    plain = type(conv).forward is nn.Conv3d.forward
+    if not (plain or hasattr(conv, "_wb")) or x.dim() != 5:
+        return conv(x)
+    weight, bias = (conv.weight, conv.bias) if plain else conv._wb(x)
+    b, c, t, h, w = x.shape
+    y = F.conv2d(x.flatten(3), weight.flatten(3), bias, padding=(conv.padding[0], 0))  # [b, c', t, h*w]
+    return y.unflatten(3, (h, w))                                          # [b, c', t, h, w]
 
 
 class ResBlock(nn.Module):
@@ -611,6 +630,12 @@ class UNetModel(nn.Module):
                 w = getattr(m, "weight", None)
                 if isinstance(w, torch.Tensor) and w.dim() in (4, 5) and w.device.type != "meta":
                     w.data = w.data.contiguous(memory_format=fmt2 if w.dim() == 4 else fmt3)
+
+    def set_temporal_conv2d(self, on: bool = True) -> None:
+        """Temporal (3,1,1) convs as Conv2d over (t, h*w) (default) or as plain Conv3d."""
+        for m in self.modules():
+            if isinstance(m, TemporalConvBlock):
+                m.as_conv2d = on
 
     def set_reference_layout(self, on: bool = True) -> None:
         """Bench baseline: the reference's per-frame text/image K/V projection and no shared prefix."""
