@@ -65,6 +65,7 @@ class Trainer:
         self.cfg = cfg
         self._setup_distributed()
         if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = False
@@ -189,7 +190,10 @@ class Trainer:
             return self.resume_state["base_sha256"]
         if not self.cfg.init_checkpoint:
             return "none"
-        return file_sha256(self.cfg.init_checkpoint)
+        box = [file_sha256(self.cfg.init_checkpoint) if self.is_main else None]   # read the file once, on rank 0
+        if self.world > 1:
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def _build_data(self) -> None:
         cfg, v = self.cfg, self.variant
@@ -353,12 +357,14 @@ class Trainer:
         self.scaler.load_state_dict(s["scaler"])
         self.skipped.update(s.get("skipped") or {})
         self.skip_events = int(s.get("skip_events", 0))
-        if int(s.get("world_size", 1)) == self.world:
+        old_world = int(s.get("world_size", 1))
+        if old_world == self.world:
             st.set_rng_state(s["rng"][self.rank])
-        else:
-            self._log("resuming with %d processes, the checkpoint had %d: the data order is kept, the dropout RNG is "
-                      "not (the run is not bit-identical to an uninterrupted one)", self.world, s["world_size"],
-                      level="warning")
+        else:  # keep the position in the global sample stream: micro-batches of B*W samples
+            self.micro = self.micro * old_world // self.world
+            self._log("resuming with %d processes, the checkpoint had %d: the sample order goes on from the same "
+                      "position, the dropout RNG does not (not bit-identical to an uninterrupted run)", self.world,
+                      old_world, level="warning")
         self.last_checkpoint = self.resume_path
         self._log("resumed from %s at step %d (micro-batch %d)", self.resume_path, self.step, self.micro)
         if self.is_main:
@@ -594,11 +600,15 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Build a Trainer from ``cfg``, run it to ``max_steps``, export the adapter; return a summary."""
-    trainer = Trainer(cfg)
     try:
-        return trainer.run()
+        trainer = Trainer(cfg)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 __all__ = ["Trainer", "TrainingStopped", "train", "file_sha256"]
