@@ -95,10 +95,22 @@ def _with(cond, info: dict):
 
 
 def _vae_latent(vae, rgb: torch.Tensor) -> torch.Tensor:
+    """The posterior mode of the host's VAE encode. 2024 hosts sample the posterior with the global RNG (a different
+    latent every run); the mode is deterministic and the same on every host. (The reference samples
+    mean + std * randn; the SD VAE's posterior std is small.)"""
     if vae is None:
         raise DynamiCrafterInputError("vae", "the SD VAE", "nothing",
                                       "load the SD VAE with VAELoader or use a full DynamiCrafter checkpoint")
-    return vae.encode(rgb[..., :3]).float().to(comfy.model_management.intermediate_device())
+    reg = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
+    sampling = bool(getattr(reg, "sample", False))
+    if sampling:
+        reg.sample = False
+    try:
+        lat = vae.encode(rgb[..., :3])
+    finally:
+        if sampling:
+            reg.sample = True
+    return lat.float().to(comfy.model_management.intermediate_device())
 
 
 def build_conditioning(positive, negative, image_embeds, vae, start_image, width: int, height: int, frames: int,
@@ -209,7 +221,7 @@ class DCN_Conditioning:
     DESCRIPTION = "Builds DynamiCrafter's dual-stream conditioning for image-to-video, interpolation and loops."
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None, frames=None, motion=None):
+    def VALIDATE_INPUTS(cls, width=None, height=None, frames=None):
         for name, v in (("width", width), ("height", height)):
             if v is not None:
                 r = check_size_widget(name, int(v))
@@ -217,8 +229,6 @@ class DCN_Conditioning:
                     return r
         if frames is not None and int(frames) < 2:
             return f"frames: expected at least 2 frames (16 is the trained length), found {frames}"
-        if motion is not None and not 0 <= int(motion) <= 60:
-            return f"motion: expected 0 (model default) or an fps / frame stride from 1 to 60, found {motion}"
         return True
 
     def condition(self, positive, negative, image_embeds, vae, start_image, width, height, frames, motion, loop,

@@ -97,12 +97,15 @@ class _DynamiCrafterSampling:
         return (model_input / q - denoised) * q ** 0.5 / sg
 
     def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
-        sg = _view(sigma, noise.ndim)
-        if max_denoise:  # the prior x_t ~ N(0, I): x = noise / input_scale
+        """Start of sampling. From sigma_max, or from any sigma on an empty latent (the reference DDIM starts
+        its first timestep from x_t ~ N(0, I) whatever the spacing, e.g. t=801 for the 256 model), the model's
+        variable is the noise itself: x = noise / input_scale. Otherwise (img2img) x = latent + sigma * noise."""
+        empty = latent_image is None or not bool(torch.count_nonzero(latent_image))
+        if max_denoise or empty:
             noise = noise / self.input_scale(sigma, noise.ndim)
         else:
-            noise = noise * sg
-        return noise + latent_image
+            noise = noise * _view(sigma, noise.ndim)
+        return noise if latent_image is None else noise + latent_image
 
     def inverse_noise_scaling(self, sigma, latent):
         return latent

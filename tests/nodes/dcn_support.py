@@ -10,7 +10,7 @@ import torch
 
 from comfyui_dynamicrafter.model.checkpoint import load_dynamicrafter
 from comfyui_dynamicrafter.model.sampler import ddim_sample
-from comfyui_dynamicrafter.model.schedule import model_buffers, scale_arr
+from comfyui_dynamicrafter.model.schedule import ddim_timesteps, model_buffers, scale_arr
 from comfyui_dynamicrafter.model.variants import get_variant
 from comfyui_dynamicrafter.tests.nodes import tinyckpt
 
@@ -148,7 +148,8 @@ class Reference:
         noise = None
         if step_noise_seed is not None:
             g = torch.Generator().manual_seed(step_noise_seed)
-            noise = [torch.randn(x_T.shape, generator=g) for _ in range(steps)]
+            n = len(ddim_timesteps(steps, kw.get("spacing", "uniform_trailing"), self.variant.schedule.timesteps))
+            noise = [torch.randn(x_T.shape, generator=g) for _ in range(n)]
         return ddim_sample(self.denoise, x_T, self.variant.schedule, steps, noise=noise, **kw)
 
     def scales(self):

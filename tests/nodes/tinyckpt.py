@@ -45,8 +45,8 @@ def manifest_path() -> Path:
 def _init(name: str, shape, gen: torch.Generator) -> torch.Tensor:
     """Deterministic random init by key name: norms ~1, biases small, matrices N(0,1)/sqrt(fan_in)."""
     shape = tuple(shape)
-    if len(shape) == 0:
-        return torch.tensor(4.6052)
+    if len(shape) == 0:  # the 256 model's attn2.alpha gates N(0, 1); OpenCLIP's logit_scale ln(100)
+        return torch.randn((), generator=gen) if name.endswith("alpha") else torch.tensor(4.6052)
     last = name.rsplit(".", 1)[-1]
     norm = any(s in name for s in ("norm", "ln_", ".ln", "layer_norm")) and len(shape) == 1
     if norm and last == "weight":
@@ -133,6 +133,7 @@ def checkpoints(root: Optional[str] = None) -> Dict[str, str]:
 
     - ``full``: 512 tiny UNet + P + text + image encoder + real-size VAE (one file is enough to run)
     - ``interp``: 512-interp tiny UNet + P only (pruned layout, metadata variant)
+    - ``v256``: 256 tiny UNet (eps-prediction, learnable ``attn2.alpha`` gates, no metadata: the keys say 256) + P
     - ``other_encoders``: 512 tiny UNet + P (clip_dim 48) with 48-wide text and image towers, no VAE: the
       "wrong encoder" cases (the stand-ins of SD1.5's 768-dim text encoder and a ViT-L clip_vision)
     - ``sd15``: a few keys of an SD1.5 image checkpoint (not DynamiCrafter)
@@ -147,6 +148,7 @@ def checkpoints(root: Optional[str] = None) -> Dict[str, str]:
     out["full"] = _save(root / "dc_tiny_full.safetensors", full, "512")
     interp = unet_and_p("512-interp", VISION_WIDTH, seed=20)
     out["interp"] = _save(root / "dc_tiny_interp.safetensors", interp, "512-interp")
+    out["v256"] = _save(root / "dc_tiny_256.safetensors", unet_and_p("256", VISION_WIDTH, seed=40), None)
     other = unet_and_p("512", 48, seed=30)
     other.update(_random(text_tower_shapes(width=48), seed=31))
     other.update(_random(vision_tower_shapes(width=48), seed=32))
