@@ -49,15 +49,39 @@ def _parse_value(text: str, annotation: str):
     return text
 
 
+def _setting_help() -> Dict[str, str]:
+    """Each setting's trailing comment in config.py, as its --help text."""
+    import inspect
+    import re
+
+    from . import config as config_mod
+
+    out = {}
+    for line in inspect.getsource(config_mod.TrainConfig).splitlines():
+        m = re.match(r"\s+(\w+):[^#]*#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _metavar(ann: str) -> str:
+    if ann.startswith("Optional[") and ann.endswith("]"):
+        ann = ann[len("Optional["):-1]
+    return ann.upper()
+
+
 def _add_setting_flags(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group("settings (override the config file; `dump-config` shows them all)")
+    helps = _setting_help()
+    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         ann = str(f.type)
+        text = f"{helps.get(f.name, '')} (default: {getattr(defaults, f.name)!r})".strip().replace("%", "%%")
         if ann == "bool":
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            g.add_argument(flag, dest=f.name, default=None, metavar=ann.upper().replace("OPTIONAL[", "").rstrip("]"),
+            g.add_argument(flag, dest=f.name, default=None, metavar=_metavar(ann), help=text,
                            type=lambda s, a=ann: _parse_value(s, a))
 
 

@@ -28,9 +28,10 @@ class TrainConfig:
     variant: str = "512"                    # 256 | 512 | 1024 | 512-interp
     tiny: bool = False                      # tiny test configs (model and encoders) from the same registry
     groups: Optional[List[str]] = None      # trainable groups; None = the stage's declared default
-    lora_rank: int = 16
+    lora_rank: int = 16                     # LoRA rank
     lora_alpha: Optional[float] = None      # None = lora_rank (scale 1)
-    lora_targets: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # attention projections that get LoRA (also: "to_k_ip", "to_v_ip")
+    lora_targets: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # LoRA targets
     unet_overrides: Dict[str, Any] = field(default_factory=dict)       # UNetConfig fields
     resampler_overrides: Dict[str, Any] = field(default_factory=dict)  # ResamplerConfig fields
     schedule_overrides: Dict[str, Any] = field(default_factory=dict)   # ScheduleConfig fields
@@ -39,7 +40,7 @@ class TrainConfig:
     # ---- weights to start from -----------------------------------------------------------------------------------
     init_checkpoint: Optional[str] = None   # DynamiCrafter / text-to-video / SD2.1 checkpoint (UNet, P, maybe VAE+CLIP)
     init_adapters: List[str] = field(default_factory=list)  # adapters of earlier stages, applied in order
-    init_strict: bool = True
+    init_strict: bool = True                # refuse extra UNet keys in init_checkpoint
     clip_checkpoint: Optional[str] = None   # open_clip ViT-H-14 weights if the init checkpoint has none
     vae_checkpoint: Optional[str] = None    # SD VAE weights if the init checkpoint has none
 
@@ -49,51 +50,51 @@ class TrainConfig:
     image_folder: Optional[str] = None      # t2i: images + same-stem .txt captions
     height: Optional[int] = None            # None = the variant's resolution
     width: Optional[int] = None
-    frames: int = 16
-    frame_stride_min: int = 1
-    frame_stride_max: int = 6
+    frames: int = 16                        # frames per clip (1 for t2i)
+    frame_stride_min: int = 1               # frame stride sampled per clip in [min, max]
+    frame_stride_max: int = 6               # lowered per clip until the frames fit
     cond_frame: Optional[str] = None        # random | first | first_last (None: random, first_last for interp)
-    p_drop_text: float = 0.05
-    p_drop_image: float = 0.05
-    p_drop_both: float = 0.05
-    num_workers: int = 2
+    p_drop_text: float = 0.05               # CFG dropout: text only
+    p_drop_image: float = 0.05              # CFG dropout: image only (the all-zero image)
+    p_drop_both: float = 0.05               # CFG dropout: both
+    num_workers: int = 2                    # DataLoader worker processes (PyAV decoding)
     cache_dir: Optional[str] = None         # pre-computed latents/embeddings (train.py precompute)
     cache_views: int = 1                    # clips pre-computed per video
     cache_cond_frames: int = 4              # conditioning-frame candidates embedded per clip
-    cache_dtype: str = "fp16"
+    cache_dtype: str = "fp16"               # fp16 | bf16 | fp32
 
     # ---- optimisation --------------------------------------------------------------------------------------------
-    seed: int = 0
-    max_steps: int = 1000
+    seed: int = 0                           # seed of the sample order, every per-sample draw and the initialisation
+    max_steps: int = 1000                   # optimizer steps
     batch_size: int = 2                     # per process
     grad_accum: int = 2
-    lr: float = 1e-5
-    weight_decay: float = 1e-2
-    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    warmup_steps: int = 0
+    lr: float = 1e-5                        # AdamW learning rate (official fine-tuning recipe: 1e-5)
+    weight_decay: float = 1e-2              # AdamW weight decay
+    adam_betas: List[float] = field(default_factory=lambda: [0.9, 0.999]) # AdamW betas
+    adam_eps: float = 1e-8                  # AdamW eps
+    warmup_steps: int = 0                   # linear warmup from lr/warmup_steps to lr
     lr_schedule: str = "constant"           # constant | cosine (after warmup)
     grad_clip: float = 0.5                  # 0 = off
     precision: str = "fp32"                 # fp32 | bf16 | fp16 (autocast)
     encoder_precision: Optional[str] = None  # None: bf16 on CUDA, fp32 on CPU
-    gradient_checkpointing: bool = False
-    ema: bool = True
-    ema_decay: float = 0.9999
+    gradient_checkpointing: bool = False    # recompute UNet blocks in backward (saves memory)
+    ema: bool = True                        # keep an EMA of the trained weights (exported by default)
+    ema_decay: float = 0.9999               # EMA decay, min(ema_decay, (1+n)/(10+n)) at update n
 
     # ---- run -----------------------------------------------------------------------------------------------------
-    output_dir: str = "runs/dynamicrafter"
-    save_every: int = 500
-    keep_checkpoints: int = 3
+    output_dir: str = "runs/dynamicrafter"  # checkpoints, metrics, adapter
+    save_every: int = 500                   # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 3               # newest checkpoints kept (0 = all)
     resume: str = "auto"                    # auto | none | <checkpoint path>
-    log_every: int = 10
-    progress: bool = True
-    tensorboard: bool = False
+    log_every: int = 10                     # log line every N steps when the progress bar is off
+    progress: bool = True                   # tqdm progress bar with loss and speed
+    tensorboard: bool = False               # TensorBoard logs in output_dir/tensorboard (pip install tensorboard)
     device: str = "auto"                    # auto | cpu | cuda
     strategy: str = "auto"                  # auto (FSDP for joint with >1 process, else DDP) | ddp | fsdp
-    deterministic: bool = False
-    export_ema: bool = True
-    export_merged: bool = False
-    export_dtype: str = "fp16"
+    deterministic: bool = False             # torch deterministic algorithms (slower on GPU)
+    export_ema: bool = True                 # export the EMA weights (else the raw ones)
+    export_merged: bool = False             # also write output_dir/merged.safetensors (full checkpoint)
+    export_dtype: str = "fp16"              # fp16 | bf16 | fp32
 
     # ------------------------------------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
