@@ -88,8 +88,7 @@ class Trainer:
             os.makedirs(self.ckpt_dir, exist_ok=True)
 
         # ---- resume point (read before building anything that depends on it) ---------------------------------------
-        self.resume_path = self._resume_path()
-        self.resume_state = st.load_checkpoint(self.resume_path) if self.resume_path else None
+        self.resume_path, self.resume_state = self._resume_point()
         if self.resume_state is not None:
             self._check_identity(self.resume_state)
 
@@ -166,15 +165,17 @@ class Trainer:
         if self.is_main:
             getattr(logger, level)(msg, *args)
 
-    def _resume_path(self) -> Optional[str]:
+    def _resume_point(self):
+        """(path, state) to resume from, or (None, None)."""
         r = self.cfg.resume
         if r in (None, "", "none"):
-            return None
+            return None, None
         if r == "auto":
-            return st.find_resume(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
+            found = st.find_resume(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
+            return found if found else (None, None)
         if not os.path.isfile(r):
             raise DynamiCrafterInputError("resume", "'auto', 'none' or a checkpoint file", repr(r), "fix the path")
-        return r
+        return r, st.load_checkpoint(r)
 
     def _check_identity(self, state: Dict[str, Any]) -> None:
         old = state.get("identity", {})

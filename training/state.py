@@ -149,30 +149,34 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     return state
 
 
-def _loads(path: str) -> bool:
+def _try_load(path: str) -> Optional[Dict[str, Any]]:
     try:
-        load_checkpoint(path)
-        return True
+        return load_checkpoint(path)
     except Exception as e:  # damaged / foreign file: say so and keep looking
         logger.warning("checkpoint %s cannot be loaded (%s: %s); trying an older one", path, type(e).__name__,
                        str(e)[:160])
-        return False
+        return None
 
 
-def find_resume(folder: str) -> Optional[str]:
-    """The newest complete checkpoint in ``folder`` (``latest.json`` first), or None."""
+def find_resume(folder: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """(path, state) of the newest complete checkpoint in ``folder`` (``latest.json`` first), or None."""
     latest = os.path.join(folder, "latest.json")
+    tried = set()
     if os.path.isfile(latest):
         try:
             with open(latest) as f:
                 p = os.path.join(folder, json.load(f)["file"])
-            if os.path.isfile(p) and _loads(p):
-                return p
+            tried.add(p)
+            state = _try_load(p) if os.path.isfile(p) else None
+            if state is not None:
+                return p, state
         except (OSError, ValueError, KeyError):
             pass
     for _, p in reversed(list_checkpoints(folder)):
-        if _loads(p):
-            return p
+        if p not in tried:
+            state = _try_load(p)
+            if state is not None:
+                return p, state
     return None
 
 

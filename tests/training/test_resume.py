@@ -97,7 +97,7 @@ def test_kill_while_writing_checkpoint_keeps_previous(tmp_path, video_data, refe
         assert json.load(f)["step"] == 2
     good = st.load_checkpoint(os.path.join(ck, "step_00000002.pt"))
     assert good["step"] == 2
-    assert st.find_resume(ck).endswith("step_00000002.pt")
+    assert st.find_resume(ck)[0].endswith("step_00000002.pt")
     r = run_cli(["--config", cfg])                                              # resume from step 2
     assert r.returncode == 0, r.stderr[-3000:]
     assert read_metrics(out) == ref_losses
@@ -119,3 +119,14 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, video_data):
     assert s["step"] == 4 and all(torch.isfinite(t).all() for t in s["trainable"].values())
     assert max(read_metrics(out)) == 4
     print(msg[0])
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path):
+    d = str(tmp_path)
+    for step in (1, 2):
+        st.save_checkpoint(d, step, {"step": step, "w": torch.full((64,), float(step))}, keep=0)
+    newest = st.checkpoint_path(d, 2)
+    with open(newest, "r+b") as f:                                              # damaged after the fact
+        f.truncate(os.path.getsize(newest) // 2)
+    path, state = st.find_resume(d)
+    assert path == st.checkpoint_path(d, 1) and state["step"] == 1
