@@ -10,6 +10,7 @@ differ between the two reduction orders. Tolerance: per-step losses within 1e-5 
 """
 import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ STEPS = 3
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-4  # a tenth of one step (lr 1e-3); measured 2.1e-5
 
-TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(os.sys.executable), "torchrun")
+TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
 def _run(out, csv, nproc, batch, **over):
