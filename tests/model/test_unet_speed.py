@@ -142,6 +142,18 @@ def test_reference_layout_equals_folded(per_frame):
         assert m.share_branch_prefix
 
 
+def test_temporal_conv2d_equals_conv3d():
+    m = _model()
+    x, t, ctx, fs = _inputs()
+    with torch.no_grad():
+        a = m(x, t, ctx, fs)
+        m.set_temporal_conv2d(False)
+        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
+        m.set_channels_last(True)
+        m.set_temporal_conv2d(True)
+        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
+
+
 def test_channels_last_equals_default():
     m = _model()
     x, t, ctx, fs = _inputs()

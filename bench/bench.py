@@ -1,0 +1,729 @@
+#!/usr/bin/env python
+"""DynamiCrafter speed/memory benchmark: one command per case, every setting a flag, JSON out.
+
+    python bench/bench.py CASE [flags]              # CASE: forward | guided | sample | vae | parity
+    python bench/bench.py ab CASE --a "FLAGS" --b "FLAGS" [common flags]   # alternate two settings, report B/A
+
+Each case runs in a fresh worker process (so peak RSS belongs to that case only); the driver sends it one
+"run" per repeat and collects the wall time and the peak memory of every run. ``ab`` keeps two workers alive and
+alternates A, B, A, B, ... so load drift on a shared machine hits both sides alike. Protocol: bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_VERSION = 1
+CASES = ("forward", "guided", "sample", "vae", "parity")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+WEIGHT_DTYPES = dict(DTYPES, fp8_e4m3fn="float8_e4m3fn", fp8_e5m2="float8_e5m2")
+# Settings that change the model in memory; A/B sides that agree on these may share one worker (--ab-mode auto).
+MODEL_KEYS = ("config", "dtype", "weights", "device", "compile", "threads", "seed", "malloc")
+
+
+# =================================================================================================================
+# Flags
+# =================================================================================================================
+def add_setting_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    p.add_argument("--config", default=d("mid"), choices=["tiny", "mid", "512", "1024"],
+                   help="UNet/VAE architecture: real 512/1024 (random weights), mid, or tiny (tests)")
+    p.add_argument("--height", type=int, default=d(None), help="pixels (default 128 for UNet cases, 320 for vae)")
+    p.add_argument("--width", type=int, default=d(None), help="pixels (default 128 for UNet cases, 512 for vae)")
+    p.add_argument("--frames", type=int, default=d(16))
+    p.add_argument("--batch", type=int, default=d(1), help="samples per conditioning")
+    p.add_argument("--dtype", default=d("fp32"), choices=list(DTYPES), help="compute dtype")
+    p.add_argument("--weights", default=d(None), choices=list(WEIGHT_DTYPES),
+                   help="weight storage dtype (default: = --dtype); differs -> cast-on-use layers")
+    p.add_argument("--attention", default=d("sdpa"), choices=["sdpa", "explicit"])
+    p.add_argument("--guidance", default=d("batched"), choices=["batched", "separate"],
+                   help="3 guidance branches as one batched UNet call or three calls")
+    p.add_argument("--prefix", default=d("on"), choices=["on", "off"],
+                   help="run layers before the first cross-attention once for identical branches")
+    p.add_argument("--kv-cache", default=d("off"), choices=["on", "off"],
+                   help="cache the constant context's K/V across calls (steps)")
+    p.add_argument("--reference-layout", default=d("off"), choices=["on", "off"],
+                   help="reference structure: text/image K/V projected per frame, no shared prefix")
+    p.add_argument("--channels-last", default=d("off"), choices=["on", "off"])
+    p.add_argument("--inplace", default=d("on"), choices=["on", "off"],
+                   help="inference: residual sums / activations written into fresh results")
+    p.add_argument("--temporal-conv", default=d("conv2d"), choices=["conv2d", "conv3d"],
+                   help="temporal (3,1,1) convs as Conv2d over (t, h*w) or plain Conv3d")
+    p.add_argument("--compile", default=d("off"), choices=["off", "default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--steps", type=int, default=d(10), help="sampling steps (case sample)")
+    p.add_argument("--vae-chunk", type=int, default=d(None), help="frames per VAE decode chunk (0: all at once)")
+    p.add_argument("--vae-cap-mb", type=float, default=d(None),
+                   help="VAE decode activation cap in MiB -> chunk size (when --vae-chunk is not given)")
+    p.add_argument("--repeats", type=int, default=d(3))
+    p.add_argument("--warmup", type=int, default=d(1))
+    p.add_argument("--threads", type=int, default=d(None), help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default=d("cpu"))
+    p.add_argument("--malloc", default=d("default"), choices=["default", "thp"],
+                   help="thp: worker runs with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages for "
+                        "large tensors: fewer page faults; Linux/glibc >= 2.35 only)")
+    p.add_argument("--seed", type=int, default=d(0))
+    p.add_argument("--fixtures", default=d(None), help="parity fixture set folder (case parity)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("case", choices=CASES + ("ab",))
+    p.add_argument("ab_case", nargs="?", choices=CASES, help="with 'ab': the case to compare")
+    add_setting_flags(p)
+    p.add_argument("--a", default="", help="ab: flags of side A (override the common flags)")
+    p.add_argument("--b", default="", help="ab: flags of side B")
+    p.add_argument("--ab-mode", default="processes", choices=["processes", "inprocess", "auto"],
+                   help="ab: one worker per side (separate peaks) or one shared worker")
+    p.add_argument("--json", default=None, help="write the result JSON here")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def side_settings(base: argparse.Namespace, extra: str) -> Dict[str, Any]:
+    """The common settings with one side's flags applied on top."""
+    p = argparse.ArgumentParser(prog="side flags")
+    add_setting_flags(p, defaults=False)
+    over = vars(p.parse_args(shlex.split(extra)))
+    s = {k: v for k, v in vars(base).items() if k not in ("a", "b", "ab_mode", "json", "quiet", "ab_case")}
+    s.update(over)
+    return s
+
+
+def normalize(s: Dict[str, Any]) -> Dict[str, Any]:
+    s = dict(s)
+    vae = s["case"] == "vae"
+    s["height"] = s["height"] or (320 if vae else 128)
+    s["width"] = s["width"] or (512 if vae else 128)
+    s["weights"] = s["weights"] or s["dtype"]
+    return s
+
+
+# =================================================================================================================
+# Machine and memory
+# =================================================================================================================
+def machine_info() -> Dict[str, Any]:
+    import torch
+
+    info: Dict[str, Any] = {"cpu_model": platform.processor() or "unknown", "logical_cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+        info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx512_bf16", "avx512_fp16", "amx", "avx512f")))
+    except OSError:
+        pass
+    try:
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_gb"] = round(int(f.readline().split()[1]) / 2 ** 20, 1)
+    except OSError:
+        pass
+    info.update(torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
+                torch_threads=torch.get_num_threads(), cpu_capability=_cpu_capability())
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        info["git_commit"] = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                            text=True, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def _cpu_capability() -> str:
+    import torch
+
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def mib(kb: Optional[int]) -> Optional[float]:
+    return None if kb is None else round(kb / 1024, 1)
+
+
+# =================================================================================================================
+# Worker: builds the model(s) once, then runs the case on request
+# =================================================================================================================
+def _import_pack():
+    sys.path.insert(0, ROOT)
+    import _bootstrap  # noqa: E402
+
+    return _bootstrap.register()
+
+
+def unet_config(name: str):
+    import importlib
+
+    pkg = _import_pack()
+    variants = importlib.import_module(pkg + ".model.variants")
+    if name == "tiny":
+        return variants.get_variant("512", tiny=True).unet
+    if name == "mid":
+        # The 512 UNet's structure (levels, blocks, heads of 32 channels, 77 text + 16/frame image tokens of
+        # width 1024) at a fifth of its width: about 60 M parameters.
+        return dataclasses.replace(variants.get_variant("512").unet, model_channels=64, num_head_channels=32)
+    return variants.get_variant(name).unet
+
+
+def vae_config(name: str):
+    import importlib
+
+    vae = importlib.import_module(_import_pack() + ".model.vae")
+    if name == "tiny":
+        return vae.TINY_VAE
+    if name == "mid":
+        return dataclasses.replace(vae.VAEConfig(), ch=64)
+    return vae.VAEConfig()
+
+
+def init_random_(model, seed: int) -> None:
+    """Deterministic random weights, the same values for every storage dtype: N(0, 1/fan_in) for matrices and
+    convs, 1 for norm scales, 0 for biases (activations stay O(1) through the depth)."""
+    import torch
+    from torch import nn
+
+    norm_scales = {id(m.weight) for m in model.modules()
+                   if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and getattr(m, "weight", None) is not None}
+    with torch.no_grad():
+        for i, (name, p) in enumerate(model.named_parameters()):
+            if p.dim() >= 2:
+                g = torch.Generator(device="cpu").manual_seed(seed * 100003 + i)
+                fan_in = p[0].numel()
+                src = torch.randn(p.shape, generator=g, dtype=torch.float32) * fan_in ** -0.5
+                p.copy_(src)
+                del src
+            elif id(p) in norm_scales:
+                p.fill_(1.0)
+            else:
+                p.zero_()
+        for b in model.buffers():
+            b.zero_()
+
+
+class Worker:
+    def __init__(self, s: Dict[str, Any]):
+        import torch
+
+        self.torch = torch
+        if s.get("threads"):
+            torch.set_num_threads(int(s["threads"]))
+        torch.set_grad_enabled(False)
+        self.pkg = _import_pack()
+        self.s = s
+        self.dev = torch.device(s["device"])
+        self.cuda = self.dev.type == "cuda"
+        if self.cuda:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        t0 = time.perf_counter()
+        self.model = self.build()
+        self.build_s = time.perf_counter() - t0
+        self.rss_after_build_kb = _status_kb("VmRSS")
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.state = None
+
+    # ---- model -----------------------------------------------------------------------------------------------
+    def build(self):
+        import importlib
+
+        torch, s = self.torch, self.s
+        compute = getattr(torch, DTYPES[s["dtype"]])
+        storage = getattr(torch, WEIGHT_DTYPES[s["weights"]])
+        ops_mod = importlib.import_module(self.pkg + ".model.ops")
+        fp8 = storage in ops_mod.FP8_DTYPES
+        cast = storage != compute
+        if s["case"] == "vae":
+            vae = importlib.import_module(self.pkg + ".model.vae")
+            with torch.device("meta"):
+                m = vae.AutoencoderKL(vae_config(s["config"]), dtype=compute if fp8 else storage,
+                                      operations=ops_mod.cast_operations if cast else None)
+            m = m.to_empty(device=self.dev)
+            init_random_(m, s["seed"])
+            m.dtype = compute
+            if fp8:
+                ops_mod.store_weights_(m, storage, compute)
+            return m.eval()
+        unet = importlib.import_module(self.pkg + ".model.unet")
+        if s["case"] == "parity":
+            return None
+        cfg = unet_config(s["config"])
+        with torch.device("meta"):
+            m = unet.UNetModel(cfg, dtype=compute if fp8 else storage, compute_dtype=compute,
+                               operations=ops_mod.cast_operations if cast else None,
+                               attention=unet.ATTENTION_FUNCTIONS[s["attention"]])
+        m = m.to_empty(device=self.dev)
+        init_random_(m, s["seed"])
+        if fp8:
+            ops_mod.store_weights_(m, storage, compute)
+        m.eval()
+        self.unet_module = m
+        self.apply_switches(s)
+        if s["compile"] != "off":
+            return torch.compile(m, mode=s["compile"], dynamic=False)
+        return m
+
+    def apply_switches(self, s: Dict[str, Any]) -> None:
+        """Runtime switches (no rebuild): attention kernel, layouts, prefix sharing, channels-last."""
+        import importlib
+
+        unet = importlib.import_module(self.pkg + ".model.unet")
+        m = self.unet_module
+        m.set_attention(unet.ATTENTION_FUNCTIONS[s["attention"]])
+        m.set_reference_layout(s["reference_layout"] == "on")
+        m.set_temporal_conv2d(s["temporal_conv"] == "conv2d")
+        unet.INPLACE["on"] = s["inplace"] == "on"
+        if s["reference_layout"] != "on":
+            m.share_branch_prefix = s["prefix"] == "on"
+        if m.channels_last != (s["channels_last"] == "on"):
+            m.set_channels_last(s["channels_last"] == "on")
+
+    # ---- inputs ----------------------------------------------------------------------------------------------
+    def inputs(self, s):
+        torch = self.torch
+        g = torch.Generator(device="cpu").manual_seed(s["seed"] + 1)
+        B, T = s["batch"], s["frames"]
+        h, w = s["height"] // 8, s["width"] // 8
+        if s["case"] == "vae":
+            zc = vae_config(s["config"]).embed_dim
+            return {"z": torch.randn(B, zc, T, h, w, generator=g).to(self.dev)}
+        cfg = self.unet_module.cfg
+        D = cfg.context_dim
+        lt, lf = cfg.text_context_len, cfg.image_tokens_per_frame
+
+        def r(*shape):
+            return torch.randn(*shape, generator=g).to(self.dev)
+
+        text, empty = r(B, lt, D), r(B, lt, D)
+        img, zero_img = r(B, T * lf, D), r(B, T * lf, D)
+        ctx = {"cond": torch.cat([text, img], 1), "uc": torch.cat([empty, zero_img], 1),
+               "uc_img": torch.cat([empty, img], 1)}
+        return {"x": r(B, 4, T, h, w), "concat": r(B, 4, 1, h, w).expand(B, 4, T, h, w).contiguous(),
+                "ctx": ctx, "fs": torch.full((B,), 24, dtype=torch.long, device=self.dev)}
+
+    def denoiser(self, s, inp):
+        """denoise(x, t, branches) as model/sampler.py calls it: one batched call or one call per branch."""
+        torch = self.torch
+        model, ctx, concat, fs = self.model, inp["ctx"], inp["concat"], inp["fs"]
+        stacked: Dict[tuple, torch.Tensor] = {}                                # same tensor every step
+
+        def denoise(x, t, branches):
+            K = len(branches)
+            B = x.shape[0] // K
+            xin = torch.cat([x.to(concat.dtype), concat.repeat(K, 1, 1, 1, 1)], dim=1)   # [K*B, 8, T, h, w]
+            if s["guidance"] == "batched" or K == 1:
+                c = stacked.get(branches)
+                if c is None:
+                    c = stacked[branches] = torch.cat([ctx[b] for b in branches])
+                return model(xin, t, c, fs.repeat(K))
+            return torch.cat([model(xin[i * B:(i + 1) * B], t[i * B:(i + 1) * B], ctx[b], fs)
+                              for i, b in enumerate(branches)])
+
+        return denoise
+
+    # ---- one timed run ---------------------------------------------------------------------------------------
+    def prepare(self, s):
+        s = dict(self.s, **{k: v for k, v in s.items() if k not in MODEL_KEYS})
+        if s["case"] in ("forward", "guided", "sample"):
+            self.apply_switches(s)
+            m = self.unet_module
+            if s["kv_cache"] == "on":
+                if m._kv_entries is None:
+                    m.enable_context_cache(True)
+            else:
+                m.enable_context_cache(False)
+        self.state = (s, self.inputs(s))
+        return s
+
+    def run_once(self, s_side: Dict[str, Any]):
+        import importlib
+
+        torch = self.torch
+        if self.state is None or self.state[0] != dict(self.s, **{k: v for k, v in s_side.items()
+                                                                    if k not in MODEL_KEYS}):
+            self.prepare(s_side)
+        s, inp = self.state
+        sampler = importlib.import_module(self.pkg + ".model.sampler")
+        reset_peak_rss()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        if s["case"] == "forward":
+            out = self.model(torch.cat([inp["x"], inp["concat"]], 1), torch.full((s["batch"],), 500, device=self.dev),
+                             inp["ctx"]["cond"], inp["fs"])
+        elif s["case"] == "guided":
+            denoise = self.denoiser(s, inp)
+            branches = sampler.BRANCHES
+            K = len(branches)
+            raw = denoise(inp["x"].repeat(K, 1, 1, 1, 1), torch.full((K * s["batch"],), 500, device=self.dev),
+                          branches)
+            parts = dict(zip(branches, raw.float().chunk(K)))
+            out = sampler.rescale_guidance(sampler.combine_guidance(parts, 7.5, 5.0), parts["cond"], 0.7)
+        elif s["case"] == "sample":
+            variants = importlib.import_module(self.pkg + ".model.variants")
+            sched = variants.get_variant("512").schedule
+            gen = torch.Generator(device=self.dev).manual_seed(s["seed"] + 2)
+            out = sampler.ddim_sample(self.denoiser(s, inp), inp["x"].float(), sched, s["steps"], eta=1.0,
+                                      cfg_text=7.5, cfg_image=5.0, guidance_rescale=0.7, mode="multi",
+                                      generator=gen)
+            if s["kv_cache"] == "on":
+                self.unet_module.clear_context_cache()                       # the caller clears after sampling
+        elif s["case"] == "vae":
+            vae_mod = importlib.import_module(self.pkg + ".model.vae")
+            chunk = s["vae_chunk"]
+            if chunk is None and s["vae_cap_mb"]:
+                chunk = self.model.frames_for_memory_cap(int(s["vae_cap_mb"] * 2 ** 20), *inp["z"].shape[-2:])
+            self.vae_chunk_used = chunk or 0
+            out = vae_mod.decode_latent(self.model, inp["z"], chunk_frames=chunk)
+        else:
+            raise ValueError(s["case"])
+        if self.cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        rec = {"time_s": dt, "peak_rss_mb": mib(_status_kb("VmHWM")), "rss_mb": mib(_status_kb("VmRSS"))}
+        if self.cuda:
+            rec["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+            rec["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2 ** 20, 1)
+        if s["case"] == "vae":
+            rec["vae_chunk_frames"] = self.vae_chunk_used
+        self.last_out = out
+        return rec
+
+    def summary(self) -> Dict[str, Any]:
+        import resource
+
+        return {"build_s": round(self.build_s, 2), "params": self.params, "param_mb": round(self.param_bytes / 2 ** 20, 1),
+                "rss_after_build_mb": mib(self.rss_after_build_kb),
+                "peak_rss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def worker_main() -> None:
+    """Line protocol on stdin/stdout: {"cmd": "run", "settings": {...}} -> record; "save" -> output file; "stop"."""
+    out = sys.stdout
+    sys.stdout = sys.stderr                                                   # stray prints go to stderr
+    first = json.loads(sys.stdin.readline())
+    try:
+        w = Worker(first["settings"])
+        out.write(json.dumps({"ok": True, **w.summary()}) + "\n")
+    except Exception as e:  # noqa: BLE001
+        out.write(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}) + "\n")
+        out.flush()
+        raise
+    out.flush()
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["cmd"] == "stop":
+            out.write(json.dumps(w.summary()) + "\n")
+            out.flush()
+            return
+        try:
+            if msg["cmd"] == "run":
+                rec = w.run_once(msg["settings"])
+            elif msg["cmd"] == "save":
+                w.torch.save(w.last_out.detach().float().cpu(), msg["path"])
+                rec = {"saved": msg["path"]}
+            else:
+                rec = {"error": "unknown command"}
+        except Exception as e:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            rec = {"error": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+
+
+class WorkerProc:
+    def __init__(self, settings: Dict[str, Any]):
+        env = dict(os.environ)
+        if settings.get("malloc") == "thp":
+            env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
+        self.p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_worker"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.info = self.ask({"settings": settings})
+        if not self.info.get("ok"):
+            raise RuntimeError(f"worker failed to build: {self.info.get('error')}")
+
+    def ask(self, msg: Dict[str, Any]) -> Dict[str, Any]:
+        self.p.stdin.write(json.dumps(msg) + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker exited (rc {self.p.wait()})")
+        return json.loads(line)
+
+    def run(self, settings):
+        rec = self.ask({"cmd": "run", "settings": settings})
+        if "error" in rec:
+            raise RuntimeError(rec["error"])
+        return rec
+
+    def stop(self) -> Dict[str, Any]:
+        try:
+            info = self.ask({"cmd": "stop"})
+        finally:
+            self.p.stdin.close()
+            self.p.wait(timeout=120)
+        return info
+
+
+# =================================================================================================================
+# Driver
+# =================================================================================================================
+def stats(xs: List[float]) -> Dict[str, Any]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return {}
+    return {"min": round(min(xs), 4), "median": round(statistics.median(xs), 4), "max": round(max(xs), 4),
+            "n": len(xs)}
+
+
+def side_result(settings, records, info_start, info_end) -> Dict[str, Any]:
+    res = {"settings": settings, "time_s": stats([r["time_s"] for r in records]),
+           "times_s": [round(r["time_s"], 4) for r in records],
+           "memory": {"peak_rss_run_mb": max((r["peak_rss_mb"] or 0) for r in records) if records else None,
+                      "rss_after_build_mb": info_start.get("rss_after_build_mb"),
+                      "peak_rss_process_mb": info_end.get("peak_rss_process_mb")},
+           "params": info_start.get("params"), "param_mb": info_start.get("param_mb"),
+           "build_s": info_start.get("build_s")}
+    if records and "cuda_peak_allocated_mb" in records[0]:
+        res["memory"]["cuda_peak_allocated_mb"] = max(r["cuda_peak_allocated_mb"] for r in records)
+        res["memory"]["cuda_peak_reserved_mb"] = max(r["cuda_peak_reserved_mb"] for r in records)
+    if records and "vae_chunk_frames" in records[0]:
+        res["vae_chunk_frames"] = records[0]["vae_chunk_frames"]
+        res["memory"]["activation_peak_mb"] = round(res["memory"]["peak_rss_run_mb"]
+                                                    - (res["memory"]["rss_after_build_mb"] or 0), 1)
+        res["memory"]["cap_mb"] = settings.get("vae_cap_mb")
+    return res
+
+
+def log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run_single(s: Dict[str, Any], quiet: bool) -> Dict[str, Any]:
+    w = WorkerProc(s)
+    log(f"[{s['case']}] built in {w.info['build_s']} s, {w.info['params']/1e6:.1f} M params, "
+        f"RSS {w.info['rss_after_build_mb']} MiB", quiet)
+    recs = []
+    for i in range(s["warmup"] + s["repeats"]):
+        r = w.run(s)
+        log(f"  run {i} ({'warmup' if i < s['warmup'] else 'timed'}): {r['time_s']:.3f} s, "
+            f"peak RSS {r['peak_rss_mb']} MiB", quiet)
+        if i >= s["warmup"]:
+            recs.append(r)
+    end = w.stop()
+    return side_result(s, recs, w.info, end)
+
+
+def run_ab(sa: Dict[str, Any], sb: Dict[str, Any], mode: str, quiet: bool) -> Dict[str, Any]:
+    same_model = all(sa[k] == sb[k] for k in MODEL_KEYS) and sa["case"] == sb["case"]
+    if mode == "auto":
+        mode = "inprocess" if same_model else "processes"
+    if mode == "inprocess" and not same_model:
+        raise SystemExit(f"--ab-mode inprocess needs the same {MODEL_KEYS} on both sides")
+    wa = WorkerProc(sa)
+    wb = wa if mode == "inprocess" else WorkerProc(sb)
+    log(f"[ab {sa['case']}] mode {mode}; A built {wa.info['build_s']} s, B built {wb.info['build_s']} s", quiet)
+    ra, rb = [], []
+    n = max(sa["warmup"], sb["warmup"]) + max(sa["repeats"], sb["repeats"])
+    warm = max(sa["warmup"], sb["warmup"])
+    for i in range(n):
+        for side, w, s, recs in (("A", wa, sa, ra), ("B", wb, sb, rb)):
+            r = w.run(s)
+            log(f"  {side} run {i} ({'warmup' if i < warm else 'timed'}): {r['time_s']:.3f} s, "
+                f"peak RSS {r['peak_rss_mb']} MiB", quiet)
+            if i >= warm:
+                recs.append(r)
+    diff = None
+    with tempfile.TemporaryDirectory() as tmp:
+        pa, pb = os.path.join(tmp, "a.pt"), os.path.join(tmp, "b.pt")
+        try:
+            wa.run(sa)
+            wa.ask({"cmd": "save", "path": pa})
+            wb.run(sb)
+            wb.ask({"cmd": "save", "path": pb})
+            import torch
+
+            ya, yb = torch.load(pa), torch.load(pb)
+            d = (ya - yb).abs()
+            diff = {"max_abs": float(d.max()), "max_rel_to_absmax": float(d.max() / ya.abs().max().clamp(min=1e-12))}
+        except Exception as e:  # noqa: BLE001
+            diff = {"error": str(e)}
+    ea = wa.stop()
+    eb = ea if wb is wa else wb.stop()
+    A, B = side_result(sa, ra, wa.info, ea), side_result(sb, rb, wb.info, eb)
+    if mode == "inprocess":
+        for side in (A, B):
+            side["memory"]["note"] = "shared worker: peaks are not separable, run the sides alone for memory"
+    ratio = {k: round(B["time_s"][k] / A["time_s"][k], 4) for k in ("min", "median", "max")}
+    pa_, pb_ = A["memory"]["peak_rss_run_mb"], B["memory"]["peak_rss_run_mb"]
+    return {"ab_mode": mode, "a": A, "b": B, "ratio_b_over_a": ratio,
+            "peak_rss_ratio_b_over_a": round(pb_ / pa_, 4) if (pa_ and pb_ and mode == "processes") else None,
+            "output_diff_b_vs_a": diff}
+
+
+# =================================================================================================================
+# Parity case: low-precision UNet vs the float32 fixtures (no timing)
+# =================================================================================================================
+def run_parity(s: Dict[str, Any]) -> Dict[str, Any]:
+    import importlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    pkg = _import_pack()
+    unet = importlib.import_module(pkg + ".model.unet")
+    config = importlib.import_module(pkg + ".model.config")
+    ops_mod = importlib.import_module(pkg + ".model.ops")
+    folder = s["fixtures"] or os.environ.get("PARITY_FIXTURES_SET") or os.path.join(
+        os.environ.get("PARITY_FIXTURES", os.path.join(ROOT, "..", "shared", "fixtures", "parity")), "reference")
+    meta = json.load(open(os.path.join(folder, "unet_forward.json")))
+    sd = {}
+    for f in meta["weights_files"]:
+        sd.update(load_file(os.path.join(folder, f)))
+    sd = {k[len("model.diffusion_model."):]: v for k, v in sd.items()}
+    fx = load_file(os.path.join(folder, "unet_forward.safetensors"))
+    cfg = config.UNetConfig.from_dict(meta["unet_config"])
+    compute = getattr(torch, DTYPES[s["dtype"]])
+    storage = getattr(torch, WEIGHT_DTYPES[s["weights"]])
+    fp8 = storage in ops_mod.FP8_DTYPES
+    cast = storage != compute
+
+    def make(dtype, store, cast_ops):
+        m = unet.UNetModel(cfg, operations=ops_mod.cast_operations if cast_ops else None,
+                           attention=unet.ATTENTION_FUNCTIONS[s["attention"]]).eval()
+        m.load_state_dict(sd, strict=True)
+        if store in ops_mod.FP8_DTYPES:
+            m.to(dtype)
+            ops_mod.store_weights_(m, store, dtype)
+        else:
+            m.to(store)
+        m.dtype = dtype
+        m.set_channels_last(s["channels_last"] == "on")
+        return m
+
+    ref_model = make(torch.float32, torch.float32, False)
+    low = make(compute, storage, cast or fp8)
+    calls = {}
+    worst = 0.0
+    with torch.no_grad():
+        for name, spec in meta["calls"].items():
+            if "alpha_keys" in spec:
+                continue
+            x = fx[f"{name}_x"] if f"{name}_x" in fx else fx[f"{name}_x1"].repeat(spec["B"], 1, 1, 1, 1)
+            fs = fx.get(f"{name}_fs")
+            args = (x, fx[f"{name}_timesteps"].long(), fx[f"{name}_context"], None if fs is None else fs.long())
+            y_ref, y32, ylo = fx[f"{name}_y"], ref_model(*args), low(*args)
+            amax = float(y_ref.abs().max())
+            d = (ylo - y_ref).abs()
+            calls[name] = {"fp32_max_abs_vs_fixture": float((y32 - y_ref).abs().max()),
+                           "max_abs_vs_fixture": float(d.max()), "ref_absmax": amax,
+                           "max_rel_to_absmax": float(d.max()) / amax,
+                           "p999_rel_to_absmax": float(torch.quantile(d.flatten(), 0.999)) / amax,
+                           "mean_abs": float(d.mean())}
+            worst = max(worst, calls[name]["max_rel_to_absmax"])
+    return {"fixtures": os.path.abspath(folder), "calls": calls, "max_rel_to_absmax": worst,
+            "definition": "max |y_low - y_fixture| / max |y_fixture| per call (fixture: reference float32)"}
+
+
+# =================================================================================================================
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_worker"]:
+        worker_main()
+        return {}
+    args = build_parser().parse_args(argv)
+    import torch  # noqa: F401  (machine info)
+
+    t0 = time.time()
+    load_before = list(os.getloadavg())
+    result: Dict[str, Any] = {"bench_version": BENCH_VERSION, "command": "python bench/bench.py " + shlex.join(argv),
+                              "machine": machine_info(), "load_avg_before": load_before,
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if args.case == "ab":
+        if not args.ab_case:
+            raise SystemExit("ab needs a case: bench.py ab guided --a '...' --b '...'")
+        sa = normalize(dict(side_settings(args, args.a), case=args.ab_case))
+        sb = normalize(dict(side_settings(args, args.b), case=args.ab_case))
+        result.update(case="ab", ab_case=args.ab_case, a_flags=args.a, b_flags=args.b)
+        result.update(run_ab(sa, sb, args.ab_mode, args.quiet))
+    else:
+        s = normalize(dict(side_settings(args, ""), case=args.case))
+        result["case"] = args.case
+        if args.case == "parity":
+            result["settings"] = s
+            result.update(run_parity(s))
+        else:
+            result.update(run_single(s, args.quiet))
+    result["load_avg_after"] = list(os.getloadavg())
+    result["wall_s"] = round(time.time() - t0, 1)
+    text = json.dumps(result, indent=1, default=str)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    if not args.quiet:
+        print(summary_line(result), file=sys.stderr)
+    print(text)
+    return result
+
+
+def summary_line(r: Dict[str, Any]) -> str:
+    m = r["machine"]
+    head = f"{m.get('cpu_model')} x{m.get('logical_cpus')} torch {m.get('torch')} load {r['load_avg_before'][0]:.2f}"
+    if r["case"] == "ab":
+        return (f"{head} | ab {r['ab_case']}: A {r['a']['time_s']} | B {r['b']['time_s']} | B/A {r['ratio_b_over_a']}"
+                f" | peak RSS B/A {r['peak_rss_ratio_b_over_a']} | out diff {r['output_diff_b_vs_a']}")
+    if r["case"] == "parity":
+        return f"{head} | parity {r['settings']['dtype']}/{r['settings']['weights']}: max rel {r['max_rel_to_absmax']:.3g}"
+    return f"{head} | {r['case']}: {r['time_s']} | memory {r['memory']}"
+
+
+if __name__ == "__main__":
+    main()

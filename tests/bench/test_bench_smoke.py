@@ -1,0 +1,74 @@
+"""CI smoke run of the benchmark (mid config, tiny sizes): the commands work and the JSON has its fields.
+
+Never a timing assertion: times on a shared CI runner mean nothing. The figures come from bench/README.md's protocol.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.join(REPO, "bench", "bench.py")
+SMALL = ["--config", "mid", "--height", "64", "--width", "64", "--frames", "2", "--warmup", "0", "--repeats", "1",
+         "--threads", "1", "--quiet"]
+
+
+def _bench(tmp_path, *args):
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, BENCH, *args, *SMALL, "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == result                         # stdout carries the same JSON
+    for key in ("bench_version", "command", "machine", "load_avg_before", "load_avg_after", "case", "wall_s"):
+        assert key in result, key
+    for key in ("cpu_model", "logical_cpus", "torch"):
+        assert key in result["machine"], key
+    return result
+
+
+def _check_side(side):
+    assert side["time_s"]["n"] == 1 and {"min", "median", "max"} <= set(side["time_s"])
+    assert side["times_s"] and all(t > 0 for t in side["times_s"])
+    mem = side["memory"]
+    for key in ("peak_rss_run_mb", "rss_after_build_mb", "peak_rss_process_mb"):
+        assert key in mem, key
+    assert side["params"] > 0 and "settings" in side
+
+
+def test_guided_ab_batched_vs_separate(tmp_path):
+    r = _bench(tmp_path, "ab", "guided", "--ab-mode", "inprocess", "--a", "--guidance separate",
+               "--b", "--guidance batched --kv-cache on")
+    assert r["case"] == "ab" and r["ab_case"] == "guided"
+    _check_side(r["a"])
+    _check_side(r["b"])
+    assert r["a"]["settings"]["guidance"] == "separate" and r["b"]["settings"]["guidance"] == "batched"
+    assert {"min", "median", "max"} <= set(r["ratio_b_over_a"])
+    diff = r["output_diff_b_vs_a"]
+    assert "max_abs" in diff and diff["max_rel_to_absmax"] < 1e-4   # same math, float noise only
+
+
+def test_sample_case(tmp_path):
+    r = _bench(tmp_path, "sample", "--steps", "2", "--kv-cache", "on")
+    _check_side(r)
+    assert r["settings"]["steps"] == 2
+
+
+def test_vae_case_chunked(tmp_path):
+    r = _bench(tmp_path, "vae", "--vae-chunk", "1")
+    _check_side(r)
+    assert r["vae_chunk_frames"] == 1 and "activation_peak_mb" in r["memory"]
+
+
+def test_parity_case_if_fixtures(tmp_path):
+    fixtures = os.path.join(REPO, "..", "shared", "fixtures", "parity", "reference")
+    if not os.path.isdir(fixtures):
+        pytest.skip("no parity fixtures beside the repo")
+    out = tmp_path / "p.json"
+    proc = subprocess.run([sys.executable, BENCH, "parity", "--dtype", "bf16", "--quiet", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["calls"] and 0 <= r["max_rel_to_absmax"] < 0.25
