@@ -18,6 +18,17 @@ from comfyui_dynamicrafter.training.loop import Trainer, train
 from .conftest import run_cli, tiny_settings, write_config
 
 
+@pytest.fixture(autouse=True)
+def _keep_logger():
+    """main() configures the pack's logger as a CLI does; put it back for the other tests."""
+    from comfyui_dynamicrafter.model.log import logger
+
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
+
+
 def test_dump_config_lists_every_setting_and_round_trips(tmp_path, capsys):
     cfg_in = write_config(str(tmp_path / "in.json"), {"lr": 3e-5, "stage": "joint"})
     assert main(["dump-config", "--config", cfg_in, "--max-steps", "7", "--groups", "P,lora",
