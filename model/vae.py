@@ -296,10 +296,16 @@ def encode_latent(vae: AutoencoderKL, images: torch.Tensor, sample: bool = False
     """Images in [-1,1] ([N,3,H,W] or [B,3,T,H,W]) -> scaled latents; ``sample`` draws mean + std*randn
     (the reference's c_concat) with ``generator`` on the latents' device, else takes the mean."""
     mean, std = vae.encode(images, chunk_frames=chunk_frames)
-    z = mean
-    if sample:
-        z = mean + std * torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    return z * scale_factor
+    if not sample:
+        return mean * scale_factor
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    return sample_posterior(mean, std, noise, scale_factor)
+
+
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor,
+                     scale_factor: float = SCALE_FACTOR) -> torch.Tensor:
+    """Scaled latent sample ``(mean + std * noise) * scale_factor`` of the diagonal Gaussian posterior."""
+    return (mean + std * noise) * scale_factor
 
 
 def decode_latent(vae: AutoencoderKL, latents: torch.Tensor, chunk_frames: Optional[int] = None,
@@ -320,5 +326,5 @@ def vae_config_from_dict(d) -> VAEConfig:
     return VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-__all__ = ["AutoencoderKL", "VAEConfig", "TINY_VAE", "SCALE_FACTOR", "encode_latent", "decode_latent",
+__all__ = ["AutoencoderKL", "VAEConfig", "TINY_VAE", "SCALE_FACTOR", "encode_latent", "decode_latent", "sample_posterior",
            "vae_config_from_dict"]

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.variants import get_variant
-from ..model.vae import SCALE_FACTOR
+from ..model.vae import sample_posterior
 from . import state as st
 from .config import TrainConfig
 from .data import Dropout, GlobalBatchSampler, ImageTextDataset, VideoCsvDataset, collate
@@ -412,7 +412,7 @@ class Trainer:
         mean, std, text, tokens = self.conditioning(batch)
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in batch["seed"]]
         t, post_noise, eps = self.objective.draw(gens, mean.shape[1:], dev)
-        z0 = (mean + std * post_noise) * SCALE_FACTOR                          # posterior sample, scaled latent
+        z0 = sample_posterior(mean, std, post_noise)                           # posterior sample, scaled latent
         concat = None
         if self.stage.concat:
             b, c, T = z0.shape[:3]
