@@ -1,5 +1,6 @@
 """The node registry: every node class of the pack, by id (prefix DCN_, none of DESIGN.md section 5's taken ids)."""
 from . import compat
+from .adapter import DCN_ApplyAdapter
 from .conditioning import DCN_Conditioning
 from .encode import DCN_ImageEncode
 from .loader import DCN_Loader
@@ -9,6 +10,7 @@ compat.register_model_folder()
 
 NODE_CLASS_MAPPINGS = {
     "DCN_Loader": DCN_Loader,
+    "DCN_ApplyAdapter": DCN_ApplyAdapter,
     "DCN_ImageEncode": DCN_ImageEncode,
     "DCN_Conditioning": DCN_Conditioning,
     **_SAMPLER_NODES,
@@ -16,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DCN_Loader": "DynamiCrafter Loader",
+    "DCN_ApplyAdapter": "DynamiCrafter Apply Adapter",
     "DCN_ImageEncode": "DynamiCrafter Image Encode",
     "DCN_Conditioning": "DynamiCrafter Conditioning",
     "DCN_Sampler": "DynamiCrafter Sampler (reference DDIM)",
