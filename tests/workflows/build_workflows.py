@@ -1,0 +1,359 @@
+"""Writes the shipped workflows from one description per graph: the UI-format file (workflows/<name>.json, what users
+drag in), its API-format twin (workflows/api/<name>.json, what generate.py runs), the same UI file in
+example_workflows/ (the template browser of newer hosts), and the two example input images (workflows/input/).
+
+    .venv/bin/python tests/workflows/build_workflows.py          # rewrite the files
+    .venv/bin/python tests/workflows/build_workflows.py --check  # exit 1 when a committed file differs
+
+The slot and widget lists below are written by hand on purpose: tests/workflows/test_workflow_files.py checks every
+node, link and widget value against the INPUT_TYPES / RETURN_TYPES of a real host, and converts each UI file to the
+API format on its own to compare it with the twin.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UI_DIR = os.path.join(ROOT, "workflows")
+API_DIR = os.path.join(UI_DIR, "api")
+EXAMPLE_DIR = os.path.join(ROOT, "example_workflows")
+INPUT_DIR = os.path.join(UI_DIR, "input")
+START_IMAGE = "dynamicrafter_example_start.png"
+END_IMAGE = "dynamicrafter_example_end.png"
+
+# The model files the workflows name (generate.py downloads them under these names; see MODEL_FILES there).
+CKPT_512 = "dynamicrafter_512.ckpt"
+CKPT_INTERP = "dynamicrafter_512_interp.ckpt"
+
+PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
+LOOP_PROMPT = "a small sailboat rocking on gentle waves at sunset"
+SEED = 123
+
+# Per type: (non-widget input slots [(name, type)], output slots [(name, type)], widget names in order).
+# A widget name None is a front-end-only value (seed control, image upload): in the UI file, not in the API file.
+SPECS: Dict[str, Tuple[list, list, list]] = {
+    "DCN_Loader": ([], [("model", "MODEL"), ("image_proj", "DCN_IMAGE_PROJ"), ("clip", "CLIP"),
+                        ("clip_vision", "CLIP_VISION"), ("vae", "VAE"), ("info", "STRING")],
+                   ["ckpt_name", "variant", "weight_dtype"]),
+    "LoadImage": ([], [("IMAGE", "IMAGE"), ("MASK", "MASK")], ["image", None]),
+    "CLIPTextEncode": ([("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")], ["text"]),
+    "DCN_ImageEncode": ([("clip_vision", "CLIP_VISION"), ("image_proj", "DCN_IMAGE_PROJ"), ("image", "IMAGE")],
+                        [("image_embeds", "DCN_IMAGE_EMBEDS")], []),
+    "DCN_Conditioning": ([("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                          ("image_embeds", "DCN_IMAGE_EMBEDS"), ("vae", "VAE"), ("start_image", "IMAGE"),
+                          ("end_image", "IMAGE")],
+                         [("positive", "CONDITIONING"), ("image_only", "CONDITIONING"),
+                          ("negative", "CONDITIONING"), ("latent", "LATENT")],
+                         ["width", "height", "frames", "motion", "loop"]),
+    "DCN_Sampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("image_only", "CONDITIONING"),
+                     ("negative", "CONDITIONING"), ("latent", "LATENT")], [("LATENT", "LATENT")],
+                    ["seed", None, "steps", "cfg_text", "cfg_image", "eta", "guidance_rescale", "spacing", "mode"]),
+    "DCN_Guider": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("image_only", "CONDITIONING"),
+                    ("negative", "CONDITIONING")], [("GUIDER", "GUIDER")],
+                   ["cfg_text", "cfg_image", "guidance_rescale", "mode"]),
+    "DCN_Sigmas": ([("model", "MODEL")], [("SIGMAS", "SIGMAS")], ["steps", "spacing"]),
+    "KSamplerSelect": ([], [("SAMPLER", "SAMPLER")], ["sampler_name"]),
+    "RandomNoise": ([], [("NOISE", "NOISE")], ["noise_seed", None]),
+    "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
+                               ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
+                              [("output", "LATENT"), ("denoised_output", "LATENT")], []),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")], []),
+    "DCN_SaveVideo": ([("images", "IMAGE")], [], ["filename_prefix", "format", "fps", "crf"]),
+    "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], [("VIDEO", "VIDEO")], ["fps"]),
+    "SaveVideo": ([("video", "VIDEO")], [], ["filename_prefix", "format", "codec"]),
+    "Note": ([], [], [None]),
+}
+VIRTUAL = {"Note"}  # front-end-only nodes: in the UI file, never in the API file
+
+
+class Graph:
+    def __init__(self, name: str, title: str):
+        self.name, self.title = name, title
+        self.nodes: List[dict] = []
+        self.links: List[list] = []
+
+    def add(self, type_: str, pos, size, widgets=(), title: Optional[str] = None, color: Optional[str] = None) -> int:
+        inputs, outputs, wnames = SPECS[type_]
+        widgets = list(widgets)
+        if len(widgets) != len(wnames):
+            raise ValueError(f"{type_}: {len(widgets)} widget values for {wnames}")
+        nid = len(self.nodes) + 1
+        node = {"id": nid, "type": type_, "pos": list(pos), "size": list(size), "flags": {}, "order": 0, "mode": 0,
+                "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
+                "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
+                "properties": {} if type_ in VIRTUAL else {"Node name for S&R": type_},
+                "widgets_values": widgets}
+        if type_ in VIRTUAL:
+            node["properties"]["text"] = ""
+        if title:
+            node["title"] = title
+        if color:
+            node["color"], node["bgcolor"] = color[0], color[1]
+        if not node["inputs"]:
+            del node["inputs"]
+        if not outputs:
+            node["outputs"] = []
+        self.nodes.append(node)
+        return nid
+
+    def connect(self, src: int, out_name: str, dst: int, in_name: str):
+        s, d = self.nodes[src - 1], self.nodes[dst - 1]
+        oi = next(i for i, o in enumerate(s["outputs"]) if o["name"] == out_name)
+        ii = next(i for i, o in enumerate(d["inputs"]) if o["name"] == in_name)
+        lid = len(self.links) + 1
+        typ = s["outputs"][oi]["type"]
+        self.links.append([lid, src, oi, dst, ii, typ])
+        s["outputs"][oi]["links"].append(lid)
+        d["inputs"][ii]["link"] = lid
+
+    def _order(self):
+        deps = {n["id"]: {l[1] for l in self.links if l[3] == n["id"]} for n in self.nodes}
+        done: List[int] = []
+        while len(done) < len(self.nodes):
+            for n in self.nodes:
+                if n["id"] not in done and deps[n["id"]] <= set(done):
+                    done.append(n["id"])
+                    break
+        for i, nid in enumerate(done):
+            self.nodes[nid - 1]["order"] = i
+
+    def ui(self) -> dict:
+        self._order()
+        for n in self.nodes:
+            for o in n["outputs"]:
+                if not o["links"]:
+                    o["links"] = None if n["type"] not in VIRTUAL else o["links"]
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.6, "offset": [10, 10]}, "dynamicrafter": {"name": self.name,
+                                                                                       "title": self.title}},
+                "version": 0.4}
+
+    def api(self) -> dict:
+        out = {}
+        by_target = {(l[3], l[4]): l for l in self.links}
+        for n in self.nodes:
+            if n["type"] in VIRTUAL:
+                continue
+            inputs_spec, _, wnames = SPECS[n["type"]]
+            inputs = {}
+            for i, (name, _t) in enumerate(inputs_spec):
+                l = by_target.get((n["id"], i))
+                if l is not None:
+                    inputs[name] = [str(l[1]), l[2]]
+            for name, value in zip(wnames, n["widgets_values"]):
+                if name is not None:
+                    inputs[name] = value
+            out[str(n["id"])] = {"class_type": n["type"], "inputs": inputs,
+                                 "_meta": {"title": n.get("title", n["type"])}}
+        return out
+
+
+NOTE_COLOR = ("#432", "#653")
+
+
+def _model_note(ckpt: str, repo: str, extra: str = "") -> str:
+    fetch = "python generate.py --download-only" + (" --variant 512-interp" if "interp" in ckpt else "")
+    return (f"MODEL FILE - pick it in DynamiCrafter Loader > ckpt_name\n"
+            f"{ckpt} goes into ComfyUI/models/dynamicrafter/\n"
+            f"(models/checkpoints or models/diffusion_models work too).\n"
+            f"It is model.ckpt of huggingface.co/{repo}, renamed;\n"
+            f"or let this pack fetch it (from the pack's folder):\n  {fetch}\n"
+            f"Press R (refresh) after adding it. The one file holds the UNet, the image adapter, the text and "
+            f"image encoders and the VAE.\n\n"
+            f"IMAGE: LoadImage reads ComfyUI/input/ - upload your own, or copy the examples from this pack's "
+            f"workflows/input/.\n{extra}")
+
+
+def _common(g: Graph, ckpt: str, variant: str, prompt: str, end: bool):
+    loader = g.add("DCN_Loader", (30, 380), (370, 200), [ckpt, variant, "default"])
+    start = g.add("LoadImage", (30, 630), (370, 340), [START_IMAGE, "image"], title="Start image")
+    end_id = g.add("LoadImage", (30, 1010), (370, 340), [END_IMAGE, "image"], title="End image") if end else None
+    pos = g.add("CLIPTextEncode", (450, 60), (400, 170), [prompt], title="Positive prompt")
+    neg = g.add("CLIPTextEncode", (450, 290), (400, 120), [""], title="Negative prompt (empty = reference)")
+    enc = g.add("DCN_ImageEncode", (450, 470), (320, 80))
+    g.connect(loader, "clip", pos, "clip")
+    g.connect(loader, "clip", neg, "clip")
+    g.connect(loader, "clip_vision", enc, "clip_vision")
+    g.connect(loader, "image_proj", enc, "image_proj")
+    g.connect(start, "IMAGE", enc, "image")
+    return loader, start, end_id, pos, neg, enc
+
+
+def _conditioning(g, loader, start, end_id, pos, neg, enc, motion: int, loop: bool) -> int:
+    cond = g.add("DCN_Conditioning", (900, 60), (320, 270), [512, 320, 16, motion, loop])
+    g.connect(pos, "CONDITIONING", cond, "positive")
+    g.connect(neg, "CONDITIONING", cond, "negative")
+    g.connect(enc, "image_embeds", cond, "image_embeds")
+    g.connect(loader, "vae", cond, "vae")
+    g.connect(start, "IMAGE", cond, "start_image")
+    if end_id is not None:
+        g.connect(end_id, "IMAGE", cond, "end_image")
+    return cond
+
+
+def _exact_tail(g, loader, cond, prefix: str, steps: int = 50):
+    samp = g.add("DCN_Sampler", (1270, 60), (330, 330),
+                 [SEED, "fixed", steps, 7.5, 7.5, 1.0, 0.7, "auto", "multi"])
+    for name in ("positive", "image_only", "negative"):
+        g.connect(cond, name, samp, name)
+    g.connect(cond, "latent", samp, "latent")
+    g.connect(loader, "model", samp, "model")
+    dec = g.add("VAEDecode", (1650, 60), (210, 50))
+    g.connect(samp, "LATENT", dec, "samples")
+    g.connect(loader, "vae", dec, "vae")
+    save = g.add("DCN_SaveVideo", (1650, 170), (360, 420), [prefix, "mp4", 8.0, 19])
+    g.connect(dec, "IMAGE", save, "images")
+
+
+def image_to_video() -> Graph:
+    g = Graph("dynamicrafter_512_image_to_video", "DynamiCrafter 512: image to video")
+    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_512, "Doubiiu/DynamiCrafter_512",
+          "\nDEFAULTS (512 model): 512x320, 16 frames, motion (fps input) 24, 50 DDIM steps, eta 1.0, cfg 7.5 "
+          "text / 7.5 image, guidance rescale 0.7; the file is written at 8 fps like the reference.")],
+          color=NOTE_COLOR)
+    loader, start, _, pos, neg, enc = _common(g, CKPT_512, "auto", PROMPT, end=False)
+    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=24, loop=False)
+    _exact_tail(g, loader, cond, "DynamiCrafter/i2v")
+    return g
+
+
+def interpolation() -> Graph:
+    g = Graph("dynamicrafter_512_interpolation", "DynamiCrafter 512-interp: start + end image")
+    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_INTERP, "Doubiiu/DynamiCrafter_512_Interp",
+          "\nThe interpolation model (variant 512-interp) makes the frames between the start and the end image "
+          "(same size). Defaults: 512x320, 16 frames, motion 5, 50 steps, cfg 7.5 / 7.5, rescale 0.7, 8 fps.")],
+          color=NOTE_COLOR)
+    loader, start, end_id, pos, neg, enc = _common(g, CKPT_INTERP, "512-interp", PROMPT, end=True)
+    cond = _conditioning(g, loader, start, end_id, pos, neg, enc, motion=5, loop=False)
+    _exact_tail(g, loader, cond, "DynamiCrafter/interp")
+    return g
+
+
+def loop() -> Graph:
+    g = Graph("dynamicrafter_512_loop", "DynamiCrafter 512-interp: looping video")
+    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_INTERP, "Doubiiu/DynamiCrafter_512_Interp",
+          "\nLoop: the interpolation model ends the video on the start image again (loop = true). Defaults: "
+          "512x320, 16 frames, motion 5, 50 steps, cfg 7.5 / 7.5, rescale 0.7, 8 fps.")], color=NOTE_COLOR)
+    loader, start, _, pos, neg, enc = _common(g, CKPT_INTERP, "512-interp", LOOP_PROMPT, end=False)
+    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=5, loop=True)
+    _exact_tail(g, loader, cond, "DynamiCrafter/loop")
+    return g
+
+
+def advanced() -> Graph:
+    g = Graph("dynamicrafter_512_advanced_guider", "DynamiCrafter 512: SamplerCustomAdvanced + dual-CFG guider")
+    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_512, "Doubiiu/DynamiCrafter_512",
+          "\nNEEDS A HOST FROM 2024-04 OR LATER (SamplerCustomAdvanced, guiders, CreateVideo/SaveVideo). The "
+          "DynamiCrafter guider (dual CFG + reference guidance rescale) drives the host's own samplers on the "
+          "reference DDIM sigmas; euler on them is DDIM with eta 0. Older hosts: use the image-to-video workflow.")],
+          color=NOTE_COLOR)
+    loader, start, _, pos, neg, enc = _common(g, CKPT_512, "auto", PROMPT, end=False)
+    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=24, loop=False)
+    guider = g.add("DCN_Guider", (1270, 60), (330, 180), [7.5, 7.5, 0.7, "multi"])
+    for name in ("positive", "image_only", "negative"):
+        g.connect(cond, name, guider, name)
+    g.connect(loader, "model", guider, "model")
+    sigmas = g.add("DCN_Sigmas", (1270, 300), (330, 90), [50, "auto"])
+    g.connect(loader, "model", sigmas, "model")
+    sampler = g.add("KSamplerSelect", (1270, 440), (330, 60), ["euler"])
+    noise = g.add("RandomNoise", (1270, 550), (330, 90), [SEED, "fixed"])
+    sca = g.add("SamplerCustomAdvanced", (1650, 60), (290, 110))
+    g.connect(noise, "NOISE", sca, "noise")
+    g.connect(guider, "GUIDER", sca, "guider")
+    g.connect(sampler, "SAMPLER", sca, "sampler")
+    g.connect(sigmas, "SIGMAS", sca, "sigmas")
+    g.connect(cond, "latent", sca, "latent_image")
+    dec = g.add("VAEDecode", (2000, 60), (210, 50))
+    g.connect(sca, "output", dec, "samples")
+    g.connect(loader, "vae", dec, "vae")
+    vid = g.add("CreateVideo", (2000, 170), (270, 80), [8.0])
+    g.connect(dec, "IMAGE", vid, "images")
+    save = g.add("SaveVideo", (2000, 300), (360, 420), ["DynamiCrafter/advanced", "mp4", "h264"])
+    g.connect(vid, "VIDEO", save, "video")
+    return g
+
+
+GRAPHS = {"image_to_video": image_to_video, "interpolation": interpolation, "loop": loop, "advanced": advanced}
+
+
+def example_images() -> Dict[str, "object"]:
+    """Two 512x320 pictures of one sunset sea scene, the boat and the sun a little further on in the second."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    def scene(boat_x: float, sun_y: float):
+        w, h, horizon = 512, 320, 190
+        y = np.linspace(0, 1, horizon)[:, None, None]
+        top, low = np.array([40, 50, 110]), np.array([250, 150, 80])
+        sky = (top * (1 - y) + low * y) * np.ones((1, w, 1))
+        ys = np.linspace(0, 1, h - horizon)[:, None, None]
+        sea_top, sea_low = np.array([170, 90, 70]), np.array([20, 30, 60])
+        sea = (sea_top * (1 - ys) + sea_low * ys) * np.ones((1, w, 1))
+        xx = np.arange(w)[None, :]
+        yy = np.arange(h - horizon)[:, None]
+        waves = 12 * np.sin(xx / 9.0 + yy * 0.9) * np.exp(-yy / 90.0) * (yy % 7 < 2)
+        sea = np.clip(sea + waves[..., None], 0, 255)
+        img = Image.fromarray(np.concatenate([sky, sea], 0).astype(np.uint8))
+        d = ImageDraw.Draw(img)
+        d.ellipse([330 - 34, sun_y - 34, 330 + 34, sun_y + 34], fill=(255, 220, 140))
+        d.rectangle([0, horizon, w, horizon + 2], fill=(230, 140, 90))
+        bx, by = boat_x, horizon + 62
+        d.polygon([(bx - 46, by), (bx + 46, by), (bx + 32, by + 16), (bx - 32, by + 16)], fill=(35, 25, 30))
+        d.polygon([(bx - 2, by - 4), (bx - 2, by - 86), (bx - 44, by - 6)], fill=(245, 235, 220))
+        d.polygon([(bx + 3, by - 4), (bx + 3, by - 70), (bx + 34, by - 6)], fill=(230, 215, 200))
+        d.line([(bx, by), (bx, by - 92)], fill=(30, 20, 20), width=3)
+        return img.filter(ImageFilter.SMOOTH)
+
+    return {START_IMAGE: scene(190.0, 120.0), END_IMAGE: scene(262.0, 138.0)}
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def outputs() -> Dict[str, str]:
+    """Relative path -> file text of every JSON file this script writes."""
+    files = {}
+    for build in GRAPHS.values():
+        g = build()
+        ui = _dump(g.ui())
+        files[f"workflows/{g.name}.json"] = ui
+        files[f"example_workflows/{g.name}.json"] = ui
+        files[f"workflows/api/{g.name}.json"] = _dump(g.api())
+    return files
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="compare with the files on disk, write nothing")
+    args = ap.parse_args(argv)
+    stale = []
+    for rel, text in outputs().items():
+        path = os.path.join(ROOT, rel)
+        old = open(path, encoding="utf-8").read() if os.path.isfile(path) else None
+        if old != text:
+            stale.append(rel)
+            if not args.check:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+    if not args.check:
+        os.makedirs(INPUT_DIR, exist_ok=True)
+        for name, img in example_images().items():
+            path = os.path.join(INPUT_DIR, name)
+            if not os.path.isfile(path):
+                img.save(path, optimize=True)
+    if args.check and stale:
+        print("out of date:", *stale, sep="\n  ")
+        return 1
+    print(("checked" if args.check else "wrote") + f" {len(outputs())} files" + (f", changed: {stale}" if stale else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""generate.py, the headless command: run as a user runs it (a subprocess), offline (HF_HUB_OFFLINE=1: no test reaches
+the network). The tiny pipeline check and the demo's fallback write labelled videos; bad input is reported before
+anything heavy starts. The download code runs against a stand-in of huggingface_hub."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from comfyui_dynamicrafter import generate
+
+SCRIPT = generate.__file__
+START = generate.EXAMPLE_START
+END = generate.EXAMPLE_END
+SMALL = ["--frames", "4", "--width", "64", "--height", "64", "--steps", "2"]
+
+
+def run(*args, timeout=600):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    p.seconds = time.monotonic() - t0
+    return p
+
+
+def frames_fps(path):
+    return generate.probe_video(path)[:2]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bad input: said plainly, before the host or the model is touched
+# ---------------------------------------------------------------------------------------------------------------------
+def test_unwritable_output_is_reported_before_anything_starts(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    p = run("--image", START, "--prompt", "x", "--out", str(blocker / "out.mp4"))
+    assert p.returncode == 2, p.stderr
+    assert "cannot write into" in p.stderr and str(blocker) in p.stderr
+    assert "ComfyUI:" not in p.stdout and "step" not in p.stderr  # no host, no sampling
+    p = run("--image", START, "--prompt", "x", "--out", str(tmp_path / "out.avi"))
+    assert p.returncode == 2 and ".mp4, .webp, .gif" in p.stderr
+
+
+def test_missing_or_unreadable_image(tmp_path):
+    p = run("--image", str(tmp_path / "nope.png"), "--prompt", "x", "--out", str(tmp_path / "o.mp4"))
+    assert p.returncode == 2 and "--image" in p.stderr and "does not exist" in p.stderr
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    p = run("--image", str(bad), "--prompt", "x", "--out", str(tmp_path / "o.mp4"))
+    assert p.returncode == 2 and "not a readable image" in p.stderr and str(bad) in p.stderr
+    p = run("--image", START, "--end-image", str(tmp_path / "gone.png"), "--prompt", "x", "--out",
+            str(tmp_path / "o.mp4"))
+    assert p.returncode == 2 and "--end-image" in p.stderr
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_missing_model_offline_names_the_file_and_the_folders(tmp_path):
+    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in generate.MODEL_FILES["512"].alternatives):
+        pytest.skip(f"real weights are present in {generate.PACK_MODELS}")
+    models = tmp_path / "my-models"
+    p = run("--image", START, "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--models-dir", str(models))
+    assert p.returncode == 2, p.stdout + p.stderr
+    err = p.stderr
+    assert "model file not found: dynamicrafter_512.safetensors, dynamicrafter_512.ckpt" in err
+    assert "HF_HUB_OFFLINE" in err  # why nothing was downloaded
+    assert str(models) in err and os.path.join("models", "dynamicrafter") in err  # the folders searched
+    assert "Doubiiu/DynamiCrafter_512" in err and "--tiny" in err
+    assert "step" not in err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# runs
+# ---------------------------------------------------------------------------------------------------------------------
+def test_demo_offline_ends_with_a_labelled_tiny_video(tmp_path):
+    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in generate.MODEL_FILES["512"].alternatives):
+        pytest.skip(f"real weights are present in {generate.PACK_MODELS}")
+    p = run("--demo", "--out", str(tmp_path / "demo.mp4"), *SMALL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = tmp_path / "demo.tiny-random-weights.mp4"
+    assert out.is_file() and not (tmp_path / "demo.mp4").exists()
+    assert frames_fps(str(out)) == (4, 8.0)
+    assert "PIPELINE CHECK" in p.stdout and "dynamicrafter_512.ckpt" in p.stdout and "Put it into" in p.stdout
+    assert f"wrote {out}: 4 frames, 8 fps, 64x64" in p.stdout
+    print(f"demo (tiny fallback): {p.seconds:.1f} s")
+
+
+def test_tiny_interpolation_to_webp(tmp_path):
+    p = run("--tiny", "--image", START, "--end-image", END, "--prompt", "a boat", "--out", str(tmp_path / "i.webp"),
+            "--fps", "10", *SMALL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = tmp_path / "i.tiny-random-weights.webp"
+    assert frames_fps(str(out)) == (4, 10.0)
+    assert "dynamicrafter_512_interpolation.json (interpolation), variant 512-interp" in p.stdout
+    assert "PIPELINE CHECK" in p.stdout
+    print(f"tiny interpolation: {p.seconds:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the download code, against a stand-in hub (nothing leaves the machine)
+# ---------------------------------------------------------------------------------------------------------------------
+class FakeHub:
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        self.calls = []
+
+    def hf_hub_download(self, repo_id, filename, local_dir=None, **kw):
+        self.calls.append((repo_id, filename, local_dir))
+        path = os.path.join(local_dir, filename)
+        with open(path, "wb") as f:
+            f.write(self.payload)
+        return path
+
+
+def test_download_checks_size_and_hash_then_names_the_file(tmp_path, monkeypatch):
+    import huggingface_hub
+    hub = FakeHub(b"weights" * 1000)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
+    mf = generate.MODEL_FILES["512-interp"]
+    sha = hashlib.sha256(hub.payload).hexdigest()
+    path = generate.download_model(mf, str(tmp_path), len(hub.payload), sha, progress=False)
+    assert path == str(tmp_path / "dynamicrafter_512_interp.ckpt")
+    assert open(path, "rb").read() == hub.payload
+    assert hub.calls[0][:2] == ("Doubiiu/DynamiCrafter_512_Interp", "model.ckpt")
+    assert not (tmp_path / ".download" / "Doubiiu--DynamiCrafter_512_Interp").exists()
+
+
+def test_download_refuses_a_corrupt_or_short_file(tmp_path, monkeypatch):
+    import huggingface_hub
+    hub = FakeHub(b"weights" * 10)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
+    mf = generate.MODEL_FILES["512"]
+    with pytest.raises(generate.UserError, match="SHA-256"):
+        generate.download_model(mf, str(tmp_path), len(hub.payload), "0" * 64, progress=False)
+    assert not (tmp_path / mf.filename).exists()
+    with pytest.raises(generate.UserError, match="bytes, the hub says"):
+        generate.download_model(mf, str(tmp_path), len(hub.payload) + 1, None, progress=False)
+    assert not (tmp_path / mf.filename).exists()
+    with pytest.raises(generate.UserError, match="not enough disk space"):
+        generate.download_model(mf, str(tmp_path), 1 << 60, None, progress=False)
+
+
+def test_offline_is_detected(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert generate.is_offline() == (True, "HF_HUB_OFFLINE is set")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert generate.is_offline()[0] is False
+
+    import huggingface_hub
+
+    def unreachable(*a, **k):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    with pytest.raises(ConnectionError, match="unreachable"):
+        generate.remote_metadata(generate.MODEL_FILES["512"])
+
+
+def test_metadata_gives_size_and_sha(monkeypatch):
+    import huggingface_hub
+
+    class Meta:
+        size, etag = 123, "ab" * 32
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout=None: Meta())
+    assert generate.remote_metadata(generate.MODEL_FILES["512"]) == (123, "ab" * 32)
+    Meta.etag = "not-a-sha"
+    assert generate.remote_metadata(generate.MODEL_FILES["512"]) == (123, None)
+
+
+def test_download_failure_says_how_to_resume(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def dropped(*a, **k):
+        raise ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", dropped)
+    with pytest.raises(generate.UserError, match="run the same command again to resume"):
+        generate.download_model(generate.MODEL_FILES["512"], str(tmp_path), 100, None, progress=False)
