@@ -73,8 +73,12 @@ def _shape(v: Any) -> Shape:
     return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
 
 
-def is_lora_key(key: str) -> bool:
-    return key.endswith((LORA_DOWN, LORA_UP, LORA_ALPHA))
+def is_lora_key(key: str, keys: Iterable[str]) -> bool:
+    """A LoRA tensor of ``keys``: a down/up weight, or the alpha of a module that has a LoRA pair (the 256 model's own
+    ``attn2.alpha`` gates, trained with image_kv, are full tensors)."""
+    if key.endswith((LORA_DOWN, LORA_UP)):
+        return True
+    return key.endswith(LORA_ALPHA) and key[: -len(LORA_ALPHA)] + LORA_DOWN in keys
 
 
 def lora_modules(keys: Iterable[str]) -> List[str]:
@@ -157,7 +161,7 @@ def validate_adapter(tensors: Mapping[str, Any], metadata: Mapping[str, str], va
 
     full, lora, bad = [], {}, []
     for key, v in tensors.items():
-        if is_lora_key(key):
+        if is_lora_key(key, tensors):
             continue
         if key not in shapes:
             bad.append(f"{key} (not in the model)")
@@ -214,7 +218,7 @@ def merge_adapter(state: Dict[str, torch.Tensor], tensors: Mapping[str, torch.Te
     """Apply an adapter to a full-key state dict in place: replace full tensors (blended by ``strength``), add LoRA
     deltas. Returns ``state``. Validate first (``validate_adapter``)."""
     for key, v in tensors.items():
-        if is_lora_key(key):
+        if is_lora_key(key, tensors):
             continue
         old = state[key]
         new = v.to(old.dtype)

@@ -86,19 +86,6 @@ def lora_patch(up: torch.Tensor, down: torch.Tensor, alpha: float, loaded_keys=(
     return ("lora", weights)
 
 
-def _full_keys(tensors, info: ad.AdapterInfo, shapes) -> List[str]:
-    """Full tensors: those validate_adapter accepted, plus scalar ``*.alpha`` model parameters (the 256 model's
-    attn2.alpha gates, trained with image_kv) that are not a LoRA pair's alpha."""
-    keys = list(info.full_keys)
-    for k, v in tensors.items():
-        if (k.endswith(ad.LORA_ALPHA) and k[: -len(ad.LORA_ALPHA)] + ad.LORA_DOWN not in tensors and k in shapes):
-            if tuple(shapes[k]) != tuple(v.shape):
-                raise DynamiCrafterInputError(f"adapter tensor {k}", f"shape {list(shapes[k])}",
-                                              f"{list(v.shape)}", "use an adapter trained on this model")
-            keys.append(k)
-    return keys
-
-
 def unet_patches(tensors: Dict[str, torch.Tensor], info: ad.AdapterInfo, full_keys: List[str]):
     """(LoRA patches, full-tensor patches): host model keys (``diffusion_model.*``) -> patch values."""
     lora: Dict[str, object] = {}
@@ -142,7 +129,7 @@ def apply_adapter(model, image_proj, adapter_name: str, strength: float) -> Tupl
         raise DynamiCrafterInputError(label, err.expected, err.found, err.todo) from None
     shapes = ad.model_shapes(model.model.diffusion_model, image_proj.model)
     info = ad.validate_adapter(tensors, meta, variant, shapes, name=label)
-    full_keys = _full_keys(tensors, info, shapes)
+    full_keys = list(info.full_keys)
     lora, full = unet_patches(tensors, info, full_keys)
     has_p = any(k.startswith(ad.P_PREFIX) for k in tensors)
     summary = (f"{label}: stage {info.stage}, groups {', '.join(info.groups) or '?'}, step {info.step}; "

@@ -98,7 +98,7 @@ def adapters(host, dc, tmp_path_factory):
     save_file(load_file(b), os.path.join(folders["dynamicrafter_adapters"], OTHER_P),
               metadata=ad.read_adapter(b)[1])
     save_file(tensors, os.path.join(folders["loras"], FOR_1024), metadata=dict(meta, **{ad.META_VARIANT: "1024"}))
-    save_file({k: v for k, v in tensors.items() if ad.is_lora_key(k)}, os.path.join(folders["loras"], NOT_ADAPTER))
+    save_file({k: v for k, v in tensors.items() if ad.is_lora_key(k, tensors)}, os.path.join(folders["loras"], NOT_ADAPTER))
     saved = {k: fnp.get(k) for k in folders}
     for k, d in folders.items():
         fnp[k] = ([d], saved[k][1] if saved[k] else {".safetensors"})
