@@ -286,6 +286,7 @@ class Worker:
             m.dtype = compute
             if fp8:
                 ops_mod.store_weights_(m, storage, compute)
+            m.set_channels_last(s["channels_last"] == "on")
             return m.eval()
         unet = importlib.import_module(self.pkg + ".model.unet")
         if s["case"] == "parity":
@@ -367,6 +368,8 @@ class Worker:
     # ---- one timed run ---------------------------------------------------------------------------------------
     def prepare(self, s):
         s = dict(self.s, **{k: v for k, v in s.items() if k not in MODEL_KEYS})
+        if s["case"] == "vae" and self.model.channels_last != (s["channels_last"] == "on"):
+            self.model.set_channels_last(s["channels_last"] == "on")
         if s["case"] in ("forward", "guided", "sample"):
             self.apply_switches(s)
             m = self.unet_module

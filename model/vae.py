@@ -232,6 +232,21 @@ class AutoencoderKL(nn.Module):
         zc = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
         self.quant_conv = ops.Conv2d(zc, 2 * cfg.embed_dim, 1, **kw)
         self.post_quant_conv = ops.Conv2d(cfg.embed_dim, cfg.z_channels, 1, **kw)
+        self.channels_last = False
+
+    def set_channels_last(self, on: bool = True) -> None:
+        """NHWC activations and conv weights (CPU bf16 convolutions are several times faster so). Same values."""
+        self.channels_last = on
+        fmt = torch.channels_last if on else torch.contiguous_format
+        with torch.no_grad():
+            for m in self.modules():
+                w = getattr(m, "weight", None)
+                if isinstance(w, torch.Tensor) and w.dim() == 4 and w.device.type != "meta":
+                    w.data = w.data.contiguous(memory_format=fmt)
+
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @property
     def downscale(self) -> int:
@@ -246,7 +261,7 @@ class AutoencoderKL(nn.Module):
         flat, unfold = _fold(x, self.cfg.in_channels, "VAE encode input")
         means, stds = [], []
         for a, b in _chunks(flat.shape[0], chunk_frames):
-            moments = self.quant_conv(self.encoder(flat[a:b].to(self.dtype)))  # [n, 2e, H/8, W/8]
+            moments = self.quant_conv(self.encoder(self._in(flat[a:b])))  # [n, 2e, H/8, W/8]
             mean, logvar = moments.chunk(2, dim=1)
             means.append(mean)
             stds.append(torch.exp(0.5 * logvar.clamp(-30.0, 20.0)))
@@ -261,10 +276,10 @@ class AutoencoderKL(nn.Module):
         flat, unfold = _fold(z, self.cfg.embed_dim, "VAE decode input")
         spans = _chunks(flat.shape[0], chunk_frames)
         if len(spans) == 1:
-            return unfold(self.decoder(self.post_quant_conv(flat.to(self.dtype))))
+            return unfold(self.decoder(self.post_quant_conv(self._in(flat))).contiguous())
         out = None
         for a, b in spans:
-            y = self.decoder(self.post_quant_conv(flat[a:b].to(self.dtype)))
+            y = self.decoder(self.post_quant_conv(self._in(flat[a:b])))
             if out is None:                                                # write chunks into one output buffer
                 out = y.new_empty((flat.shape[0],) + tuple(y.shape[1:]))
             out[a:b] = y

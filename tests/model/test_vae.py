@@ -131,3 +131,16 @@ def test_bad_shape_message():
     vae = _tiny()
     with pytest.raises(ValueError, match="VAE decode input"):
         vae.decode(torch.randn(1, 3, 8, 8))
+
+
+def test_channels_last_same_values():
+    vae = _tiny()
+    z = torch.randn(1, 4, 3, 8, 8)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        ref, (m0, s0) = vae.decode(z), vae.encode(x)
+        vae.set_channels_last(True)
+        torch.testing.assert_close(vae.decode(z), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(vae.decode(z, chunk_frames=2), ref, atol=1e-5, rtol=1e-5)
+        m1, s1 = vae.encode(x)
+    torch.testing.assert_close(m1, m0, atol=1e-5, rtol=1e-5)
