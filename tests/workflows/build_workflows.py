@@ -1,4 +1,4 @@
-"""Writes the shipped workflows from one description per graph: the UI-format file (workflows/<name>.json, what users
+"""Writes the shipped workflows from one description per graph: the UI-format file (workflows/ui/<name>.json, what users
 drag in), its API-format twin (workflows/api/<name>.json, what generate.py runs), the same UI file in
 example_workflows/ (the template browser of newer hosts), and the two example input images (workflows/input/).
 
@@ -18,10 +18,11 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-UI_DIR = os.path.join(ROOT, "workflows")
-API_DIR = os.path.join(UI_DIR, "api")
+WF_DIR = os.path.join(ROOT, "workflows")
+UI_DIR = os.path.join(WF_DIR, "ui")
+API_DIR = os.path.join(WF_DIR, "api")
 EXAMPLE_DIR = os.path.join(ROOT, "example_workflows")
-INPUT_DIR = os.path.join(UI_DIR, "input")
+INPUT_DIR = os.path.join(WF_DIR, "input")
 START_IMAGE = "dynamicrafter_example_start.png"
 END_IMAGE = "dynamicrafter_example_end.png"
 
@@ -322,7 +323,7 @@ def outputs() -> Dict[str, str]:
     for build in GRAPHS.values():
         g = build()
         ui = _dump(g.ui())
-        files[f"workflows/{g.name}.json"] = ui
+        files[f"workflows/ui/{g.name}.json"] = ui
         files[f"example_workflows/{g.name}.json"] = ui
         files[f"workflows/api/{g.name}.json"] = _dump(g.api())
     return files

@@ -190,7 +190,9 @@ def test_template_browser_lists_the_example_workflows(server):
         templates = server.get("/workflow_templates")
     except urllib.error.HTTPError as e:
         pytest.skip(f"this host ({server.info.describe()}) has no template browser (/workflow_templates: {e.code})")
-    names = set(templates.get(hosting.PACK_DIRNAME, []))
+    listed = templates.get(hosting.PACK_DIRNAME, [])
+    assert len(listed) == len(set(listed)), f"a template is listed twice: {listed}"
+    names = set(listed)
     assert names == {wfcheck.name_of(p) for p in UI_FILES}, templates
     for name in names:
         served = server.get(f"/api/workflow_templates/{hosting.PACK_DIRNAME}/{name}.json")

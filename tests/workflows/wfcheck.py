@@ -13,10 +13,11 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-UI_DIR = os.path.join(REPO, "workflows")
-API_DIR = os.path.join(UI_DIR, "api")
+WF_DIR = os.path.join(REPO, "workflows")
+UI_DIR = os.path.join(WF_DIR, "ui")
+API_DIR = os.path.join(WF_DIR, "api")
 EXAMPLE_DIR = os.path.join(REPO, "example_workflows")
-INPUT_DIR = os.path.join(UI_DIR, "input")
+INPUT_DIR = os.path.join(WF_DIR, "input")
 # Nodes that exist only in the front end (never sent to the server).
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
