@@ -53,7 +53,7 @@ def list_checkpoints() -> List[str]:
     for key in checkpoint_folders():
         try:
             names.extend(folder_paths.get_filename_list(key))
-        except Exception:  # a folder that vanished: list the others
+        except OSError:  # a folder that vanished: list the others
             continue
     return list(dict.fromkeys(names))
 
@@ -64,9 +64,17 @@ def checkpoint_path(name: str) -> str:
         if path is not None and os.path.isfile(path):
             return path
     raise DynamiCrafterInputError(
-        "ckpt_name", f"a file in the model folders {checkpoint_folders()}", repr(name),
+        "ckpt_name", "a file in the model folders", f"no {name!r} in {searched_dirs()}",
         "put the DynamiCrafter checkpoint into models/dynamicrafter (or refresh the page after adding it)",
     )
+
+
+def searched_dirs() -> List[str]:
+    """Every directory the loader searches, in order (what a 'file not found' message names)."""
+    dirs: List[str] = []
+    for key in checkpoint_folders():
+        dirs.extend(folder_paths.folder_names_and_paths[key][0])
+    return list(dict.fromkeys(dirs))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -73,3 +73,16 @@ def test_workflow_runs_and_writes_the_video(name, wf_host, wf_tiny):
     assert codec == "h264"
     print(f"{name} on {wf_host.info.describe()}: {os.path.basename(files[0])}, {frames} frames, {fps:g} fps, "
           f"{size[0]}x{size[1]} {codec}, {seconds:.1f} s")
+
+
+def test_missing_model_file_names_the_file_and_the_folders(wf_host, wf_tiny):
+    """A shipped workflow whose model file is not installed fails validation with the file and the folders searched."""
+    from comfyui_dynamicrafter.tests import hosting
+
+    api = wfcheck.load(os.path.join(wfcheck.API_DIR, "dynamicrafter_512_image_to_video.json"))
+    with pytest.raises(hosting.PromptValidationError) as err:
+        wf_host.run_prompt(api)    # the shipped names (dynamicrafter_512.ckpt ...) are not in the test's model folders
+    text = str(err.value) + json.dumps(err.value.node_errors)
+    loader = next(n for n in api.values() if n["class_type"] == "DCN_Loader")
+    assert f"model file {loader['inputs']['ckpt_name']!r} not found" in text
+    assert "dynamicrafter" in text and "searched" in text
