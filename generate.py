@@ -544,6 +544,7 @@ def tiny_checkpoint(folder: str, variant: str) -> str:
     import torch
     from safetensors.torch import save_file
 
+    from comfyui_dynamicrafter.model.fileio import atomic_path
     from comfyui_dynamicrafter.model.vae import AutoencoderKL, VAEConfig
     from comfyui_dynamicrafter.tests.nodes import tinyckpt
 
@@ -558,9 +559,8 @@ def tiny_checkpoint(folder: str, variant: str) -> str:
     if variant != "256":
         meta["dynamicrafter.variant"] = variant
         meta["dynamicrafter.family"] = "512-family"
-    tmp = f"{path}.{os.getpid()}.tmp"
-    save_file(sd, tmp, metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(sd, tmp, metadata=meta)
     return path
 
 

@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 
 from .config import Variant
+from .fileio import atomic_file
 from .errors import DynamiCrafterInputError
 from .log import logger
 from .variants import VARIANTS, get_variant, variant_names
@@ -940,34 +941,17 @@ def write_safetensors(path: Union[str, os.PathLike], items: Sequence[Tuple[str, 
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for name, shape, dt in order:
-                t = read(name)
-                if tuple(t.shape) != tuple(shape):
-                    raise RuntimeError(f"write_safetensors: {name} has shape {list(t.shape)}, header says {list(shape)}")
-                t = t.to(dtype=dt, device="cpu").contiguous()
-                if t.numel():
-                    f.write(t.reshape(-1).view(torch.uint8).numpy().data)
-                del t
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename durable (not possible on every platform)
-        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_file(path) as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, shape, dt in order:
+            t = read(name)
+            if tuple(t.shape) != tuple(shape):
+                raise RuntimeError(f"write_safetensors: {name} has shape {list(t.shape)}, header says {list(shape)}")
+            t = t.to(dtype=dt, device="cpu").contiguous()
+            if t.numel():
+                f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+            del t
     return os.path.getsize(path)
 
 

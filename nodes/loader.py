@@ -31,6 +31,7 @@ import folder_paths
 
 from ..model.checkpoint import detect_variant, open_checkpoint, validate_checkpoint
 from ..model.config import Variant
+from ..model.fileio import atomic_file
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.resampler import Resampler
@@ -93,10 +94,8 @@ def _config_path(config: dict) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, hashlib.sha1(blob.encode()).hexdigest()[:16] + ".json")
     if not os.path.isfile(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(path, "w") as f:
             f.write(blob)
-        os.replace(tmp, path)
     return path
 
 

@@ -19,6 +19,7 @@ import torch
 import folder_paths
 
 from ..model.errors import DynamiCrafterInputError
+from ..model.fileio import atomic_path
 from ..model.log import logger
 
 FORMATS = ["mp4", "webp", "gif"]
@@ -56,23 +57,22 @@ def write_mp4(path: str, frames: np.ndarray, fps: float, crf: int, metadata: Opt
 
     rate = Fraction(fps).limit_denominator(10000)
     frames = _even(frames)
-    tmp = path + ".part"
-    with av.open(tmp, mode="w", format="mp4", options={"movflags": "use_metadata_tags+faststart"}) as out:
-        for k, v in (metadata or {}).items():
-            out.metadata[k] = v
-        stream = out.add_stream("libx264", rate=rate)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(int(crf))}
-        for i, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-            frame.pts = i
-            frame.time_base = 1 / rate
-            for packet in stream.encode(frame):
+    with atomic_path(path) as tmp:
+        with av.open(tmp, mode="w", format="mp4", options={"movflags": "use_metadata_tags+faststart"}) as out:
+            for k, v in (metadata or {}).items():
+                out.metadata[k] = v
+            stream = out.add_stream("libx264", rate=rate)
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(int(crf))}
+            for i, f in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+                frame.pts = i
+                frame.time_base = 1 / rate
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode():
                 out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    os.replace(tmp, path)
 
 
 def _pil_frames(frames: np.ndarray, max_side: Optional[int] = None) -> List["object"]:
@@ -88,18 +88,16 @@ def _pil_frames(frames: np.ndarray, max_side: Optional[int] = None) -> List["obj
 
 def write_webp(path: str, frames: np.ndarray, fps: float, quality: int, max_side: Optional[int] = None) -> None:
     ims = _pil_frames(frames, max_side)
-    tmp = path + ".part"
-    ims[0].save(tmp, format="WEBP", save_all=True, append_images=ims[1:], duration=round(1000.0 / fps), loop=0,
-                quality=int(quality), method=4, lossless=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        ims[0].save(tmp, format="WEBP", save_all=True, append_images=ims[1:], duration=round(1000.0 / fps), loop=0,
+                    quality=int(quality), method=4, lossless=False)
 
 
 def write_gif(path: str, frames: np.ndarray, fps: float) -> None:
     ims = _pil_frames(frames)
-    tmp = path + ".part"
-    ims[0].save(tmp, format="GIF", save_all=True, append_images=ims[1:], duration=round(1000.0 / fps), loop=0,
-                disposal=2, optimize=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        ims[0].save(tmp, format="GIF", save_all=True, append_images=ims[1:], duration=round(1000.0 / fps), loop=0,
+                    disposal=2, optimize=False)
 
 
 def _metadata(prompt, extra_pnginfo) -> dict:

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ..model.fileio import atomic_file
 from ..model.log import logger
 
 STATE_FORMAT = "dynamicrafter-train-state/1"
@@ -62,48 +63,17 @@ class _KillingWriter:
 # ================================================================================================================
 # Atomic writes
 # ================================================================================================================
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def atomic_torch_save(obj: Any, path: str, kill_after_bytes: Optional[int] = None) -> None:
     """``torch.save`` to a temporary file, fsync, rename over ``path``, fsync the folder."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, _KillingWriter(f, kill_after_bytes) if kill_after_bytes else f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    with atomic_file(path) as f:
+        torch.save(obj, _KillingWriter(f, kill_after_bytes) if kill_after_bytes else f)
 
 
-# ================================================================================================================
-# Checkpoint folder
-# ================================================================================================================
 def checkpoint_path(folder: str, step: int) -> str:
     return os.path.join(folder, f"step_{step:08d}.pt")
 
