@@ -59,6 +59,8 @@ def add_setting_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None
     p.add_argument("--channels-last", default=d("off"), choices=["on", "off"])
     p.add_argument("--inplace", default=d("on"), choices=["on", "off"],
                    help="inference: residual sums / activations written into fresh results")
+    p.add_argument("--ff-chunk-mb", type=float, default=d(0),
+                   help="transformer feed-forward in row chunks under this many MiB (0: off)")
     p.add_argument("--temporal-conv", default=d("conv2d"), choices=["conv2d", "conv3d"],
                    help="temporal (3,1,1) convs as Conv2d over (t, h*w) or plain Conv3d")
     p.add_argument("--compile", default=d("off"), choices=["off", "default", "reduce-overhead", "max-autotune"])
@@ -317,6 +319,7 @@ class Worker:
         m.set_reference_layout(s["reference_layout"] == "on")
         m.set_temporal_conv2d(s["temporal_conv"] == "conv2d")
         unet.INPLACE["on"] = s["inplace"] == "on"
+        m.set_ff_chunking(int(s["ff_chunk_mb"] * 2 ** 20))
         if s["reference_layout"] != "on":
             m.share_branch_prefix = s["prefix"] == "on"
         if m.channels_last != (s["channels_last"] == "on"):

@@ -238,9 +238,21 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = ops.LayerNorm(dim, **kw)
         self.norm3 = ops.LayerNorm(dim, **kw)
 
+    ff_chunk_bytes = 0                                                     # 0: feed-forward on all rows at once
+
     def forward(self, x, context=None):
         x = _add(self.attn1(self.norm1(x)), x)
         x = _add(self.attn2(self.norm2(x), context), x)
+        n, length, dim = x.shape
+        hidden = length * dim * 8 * x.element_size()                       # GEGLU projection bytes per row
+        if self.ff_chunk_bytes and _inplace(x) and n > 1 and n * hidden > self.ff_chunk_bytes:
+            # Inference: the FF (8*dim wide inside) row chunk by row chunk, added into x in place: caps the
+            # largest temporaries (and keeps them small enough for the allocator to reuse). Rows are independent.
+            step = max(1, self.ff_chunk_bytes // hidden)
+            for i in range(0, n, step):
+                xi = x[i:i + step]
+                xi.add_(self.ff(self.norm3(xi)))
+            return x
         return _add(self.ff(self.norm3(x)), x)
 
 
@@ -267,7 +279,9 @@ class SpatialTransformer(nn.Module):
         for block in self.transformer_blocks:
             x = block(x, context)
         x = self.proj_out(x)                                               # [(b t), h*w, c]
-        return x.transpose(1, 2).reshape(bt, c, h, w) + x_in
+        # x_in first: the sum takes x_in's memory format (the token view is NHWC-strided; a flipped format would
+        # make every following conv copy its weight into that format on every call)
+        return x_in + x.transpose(1, 2).reshape(bt, c, h, w)
 
 
 class TemporalTransformer(nn.Module):
@@ -648,6 +662,13 @@ class UNetModel(nn.Module):
                 w = getattr(m, "weight", None)
                 if isinstance(w, torch.Tensor) and w.dim() in (4, 5) and w.device.type != "meta":
                     w.data = w.data.contiguous(memory_format=fmt2 if w.dim() == 4 else fmt3)
+
+    def set_ff_chunking(self, max_bytes: int = 16 << 20) -> None:
+        """Inference: run each transformer feed-forward in row chunks whose GEGLU projection stays under
+        ``max_bytes`` (0: off). Same values up to float noise; lower peak memory."""
+        for m in self.modules():
+            if isinstance(m, BasicTransformerBlock):
+                m.ff_chunk_bytes = int(max_bytes)
 
     def set_temporal_conv2d(self, on: bool = True) -> None:
         """Temporal (3,1,1) convs as Conv2d over (t, h*w) (default) or as plain Conv3d."""

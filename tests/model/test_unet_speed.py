@@ -154,6 +154,17 @@ def test_temporal_conv2d_equals_conv3d():
         torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
 
 
+def test_ff_chunking_equals_plain():
+    m = _model()
+    x, t, ctx, fs = _inputs()
+    with torch.no_grad():
+        a = m(x, t, ctx, fs)
+        m.set_ff_chunking(4096)                                      # tiny cap: many chunks everywhere
+        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
+        m.set_ff_chunking(0)
+        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
+
+
 def test_channels_last_equals_default():
     m = _model()
     x, t, ctx, fs = _inputs()
