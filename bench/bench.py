@@ -59,7 +59,7 @@ def add_setting_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None
     p.add_argument("--channels-last", default=d("off"), choices=["on", "off"])
     p.add_argument("--inplace", default=d("on"), choices=["on", "off"],
                    help="inference: residual sums / activations written into fresh results")
-    p.add_argument("--ff-chunk-mb", type=float, default=d(0),
+    p.add_argument("--ff-chunk-mb", type=float, default=d(16),
                    help="transformer feed-forward in row chunks under this many MiB (0: off)")
     p.add_argument("--temporal-conv", default=d("conv2d"), choices=["conv2d", "conv3d"],
                    help="temporal (3,1,1) convs as Conv2d over (t, h*w) or plain Conv3d")
@@ -430,7 +430,8 @@ class Worker:
         if self.cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        rec = {"time_s": dt, "peak_rss_mb": mib(_status_kb("VmHWM")), "rss_mb": mib(_status_kb("VmRSS"))}
+        rec = {"time_s": dt, "peak_rss_mb": mib(_status_kb("VmHWM")), "rss_mb": mib(_status_kb("VmRSS")),
+               "rss_anon_mb": mib(_status_kb("RssAnon")), "rss_file_mb": mib(_status_kb("RssFile"))}
         if self.cuda:
             rec["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
             rec["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2 ** 20, 1)
@@ -533,6 +534,8 @@ def side_result(settings, records, info_start, info_end) -> Dict[str, Any]:
            "times_s": [round(r["time_s"], 4) for r in records],
            "memory": {"peak_rss_run_mb": max((r["peak_rss_mb"] or 0) for r in records) if records else None,
                       "rss_after_build_mb": info_start.get("rss_after_build_mb"),
+                      "rss_anon_after_runs_mb": records[-1].get("rss_anon_mb") if records else None,
+                      "rss_file_after_runs_mb": records[-1].get("rss_file_mb") if records else None,
                       "peak_rss_process_mb": info_end.get("peak_rss_process_mb")},
            "params": info_start.get("params"), "param_mb": info_start.get("param_mb"),
            "build_s": info_start.get("build_s")}

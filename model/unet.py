@@ -238,7 +238,7 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = ops.LayerNorm(dim, **kw)
         self.norm3 = ops.LayerNorm(dim, **kw)
 
-    ff_chunk_bytes = 0                                                     # 0: feed-forward on all rows at once
+    ff_chunk_bytes = 16 << 20                                              # 0: feed-forward on all rows at once
 
     def forward(self, x, context=None):
         x = _add(self.attn1(self.norm1(x)), x)
