@@ -5,8 +5,8 @@ hook a host uses for its own manual-cast ops). Each layer casts its weight and b
 in ``forward``; nothing else changes, so with storage dtype == compute dtype it is the plain layer.
 
 ``store_weights_`` converts an already built and loaded model's weights to the storage dtype in place. fp8
-(``float8_e4m3fn`` / ``float8_e5m2``) keeps one float32 scale per weight tensor (max |w| -> the format's max) as a
-non-persistent attribute, so small weights keep their precision; state-dict keys are unchanged. Biases and norm
+(``float8_e4m3fn`` / ``float8_e5m2``) keeps one float32 scale per output channel (max |w| of the row -> the format's
+max) as a non-persistent attribute, so small rows keep their precision; state-dict keys are unchanged. Biases and norm
 parameters stay in the compute dtype when the storage dtype is fp8 (they are a rounding error of the size).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ cast_operations = types.SimpleNamespace(Linear=Linear, Conv1d=Conv1d, Conv2d=Con
 def store_weights_(model: nn.Module, storage_dtype: torch.dtype, compute_dtype: torch.dtype = torch.bfloat16) -> int:
     """Convert the weights of every cast-on-use layer in ``model`` to ``storage_dtype`` in place.
 
-    For fp8, matrix/conv weights get a per-tensor float32 scale and everything else (biases, norms) is kept in
+    For fp8, matrix/conv weights get a per-output-channel float32 scale and everything else (biases, norms) is kept in
     ``compute_dtype``. Returns the number of bytes the layers' parameters take afterwards.
     """
     fp8 = storage_dtype in FP8_DTYPES
@@ -97,7 +97,7 @@ def store_weights_(model: nn.Module, storage_dtype: torch.dtype, compute_dtype: 
                 is_matrix = name == "weight" and p.dim() >= 2
                 if fp8 and is_matrix:
                     w = p.data.float()
-                    scale = w.abs().amax().clamp(min=1e-12) / fmax
+                    scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp(min=1e-12) / fmax
                     p.data = (w / scale).to(storage_dtype).contiguous(memory_format=_fmt(p.data))
                     m.weight_scale = scale
                     del w
