@@ -599,7 +599,7 @@ def run_ab(sa: Dict[str, Any], sb: Dict[str, Any], mode: str, quiet: bool) -> Di
             wb.ask({"cmd": "save", "path": pb})
             import torch
 
-            ya, yb = torch.load(pa), torch.load(pb)
+            ya, yb = torch.load(pa, weights_only=True), torch.load(pb, weights_only=True)
             d = (ya - yb).abs()
             diff = {"max_abs": float(d.max()), "max_rel_to_absmax": float(d.max() / ya.abs().max().clamp(min=1e-12))}
         except Exception as e:  # noqa: BLE001
