@@ -541,24 +541,13 @@ def tiny_checkpoint(folder: str, variant: str) -> str:
     boot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(boot)
     boot.register()
-    import torch
     from safetensors.torch import save_file
 
+    from comfyui_dynamicrafter.model import tiny
     from comfyui_dynamicrafter.model.fileio import atomic_path
-    from comfyui_dynamicrafter.model.vae import AutoencoderKL, VAEConfig
-    from comfyui_dynamicrafter.tests.nodes import tinyckpt
 
-    with torch.device("meta"):
-        vae = AutoencoderKL(VAEConfig())
-    vae_shapes = {"first_stage_model." + k: tuple(t.shape) for k, t in vae.state_dict().items()}
-    sd = tinyckpt.unet_and_p(variant, tinyckpt.VISION_WIDTH, seed=10)
-    sd.update(tinyckpt._random(tinyckpt.text_tower_shapes(), seed=11))
-    sd.update(tinyckpt._random(tinyckpt.vision_tower_shapes(), seed=12))
-    sd.update(tinyckpt._random(vae_shapes, seed=13, dtype=torch.float16))
-    meta = {"format": "pt", "dynamicrafter.tiny": "random weights: a pipeline check, not a model"}
-    if variant != "256":
-        meta["dynamicrafter.variant"] = variant
-        meta["dynamicrafter.family"] = "512-family"
+    sd = tiny.full_checkpoint(variant, seed=10)
+    meta = dict(tiny.variant_metadata(None if variant == "256" else variant), **tiny.TINY_METADATA)
     with atomic_path(path) as tmp:
         save_file(sd, tmp, metadata=meta)
     return path

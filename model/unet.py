@@ -603,7 +603,8 @@ class UNetModel(nn.Module):
 
     def enable_context_cache(self, on: bool = True) -> None:
         """Reuse the text/image K/V while a context stays the same tensor (same identity and version) or an
-        equal one; the caller clears it after sampling (``clear_context_cache`` or the ``context_cache()`` block).
+        equal one (under ``torch.inference_mode`` tensors have no version, so always by value); the caller clears
+        it after sampling (``clear_context_cache`` or the ``context_cache()`` block).
         Keeps up to ``KV_CACHE_CONTEXTS`` contexts (guidance branches called one by one each have their own).
         Only under ``torch.no_grad()``; costs the K/V of every cross-attention (tens of MB for the real model)."""
         self._kv_entries = [] if on else None
@@ -630,18 +631,19 @@ class UNetModel(nn.Module):
         entries = self._kv_entries
         if entries is None or torch.is_grad_enabled():
             return None
+        version = _version(context)
         for e in entries:                                                  # e = [ref, version, copy, store]
-            if e[0] is context and e[1] == context._version:
+            if version is not None and e[0] is context and e[1] == version:
                 return e[3]
         for e in entries:
             copy = e[2]
             if (copy.shape == context.shape and copy.dtype == context.dtype and copy.device == context.device
                     and torch.equal(copy, context)):
-                e[0], e[1] = context, context._version
+                e[0], e[1] = context, version
                 return e[3]
         if len(entries) >= self.KV_CACHE_CONTEXTS:
             entries.pop(0)
-        entries.append([context, context._version, context.detach().clone(), {}])
+        entries.append([context, version, context.detach().clone(), {}])
         return entries[-1][3]
 
     def _apply(self, fn, *args, **kwargs):
@@ -688,6 +690,11 @@ class UNetModel(nn.Module):
         for m in self.modules():
             if isinstance(m, CrossAttention):
                 m.attention = attention
+
+
+def _version(x: torch.Tensor) -> Optional[int]:
+    """In-place version counter, or None for an inference-mode tensor (it has none: compare by value)."""
+    return None if x.is_inference() else x._version
 
 
 def _same_rows(x: torch.Tensor) -> bool:

@@ -20,12 +20,10 @@ from ..model.config import Variant
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from .encode import to_rgb
-from .native import COND_KEY
+from .native import COND_KEY, KNOWN_TEXT_ENCODERS
 
 MAX_SIZE = 8192
 MAX_FRAMES = 64
-_KNOWN_TEXT = {768: "an SD1.5 / CLIP-L text encoder", 1280: "an SDXL CLIP-G text encoder",
-               2048: "SDXL's text encoders", 4096: "a T5 text encoder"}
 
 
 def size_multiple(variant: Variant) -> int:
@@ -77,7 +75,7 @@ def _check_text(cond, name: str, width: int):
     for entry in cond:
         d = entry[0].shape[-1]
         if d != width:
-            found = f"{d}-dim text tokens" + (f" ({_KNOWN_TEXT[d]})" if d in _KNOWN_TEXT else "")
+            found = f"{d}-dim text tokens" + (f" ({KNOWN_TEXT_ENCODERS[d]})" if d in KNOWN_TEXT_ENCODERS else "")
             want = f"{width}-dim text tokens" + (" (the SD2.1 / OpenCLIP ViT-H text encoder)" if width == 1024 else
                                                  " (the text encoder of the DynamiCrafter checkpoint)")
             raise DynamiCrafterInputError(f"{name} conditioning", want, found,

@@ -27,7 +27,8 @@ from . import compat
 # Key of the pack's entry in a CONDITIONING dict (set by the conditioning node, read by extra_conds).
 COND_KEY = "dcn_video"
 TEXT_TOKENS = 77
-_KNOWN_TEXT = {768: "an SD1.5 / CLIP-L text encoder", 1280: "an SDXL CLIP-G text encoder",
+# text widths of other encoders, named in error messages (the conditioning node uses it too)
+KNOWN_TEXT_ENCODERS = {768: "an SD1.5 / CLIP-L text encoder", 1280: "an SDXL CLIP-G text encoder",
                2048: "SDXL's two text encoders", 4096: "a T5 text encoder"}
 
 
@@ -136,8 +137,8 @@ class DynamiCrafterModel(comfy.model_base.BaseModel):
         ctx_dim = self.dc_variant.unet.context_dim
         if cross_attn is None or cross_attn.shape[-1] != ctx_dim:
             found = "none" if cross_attn is None else f"{cross_attn.shape[-1]}-dim tokens"
-            if cross_attn is not None and cross_attn.shape[-1] in _KNOWN_TEXT:
-                found += f" ({_KNOWN_TEXT[cross_attn.shape[-1]]})"
+            if cross_attn is not None and cross_attn.shape[-1] in KNOWN_TEXT_ENCODERS:
+                found += f" ({KNOWN_TEXT_ENCODERS[cross_attn.shape[-1]]})"
             raise DynamiCrafterInputError(
                 "text conditioning", f"{ctx_dim}-dim tokens (the SD2.1 / OpenCLIP ViT-H text encoder)", found,
                 "encode the prompts with the CLIP from the DynamiCrafter checkpoint or the SD2.1 text encoder",

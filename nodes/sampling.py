@@ -15,6 +15,7 @@ sigma = inf) uses the host's terminal ac = 4.9e-8 (``schedule.model_sigmas``).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, Optional
 
@@ -248,9 +249,12 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     x_T = noise.to(device=device, dtype=torch.float32).transpose(0, 1).unsqueeze(0)  # [1, 4, t, h, w]
     n_steps = len(ddim_timesteps(steps, spacing, variant.schedule.timesteps))
     step_noise = _StepNoise(n_steps, x_T.shape, step_noise_seed(seed), zero=(eta == 0))
-    out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
-                      cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
-                      callback=callback)
+    unet = base.diffusion_model
+    # the conds are the same every step: their text/image K/V are projected once per run (exact; freed after it)
+    with unet.context_cache() if hasattr(unet, "context_cache") else contextlib.nullcontext():
+        out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
+                          cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
+                          callback=callback)
     video = out[0].transpose(0, 1)                                         # [t, 4, h, w] model space
     video = base.process_latent_out(video.float()).to(comfy.model_management.intermediate_device())
     result = dict(latent)

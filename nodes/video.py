@@ -1,5 +1,6 @@
 """Save node: an IMAGE batch (the frames from VAEDecode) -> an mp4 (H.264 through PyAV), animated WebP or GIF
-(Pillow) in the host's output folder, with an animated preview on the node.
+(Pillow) in the host's output folder, with an animated preview on the node. mp4 and WebP carry the graph (prompt and
+workflow) like the host's own savers, so a saved video can be dropped back on the canvas.
 
 The ui result follows the host's conventions: ``images`` + ``animated`` (what the host's own animated-WebP node
 returns, so old and new front ends draw it) and ``gifs`` (the saved file itself with its format, frame rate and
@@ -86,11 +87,32 @@ def _pil_frames(frames: np.ndarray, max_side: Optional[int] = None) -> List["obj
     return out
 
 
-def write_webp(path: str, frames: np.ndarray, fps: float, quality: int, max_side: Optional[int] = None) -> None:
+# EXIF tags the host's animated-WebP writer uses for the graph ("prompt:{json}" in 0x0110, each extra_pnginfo entry
+# "key:{json}" from 0x010F downwards); the front end reads them back when the file is dropped on the canvas.
+EXIF_PROMPT_TAG, EXIF_FIRST_EXTRA_TAG = 0x0110, 0x010F
+
+
+def webp_exif(metadata: Optional[dict]):
+    from PIL import Image
+
+    exif = Image.Exif()
+    tag = EXIF_FIRST_EXTRA_TAG
+    for k, v in (metadata or {}).items():
+        if k == "prompt":
+            exif[EXIF_PROMPT_TAG] = f"prompt:{v}"
+        else:
+            exif[tag] = f"{k}:{v}"
+            tag -= 1
+    return exif
+
+
+def write_webp(path: str, frames: np.ndarray, fps: float, quality: int, max_side: Optional[int] = None,
+               metadata: Optional[dict] = None) -> None:
     ims = _pil_frames(frames, max_side)
+    extra = {"exif": webp_exif(metadata)} if metadata else {}
     with atomic_path(path) as tmp:
         ims[0].save(tmp, format="WEBP", save_all=True, append_images=ims[1:], duration=round(1000.0 / fps), loop=0,
-                    quality=int(quality), method=4, lossless=False)
+                    quality=int(quality), method=4, lossless=False, **extra)
 
 
 def write_gif(path: str, frames: np.ndarray, fps: float) -> None:
@@ -128,10 +150,11 @@ def save_video(images, filename_prefix: str, fmt: str, fps: float, crf: int, pro
         filename_prefix, folder_paths.get_output_directory(), w, h)
     file = f"{name}_{counter:05}_.{fmt}"
     path = os.path.join(folder, file)
+    meta = _metadata(prompt, extra_pnginfo)                                # the graph, unless --disable-metadata
     if fmt == "mp4":
-        write_mp4(path, frames, fps, crf, _metadata(prompt, extra_pnginfo))
+        write_mp4(path, frames, fps, crf, meta)
     elif fmt == "webp":
-        write_webp(path, frames, fps, quality=max(1, 100 - int(crf)))
+        write_webp(path, frames, fps, quality=max(1, 100 - int(crf)), metadata=meta)
     else:
         write_gif(path, frames, fps)
     saved = {"filename": file, "subfolder": subfolder, "type": "output"}
@@ -171,10 +194,9 @@ class DCN_SaveVideo:
                                            "typical, higher = smaller); webp uses quality 100 - crf; gif ignores "
                                            "it."}),
             },
+            # the graph (API prompt) and the UI workflow, embedded in mp4 / WebP files (GIF has no place for them)
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
-    # The prompt / workflow reach save() (and the mp4's metadata) once INPUT_TYPES also returns
-    # "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}; left out while the pack's registry test
-    # requires a tooltip on every input section entry.
 
     RETURN_TYPES = ()
     OUTPUT_NODE = True

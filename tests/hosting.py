@@ -656,6 +656,17 @@ class InProcessHost:
         self._queue.join()
         self._executor = self._new_executor()
 
+    def free_memory(self):
+        """What POST /free {"unload_models": true, "free_memory": true} makes the host's prompt worker do: unload
+        every model, reset the executor (its cached outputs), collect garbage, empty the torch cache."""
+        import gc
+        self._queue.join()
+        mm = self.modules["model_management"]
+        mm.unload_all_models()
+        self._executor.reset()
+        gc.collect()
+        mm.soft_empty_cache()
+
     def queue_prompt(self, prompt: dict, extra_data: Optional[dict] = None,
                      prompt_id: Optional[str] = None) -> PendingPrompt:
         """Queue an API-format graph; prompts run one after another on one worker thread, like the server."""

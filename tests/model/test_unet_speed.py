@@ -80,6 +80,28 @@ def test_context_cache_exact_hits_and_invalidates(per_frame):
     hook.remove()
 
 
+def test_context_cache_under_inference_mode():
+    """The host samples under torch.inference_mode, where tensors carry no version counter: match by value."""
+    m = _model()
+    x, t, ctx, fs = _inputs()
+    calls = {"n": 0}
+    k = m.output_blocks[-1][1].transformer_blocks[0].attn2.to_k
+    hook = k.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    with torch.inference_mode():
+        ctx_i = ctx.clone()                                          # an inference tensor, like the host's conds
+        ref1, ref2 = m(x, t, ctx_i, fs), m(x * 0.5, t - 100, ctx_i, fs)
+        calls["n"] = 0
+        with m.context_cache():
+            torch.testing.assert_close(m(x, t, ctx_i, fs), ref1, atol=0, rtol=0)
+            torch.testing.assert_close(m(x * 0.5, t - 100, ctx_i, fs), ref2, atol=0, rtol=0)
+            assert calls["n"] == 1
+            ctx_i.mul_(2)                                            # changed in place, no version bump to see
+            changed = m(x, t, ctx_i, fs)
+            assert calls["n"] == 2                                   # the value check caught it
+        torch.testing.assert_close(changed, m(x, t, ctx_i, fs), atol=0, rtol=0)
+    hook.remove()
+
+
 def ref_after(m, x, t, ctx, fs):
     saved = m._kv_entries
     m._kv_entries = None

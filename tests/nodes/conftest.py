@@ -52,6 +52,13 @@ def model_dirs(host):
     return host.model_dirs
 
 
+@pytest.fixture(scope="module")
+def dc(host):
+    """The tiny checkpoints linked into the host's model folder and the test images in its input folder."""
+    from comfyui_dynamicrafter.tests.nodes import dcn_support
+    return dcn_support.install(host.model_dirs, host.dirs["input"], host.refresh_models)
+
+
 @pytest.fixture
 def host_server(host_info, tmp_path_factory):
     servers = []

@@ -70,11 +70,6 @@ def _train(out_dir, csv, init, **over):
 
 
 @pytest.fixture(scope="module")
-def dc(host):
-    return S.install(host.model_dirs, host.dirs["input"], host.refresh_models)
-
-
-@pytest.fixture(scope="module")
 def adapters(host, dc, tmp_path_factory):
     """Train + export the adapters, put them into temporary adapter / lora folders of the host."""
     from comfyui_dynamicrafter.tests.training import synth

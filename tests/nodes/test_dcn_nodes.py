@@ -24,12 +24,6 @@ TAKEN = {"DynamiCrafterLoader", "DynamiCrafterProcessor", "DownloadAndLoadDynami
          "DynamiCrafterInterp Simple", "ToonCrafterNode", "ToonCrafterWithSketch"}
 
 
-@pytest.fixture(scope="module")
-def dc(host):
-    names = S.install(host.model_dirs, host.dirs["input"], host.refresh_models)
-    return names
-
-
 def _pack_nodes(host):
     mod = host.pack_module
     assert mod is not None, host.pack_import_error
@@ -53,7 +47,11 @@ def test_registry_rules(host, dc):
         assert cls.CATEGORY.startswith("DynamiCrafter/")
         assert os.path.isfile(os.path.join(REPO, "web", "docs", f"{name}.md")), f"web/docs/{name}.md missing"
         spec = cls.INPUT_TYPES()
-        for section in spec.values():
+        assert set(spec) <= {"required", "optional", "hidden"}, set(spec)
+        assert set(spec.get("hidden", {}).values()) <= {"PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID"}, spec["hidden"]
+        for key, section in spec.items():
+            if key == "hidden":                                            # filled by the host, never a widget
+                continue
             for inp, (typ, *opts) in section.items():
                 o = opts[0] if opts else {}
                 assert o.get("tooltip"), f"{name}.{inp} has no tooltip"
@@ -254,6 +252,23 @@ def test_layers_and_attention_are_the_hosts(host, dc):
     kinds = {type(m) for m in unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d,
                                                                torch.nn.LayerNorm))}
     assert kinds and kinds <= hosts_ops, kinds - hosts_ops
+
+
+def test_exact_sampler_projects_the_context_once_per_run(host, dc):
+    """The exact sampler's conds are the same every step: each cross-attention projects their K/V once per run
+    (under the host's inference_mode), and nothing is kept after it. Values: the reference test above."""
+    host.run_prompt(S.add_exact_sampler(S.conditioning_graph(), steps=1, seed=3, decode=False))
+    unet = host.node_output("1")[0][0].model.diffusion_model
+    calls = []
+    hook = unet.output_blocks[-1][1].transformer_blocks[0].attn2.to_k.register_forward_hook(
+        lambda *a: calls.append(1))
+    try:
+        host.run_prompt(S.add_exact_sampler(S.conditioning_graph(), steps=4, seed=4, decode=False))
+    finally:
+        hook.remove()
+    assert host.node_output("1")[0][0].model.diffusion_model is unet        # the cached loader's model ran
+    assert len(calls) == 1, f"text K/V projected {len(calls)} times in 4 steps"
+    assert unet.context_cache_size == 0 and unet._kv_entries is None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

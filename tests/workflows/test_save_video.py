@@ -46,13 +46,19 @@ def test_mp4_frames_fps_crf_metadata_and_preview(wf_host):
 @pytest.mark.parametrize("fmt", ["webp", "gif"])
 def test_animated_image_formats(fmt, wf_host):
     from PIL import Image
-    res = _node(wf_host).save(_frames(6, 40, 64), "savetest/anim", fmt, 10.0, 19)
+    prompt, workflow = {"1": {"class_type": "X", "inputs": {}}}, {"nodes": [{"id": 1}]}
+    res = _node(wf_host).save(_frames(6, 40, 64), "savetest/anim", fmt, 10.0, 19, prompt=prompt,
+                              extra_pnginfo={"workflow": workflow})
     ui = res["ui"]
     (entry,) = ui["gifs"]
     assert ui["images"] == [{k: entry[k] for k in ("filename", "subfolder", "type")}]
     path = os.path.join(wf_host.dirs["output"], entry["subfolder"], entry["filename"])
     with Image.open(path) as im:
         assert im.format == fmt.upper() and im.n_frames == 6 and im.size == (64, 40)
+        if fmt == "webp":                                            # the host's EXIF convention for the graph
+            exif = im.getexif()
+            assert exif[0x0110] == "prompt:" + json.dumps(prompt)
+            assert json.loads(exif[0x010F].split(":", 1)[1]) == workflow
         im.seek(1)
         im.load()
         assert im.info.get("duration") == 100

@@ -61,8 +61,9 @@ def test_workflow_runs_and_writes_the_video(name, wf_host, wf_tiny):
         pytest.skip(f"{name} needs {sorted(set(missing))}, which this host ({wf_host.info.describe()}) lacks "
                     "(SamplerCustomAdvanced and guiders came in 2024-04): run it with COMFYUI_PATH=<current ComfyUI>")
     prompt = shrink(api, wf_tiny)
+    workflow = wfcheck.load(os.path.join(wfcheck.UI_DIR, name + ".json"))
     t0 = time.perf_counter()
-    res = wf_host.run_prompt(prompt, timeout=600)
+    res = wf_host.run_prompt(prompt, timeout=600, extra_data={"extra_pnginfo": {"workflow": workflow}})
     seconds = time.perf_counter() - t0
     files = video_files(res.outputs, wf_host.dirs["output"])
     assert len(files) == 1, res.outputs
@@ -71,6 +72,11 @@ def test_workflow_runs_and_writes_the_video(name, wf_host, wf_tiny):
     assert fps == pytest.approx(expected_fps(api))
     assert size == (SIZE, SIZE)
     assert codec == "h264"
+    if any(n["class_type"] == "DCN_SaveVideo" for n in prompt.values()):   # the graph rides along in the file
+        import av
+        with av.open(files[0]) as c:
+            assert json.loads(c.metadata["prompt"]) == prompt
+            assert json.loads(c.metadata["workflow"]) == workflow
     print(f"{name} on {wf_host.info.describe()}: {os.path.basename(files[0])}, {frames} frames, {fps:g} fps, "
           f"{size[0]}x{size[1]} {codec}, {seconds:.1f} s")
 
