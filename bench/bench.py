@@ -30,7 +30,7 @@ CASES = ("forward", "guided", "sample", "vae", "parity")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 WEIGHT_DTYPES = dict(DTYPES, fp8_e4m3fn="float8_e4m3fn", fp8_e5m2="float8_e5m2")
 # Settings that change the model in memory; A/B sides that agree on these may share one worker (--ab-mode auto).
-MODEL_KEYS = ("config", "dtype", "weights", "device", "compile", "threads", "seed", "malloc")
+MODEL_KEYS = ("config", "dtype", "weights", "device", "compile", "threads", "seed", "malloc", "onednn_cache")
 
 
 # =================================================================================================================
@@ -75,6 +75,9 @@ def add_setting_flags(p: argparse.ArgumentParser, defaults: bool = True) -> None
     p.add_argument("--malloc", default=d("default"), choices=["default", "thp"],
                    help="thp: worker runs with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages for "
                         "large tensors: fewer page faults; Linux/glibc >= 2.35 only)")
+    p.add_argument("--onednn-cache", type=int, default=d(None),
+                   help="worker runs with ONEDNN_PRIMITIVE_CACHE_CAPACITY=N (0: oneDNN keeps no primitives, and so "
+                        "none of the blocked bf16 weight copies they hold, between layer calls on a CPU)")
     p.add_argument("--seed", type=int, default=d(0))
     p.add_argument("--fixtures", default=d(None), help="parity fixture set folder (case parity)")
 
@@ -487,6 +490,8 @@ def worker_main() -> None:
 class WorkerProc:
     def __init__(self, settings: Dict[str, Any]):
         env = dict(os.environ)
+        if settings.get("onednn_cache") is not None:
+            env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(int(settings["onednn_cache"]))
         if settings.get("malloc") == "thp":
             env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
         self.p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_worker"], stdin=subprocess.PIPE,
