@@ -70,3 +70,15 @@ def test_bad_input_says_what_to_connect(wf_host):
     cls = wf_host.node_class_mappings["DCN_SaveVideo"]
     assert "crf" in cls.VALIDATE_INPUTS(crf=60)
     assert cls.VALIDATE_INPUTS(format="mp4", fps=8.0, crf=19) is True
+
+
+def test_disable_metadata_leaves_the_graph_out(wf_host, monkeypatch):
+    """The host's --disable-metadata flag: no prompt / workflow in the mp4."""
+    import av
+    from comfy.cli_args import args
+    monkeypatch.setattr(args, "disable_metadata", True)
+    res = _node(wf_host).save(_frames(2, 16, 16), "savetest/nometa", "mp4", 8.0, 23,
+                              prompt={"1": {"class_type": "X", "inputs": {}}}, extra_pnginfo={"workflow": {}})
+    entry = res["ui"]["gifs"][0]
+    with av.open(os.path.join(wf_host.dirs["output"], entry["subfolder"], entry["filename"])) as c:
+        assert "prompt" not in c.metadata and "workflow" not in c.metadata
