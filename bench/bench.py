@@ -30,6 +30,7 @@ CASES = ("forward", "guided", "sample", "vae", "parity")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 WEIGHT_DTYPES = dict(DTYPES, fp8_e4m3fn="float8_e4m3fn", fp8_e5m2="float8_e5m2")
 # Settings that change the model in memory; A/B sides that agree on these may share one worker (--ab-mode auto).
+WORKER_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "GLIBC_TUNABLES", "OMP_NUM_THREADS")   # recorded per side
 MODEL_KEYS = ("config", "dtype", "weights", "device", "compile", "threads", "seed", "malloc", "onednn_cache")
 
 
@@ -448,7 +449,8 @@ class Worker:
 
         return {"build_s": round(self.build_s, 2), "params": self.params, "param_mb": round(self.param_bytes / 2 ** 20, 1),
                 "rss_after_build_mb": mib(self.rss_after_build_kb),
-                "peak_rss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+                "peak_rss_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "worker_env": {k: os.environ[k] for k in WORKER_ENV if k in os.environ}}
 
 
 def worker_main() -> None:
@@ -543,7 +545,7 @@ def side_result(settings, records, info_start, info_end) -> Dict[str, Any]:
                       "rss_file_after_runs_mb": records[-1].get("rss_file_mb") if records else None,
                       "peak_rss_process_mb": info_end.get("peak_rss_process_mb")},
            "params": info_start.get("params"), "param_mb": info_start.get("param_mb"),
-           "build_s": info_start.get("build_s")}
+           "build_s": info_start.get("build_s"), "worker_env": info_start.get("worker_env", {})}
     if records and "cuda_peak_allocated_mb" in records[0]:
         res["memory"]["cuda_peak_allocated_mb"] = max(r["cuda_peak_allocated_mb"] for r in records)
         res["memory"]["cuda_peak_reserved_mb"] = max(r["cuda_peak_reserved_mb"] for r in records)

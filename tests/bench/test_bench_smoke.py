@@ -50,6 +50,15 @@ def test_guided_ab_batched_vs_separate(tmp_path):
     assert "max_abs" in diff and diff["max_rel_to_absmax"] < 1e-4   # same math, float noise only
 
 
+def test_ab_processes_with_worker_environment(tmp_path):
+    """Sides that differ in a model setting run in two worker processes; --onednn-cache reaches B's environment."""
+    r = _bench(tmp_path, "ab", "guided", "--a", "--dtype fp32", "--b", "--dtype bf16 --onednn-cache 0")
+    assert r["ab_mode"] == "processes" and r["peak_rss_ratio_b_over_a"] > 0
+    assert r["a"]["worker_env"].get("ONEDNN_PRIMITIVE_CACHE_CAPACITY") == os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    assert r["b"]["worker_env"]["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+    assert r["b"]["settings"]["dtype"] == "bf16" and r["output_diff_b_vs_a"]["max_rel_to_absmax"] < 0.2
+
+
 def test_sample_case(tmp_path):
     r = _bench(tmp_path, "sample", "--steps", "2", "--kv-cache", "on")
     _check_side(r)
