@@ -25,6 +25,7 @@ import folder_paths
 from ..model import adapters as ad
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
+from . import compat
 from .loader import ImageProjector
 
 ADAPTER_FOLDER = "dynamicrafter_adapters"
@@ -45,20 +46,13 @@ def _folders() -> List[str]:
 
 
 def list_adapters() -> List[str]:
-    names: List[str] = []
-    for key in _folders():
-        try:
-            names.extend(n for n in folder_paths.get_filename_list(key) if n.lower().endswith(ADAPTER_EXTENSIONS))
-        except Exception:  # a folder that vanished: list the others
-            continue
-    return list(dict.fromkeys(names))
+    return compat.list_files(_folders(), ADAPTER_EXTENSIONS)
 
 
 def adapter_path(name: str) -> str:
-    for key in _folders():
-        path = folder_paths.get_full_path(key, name)
-        if path is not None and os.path.isfile(path):
-            return path
+    path = compat.find_file(_folders(), name)
+    if path is not None:
+        return path
     raise DynamiCrafterInputError(
         "adapter_name", f"a .safetensors file in the model folders {_folders()}", repr(name),
         "put the adapter (the trainer's adapter.safetensors) into models/dynamicrafter_adapters "

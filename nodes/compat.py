@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import types
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -48,21 +48,35 @@ def checkpoint_folders() -> List[str]:
     return [k for k in dict.fromkeys(keys) if k is not None and k in folder_paths.folder_names_and_paths]
 
 
-def list_checkpoints() -> List[str]:
+def list_files(keys: List[str], extensions: Optional[Tuple[str, ...]] = None) -> List[str]:
+    """File names in the host's model folders ``keys`` (first listing wins), optionally by extension."""
     names: List[str] = []
-    for key in checkpoint_folders():
+    for key in keys:
         try:
-            names.extend(folder_paths.get_filename_list(key))
+            found = folder_paths.get_filename_list(key)
         except OSError:  # a folder that vanished: list the others
             continue
+        names.extend(n for n in found if extensions is None or n.lower().endswith(extensions))
     return list(dict.fromkeys(names))
 
 
-def checkpoint_path(name: str) -> str:
-    for key in checkpoint_folders():
+def find_file(keys: List[str], name: str) -> Optional[str]:
+    """Full path of ``name`` in the first of the host's model folders ``keys`` that holds it, else None."""
+    for key in keys:
         path = folder_paths.get_full_path(key, name)
         if path is not None and os.path.isfile(path):
             return path
+    return None
+
+
+def list_checkpoints() -> List[str]:
+    return list_files(checkpoint_folders())
+
+
+def checkpoint_path(name: str) -> str:
+    path = find_file(checkpoint_folders(), name)
+    if path is not None:
+        return path
     raise DynamiCrafterInputError(
         "ckpt_name", "a file in the model folders", f"no {name!r} in {searched_dirs()}",
         "put the DynamiCrafter checkpoint into models/dynamicrafter (or refresh the page after adding it)",
