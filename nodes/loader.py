@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
 import torch
 
@@ -185,15 +185,19 @@ def build_text_encoder(part: Dict[str, torch.Tensor]):
     if _accepts(comfy.sd.CLIP.__init__, "parameters"):
         kw["parameters"] = sum(v.numel() for v in sd.values())
     clip = comfy.sd.CLIP(target, embedding_directory=folder_paths.get_folder_paths("embeddings"), **kw)
-    missing, unexpected = clip.load_sd(sd)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing:
-        raise DynamiCrafterInputError("text encoder in the checkpoint", "a complete OpenCLIP text tower",
-                                      f"{len(missing)} missing weights (first {missing[:2]})",
-                                      "use the original checkpoint or load the SD2.1 text encoder with CLIPLoader")
+    _require_complete(clip.load_sd(sd)[0], "text encoder", "text tower",
+                      "use the original checkpoint or load the SD2.1 text encoder with CLIPLoader")
     logger.info("text encoder from the checkpoint: width %d, %d layers", config["hidden_size"],
                 config["num_hidden_layers"])
     return clip
+
+
+def _require_complete(missing, what: str, tower: str, fix: str) -> None:
+    """One-line error when the host's encoder lacks weights after loading (position_ids are buffers it makes)."""
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing:
+        raise DynamiCrafterInputError(f"{what} in the checkpoint", f"a complete OpenCLIP {tower}",
+                                      f"{len(missing)} missing weights (first {missing[:2]})", fix)
 
 
 def build_clip_vision(part: Dict[str, torch.Tensor]):
@@ -205,12 +209,8 @@ def build_clip_vision(part: Dict[str, torch.Tensor]):
     config = vision_config_from_shapes({k: tuple(v.shape) for k, v in sd.items()}, prefix)
     sd = comfy.clip_vision.convert_to_transformers(sd, prefix)
     cv = comfy.clip_vision.ClipVisionModel(_config_path(config))
-    missing, _ = cv.load_sd(sd)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing:
-        raise DynamiCrafterInputError("image encoder in the checkpoint", "a complete OpenCLIP visual tower",
-                                      f"{len(missing)} missing weights (first {missing[:2]})",
-                                      "use the original checkpoint or load CLIP-ViT-H-14 with CLIPVisionLoader")
+    _require_complete(cv.load_sd(sd)[0], "image encoder", "visual tower",
+                      "use the original checkpoint or load CLIP-ViT-H-14 with CLIPVisionLoader")
     logger.info("image encoder from the checkpoint: width %d, %d layers", config["hidden_size"],
                 config["num_hidden_layers"])
     return cv
