@@ -105,13 +105,12 @@ def unet_and_p(variant: str, clip_dim: int, seed: int) -> Dict[str, torch.Tensor
     return sd
 
 
-def full_checkpoint(variant: str = "512", seed: int = 10, vae: Optional[Dict[str, tuple]] = None
-                    ) -> Dict[str, torch.Tensor]:
-    """One runnable tiny file: UNet + P, text and image towers, real-size fp16 VAE (``vae``: its key shapes)."""
+def full_checkpoint(variant: str = "512", seed: int = 10) -> Dict[str, torch.Tensor]:
+    """One runnable tiny file: UNet + P, text and image towers, real-size fp16 VAE."""
     sd = unet_and_p(variant, VISION_WIDTH, seed=seed)
     sd.update(random_tensors(text_tower_shapes(), seed=seed + 1))
     sd.update(random_tensors(vision_tower_shapes(), seed=seed + 2))
-    sd.update(random_tensors(vae if vae is not None else vae_shapes(), seed=seed + 3, dtype=torch.float16))
+    sd.update(random_tensors(vae_shapes(), seed=seed + 3, dtype=torch.float16))
     return sd
 
 

@@ -1,13 +1,12 @@
 """Tiny random-weight DynamiCrafter checkpoints for the host tests, written once per process.
 
 The tensors come from model/tiny.py (the same builders ``generate.py --tiny`` uses); here they are written as the
-set of files the tests need (see ``checkpoints``). The VAE's key shapes are taken from the real checkpoint's
-manifest (tests/model/test_tiny.py checks model/vae.py builds the same ones).
+set of files the tests need (see ``checkpoints``). tests/model/test_tiny.py checks that the VAE's key shapes are
+the real checkpoint's (manifest).
 """
 from __future__ import annotations
 
 import functools
-import json
 import tempfile
 from pathlib import Path
 from typing import Dict, Optional
@@ -23,12 +22,6 @@ from comfyui_dynamicrafter.tests.fixtures import fixtures_root
 
 def manifest_path() -> Path:
     return fixtures_root().parent / "checkpoint_layout" / "manifest_inference_512_v1.0.json"
-
-
-def vae_shapes() -> dict:
-    with open(manifest_path(), encoding="utf-8") as f:
-        keys = json.load(f)["keys"]
-    return {k: tuple(v) for k, v in keys.items() if k.startswith("first_stage_model.")}
 
 
 def _save(path: Path, tensors: Dict[str, torch.Tensor], variant: Optional[str]) -> str:
@@ -50,7 +43,7 @@ def checkpoints(root: Optional[str] = None) -> Dict[str, str]:
     root = Path(root or tempfile.mkdtemp(prefix="dc-tiny-ckpt-"))
     root.mkdir(parents=True, exist_ok=True)
     out = {}
-    full = full_checkpoint("512", seed=10, vae=vae_shapes())                # VAE shapes: the real file's manifest
+    full = full_checkpoint("512", seed=10)
     out["full"] = _save(root / "dc_tiny_full.safetensors", full, "512")
     interp = unet_and_p("512-interp", VISION_WIDTH, seed=20)
     out["interp"] = _save(root / "dc_tiny_interp.safetensors", interp, "512-interp")
