@@ -126,7 +126,7 @@ class DynamiCrafterModel(comfy.model_base.BaseModel):
                 "plain text conditioning", "connect the positive/negative outputs of the DynamiCrafter "
                 "Conditioning node (DCN_Conditioning) to the sampler, not CLIPTextEncode directly",
             )
-        frames, ch, h, w = noise.shape[0], noise.shape[1], noise.shape[-2], noise.shape[-1]
+        frames, h, w = noise.shape[0], noise.shape[-2], noise.shape[-1]
         concat = info["concat_latent"]
         if tuple(concat.shape[0:1]) + tuple(concat.shape[-2:]) != (frames, h, w):
             raise DynamiCrafterInputError(

@@ -16,8 +16,6 @@ sigma = inf) uses the host's terminal ac = 4.9e-8 (``schedule.model_sigmas``).
 from __future__ import annotations
 
 import contextlib
-import math
-from typing import Dict, Optional
 
 import torch
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch

@@ -197,7 +197,7 @@ class Trainer:
         return box[0]
 
     def _build_data(self) -> None:
-        cfg, v = self.cfg, self.variant
+        cfg = self.cfg
         dropout = Dropout(cfg.p_drop_text, cfg.p_drop_image, cfg.p_drop_both)
         self.encoders = None
         settings = self.cache_settings()

@@ -18,7 +18,6 @@ import os
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from comfyui_dynamicrafter.model import adapters as ad

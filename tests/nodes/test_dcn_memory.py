@@ -11,7 +11,6 @@ import gc
 import inspect
 import weakref
 
-import pytest
 import torch
 
 from comfyui_dynamicrafter.tests.nodes import dcn_support as S

@@ -2,7 +2,6 @@
 was trained for and refuses another variant or another P shape with one clear line; the merged checkpoint equals
 base + adapter and loads with the pack's own checkpoint loader. (Applying it in the ComfyUI graph: the nodes' tests.)
 """
-import dataclasses
 import json
 import os
 
@@ -18,10 +17,8 @@ from comfyui_dynamicrafter.model.unet import UNetModel
 from comfyui_dynamicrafter.model.variants import get_variant
 from comfyui_dynamicrafter.training.config import TrainConfig
 from comfyui_dynamicrafter.training.encoders import TINY_CLIP
-from comfyui_dynamicrafter.training.export import export_from_checkpoint
 from comfyui_dynamicrafter.training.loop import train
 from comfyui_dynamicrafter.training.stages import get_stage, stage_variant
-from comfyui_dynamicrafter.training import state as st
 
 from .conftest import run_cli, save_unet_checkpoint, tiny_settings
 

@@ -13,7 +13,6 @@ import shutil
 import sys
 
 import pytest
-import torch
 
 from comfyui_dynamicrafter.training import state as st
 
