@@ -265,3 +265,35 @@ def window_image_tokens(tokens: torch.Tensor, length: int, video_length: int = 1
         logger.info("window of %d frames: the %d image tokens are shared by all its frames (made for %d frames)",
                     length, tokens.shape[-2], video_length)
     return tokens
+
+
+CONCAT_KINDS = ("image", "pair", "chain")
+
+
+def check_window_conditioning(kind: str, frames: int, index_list: Sequence[int], keyframes: int = 0,
+                              loop: bool = False) -> None:
+    """Refuse a window that would run with the wrong conditioning (one line, before the UNet runs).
+
+    kind "image": the start image on every frame (image-to-video), any window is right. "pair": a start (and end)
+    image only on the first / last frame, right only for a window over the whole video. "chain": keyframes every
+    W-1 frames, right only for a window from one keyframe to the next (``keyframe_concat``)."""
+    idx = tuple(int(i) for i in index_list)
+    if kind == "image" or idx == tuple(range(frames)):
+        return
+    if kind == "pair":
+        raise DynamiCrafterInputError(
+            "context window", f"one window over all {frames} frames for start/end-image interpolation",
+            f"a window of {len(idx)} frames ({idx[0]}..{idx[-1]}) that sees neither image",
+            f"use keyframes (a chain of (N-1)*{len(idx) - 1}+1 frames) or at most {len(idx)} frames")
+    if kind == "chain":
+        seg = len(idx) - 1
+        ok = (seg > 0 and idx[0] % seg == 0 and frames == chain_frames(keyframes, len(idx), loop)
+              and idx == tuple((idx[0] + i) % frames for i in range(len(idx))))
+        if not ok:
+            raise DynamiCrafterInputError(
+                "context window", f"a window from one keyframe to the next (frames k*{seg} .. k*{seg}+{seg}) of "
+                f"the {frames}-frame keyframe chain", f"a window {idx[0]}..{idx[-1]} of {len(idx)} frames",
+                "use the chain's windows: length = the segment length, overlap 1, static schedule")
+        return
+    raise DynamiCrafterInputError("conditioning kind", f"one of {list(CONCAT_KINDS)}", repr(kind),
+                                  "rebuild the conditioning with DCN_Conditioning")
