@@ -6,6 +6,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.sampler import MODES
 from . import compat
 from .sampling import SPACINGS, DynamiCrafterGuider, reference_sigmas, resolve_spacing, sample_exact
+from .windows import DCN_Windows
 
 _CFG = {"min": 0.0, "max": 30.0, "step": 0.1}
 
@@ -45,6 +46,10 @@ class DCN_Sampler:
             "mode": (list(MODES), {"default": "multi", "tooltip": "multi: text + image CFG (three branches); single: "
                                                                  "uc + cfg_text (cond - uc) as the reference's "
                                                                  "default script."}),
+        }, "optional": {
+            "windows": ("DCN_WINDOWS", {"tooltip": "Context windows (DCN_Windows) for videos longer than 16 frames. "
+                                                   "Without it a longer video uses 16-frame windows, overlap 4, "
+                                                   "static, pyramid; keyframe chains always use their segments."}),
         }}
 
     RETURN_TYPES = ("LATENT",)
@@ -64,10 +69,10 @@ class DCN_Sampler:
         return True
 
     def sample(self, model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
-               guidance_rescale, spacing, mode):
+               guidance_rescale, spacing, mode, windows=None):
         _check_model(model)
         return (sample_exact(model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
-                             guidance_rescale, spacing, mode),)
+                             guidance_rescale, spacing, mode, windows),)
 
 
 class DCN_Sigmas:
@@ -124,6 +129,6 @@ class DCN_Guider:
         return (g,)
 
 
-NODES = {"DCN_Sampler": DCN_Sampler, "DCN_Sigmas": DCN_Sigmas}
+NODES = {"DCN_Sampler": DCN_Sampler, "DCN_Windows": DCN_Windows, "DCN_Sigmas": DCN_Sigmas}
 if compat.has_cfg_guider():
     NODES["DCN_Guider"] = DCN_Guider
