@@ -1,13 +1,13 @@
-"""Writes the shipped workflows from one description per graph: the UI-format file (workflows/ui/<name>.json, what users
-drag in), its API-format twin (workflows/api/<name>.json, what generate.py runs), the same UI file in
-example_workflows/ (the template browser of newer hosts), and the two example input images (workflows/input/).
+"""Writes the shipped workflows from one description per graph: the UI-format file (example_workflows/<name>.json:
+what users drag in, and what newer hosts list in their template browser), its API-format twin
+(workflows/api/<name>.json, what generate.py runs), and the two example input images (workflows/input/).
 
-    .venv/bin/python tests/workflows/build_workflows.py          # rewrite the files
-    .venv/bin/python tests/workflows/build_workflows.py --check  # exit 1 when a committed file differs
+    .venv/bin/python scripts/build_workflows.py          # rewrite the files
+    .venv/bin/python scripts/build_workflows.py --check  # exit 1 when a committed file differs
 
 The slot and widget lists below are written by hand on purpose: tests/workflows/test_workflow_files.py checks every
-node, link and widget value against the INPUT_TYPES / RETURN_TYPES of a real host, and converts each UI file to the
-API format on its own to compare it with the twin.
+node, link and widget value against the INPUT_TYPES / RETURN_TYPES of a real host, converts each UI file to the
+API format on its own to compare it with the twin, and checks that the committed files are what this script writes.
 """
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WF_DIR = os.path.join(ROOT, "workflows")
-UI_DIR = os.path.join(WF_DIR, "ui")
+UI_DIR = os.path.join(ROOT, "example_workflows")  # the one UI copy: newer hosts serve this folder as templates
 API_DIR = os.path.join(WF_DIR, "api")
-EXAMPLE_DIR = os.path.join(ROOT, "example_workflows")
 INPUT_DIR = os.path.join(WF_DIR, "input")
 START_IMAGE = "dynamicrafter_example_start.png"
 END_IMAGE = "dynamicrafter_example_end.png"
@@ -322,10 +321,8 @@ def outputs() -> Dict[str, str]:
     files = {}
     for build in GRAPHS.values():
         g = build()
-        ui = _dump(g.ui())
-        files[f"workflows/ui/{g.name}.json"] = ui
-        files[f"example_workflows/{g.name}.json"] = ui
-        files[f"workflows/api/{g.name}.json"] = _dump(g.api())
+        files[os.path.relpath(os.path.join(UI_DIR, g.name + ".json"), ROOT)] = _dump(g.ui())
+        files[os.path.relpath(os.path.join(API_DIR, g.name + ".json"), ROOT)] = _dump(g.api())
     return files
 
 
