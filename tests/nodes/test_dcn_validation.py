@@ -3,9 +3,11 @@ runs, on every host. A host skips its min / max (newer hosts) and choices (all h
 VALIDATE_INPUTS names, so these graphs go through the real executor's validate_prompt of the host under test:
 
     .venv/bin/python -m pytest tests/nodes/test_dcn_validation.py                                 # 2024-03 host
-    COMFYUI_PATH=/work/hosts/comfy-2025-10 /work/hosts/venv-new/bin/python -m pytest tests/nodes/test_dcn_validation.py
+    COMFYUI_PATH=<a current ComfyUI checkout> <its python> -m pytest tests/nodes/test_dcn_validation.py
 """
 from __future__ import annotations
+
+import inspect
 
 import pytest
 
@@ -114,7 +116,6 @@ def test_cross_input_check_still_refuses(host, dc):
 
 def _bound_probes(cls):
     """(input, bad value) for every widget that the node's VALIDATE_INPUTS takes as a parameter."""
-    import inspect
     fn = getattr(cls, "VALIDATE_INPUTS", None)
     if fn is None:
         return []
