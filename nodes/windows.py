@@ -185,6 +185,11 @@ class DCN_Windows:
 
     @classmethod
     def VALIDATE_INPUTS(cls, context_length=None, context_overlap=None):
+        from .widgets import widget_problem
+
+        problem = widget_problem(cls, context_length=context_length, context_overlap=context_overlap)
+        if problem is not True:
+            return problem
         if context_length is not None and context_overlap is not None and int(context_overlap) >= int(context_length):
             return (f"context_overlap: expected less than context_length ({context_length}), found {context_overlap}; "
                     "use about a quarter of the window")
