@@ -7,9 +7,11 @@ For every frame count a fresh worker process builds the real 512 UNet (random we
 ``model/sampler.py`` ``ddim_sample`` (dual CFG 7.5 / 5.0, rescale 0.7, 512 schedule, eta 0) with context windows
 (window 16, overlap 4, standard_static, pyramid, ``--per-call`` windows per UNet call) on a [1, 4, T, H/8, W/8]
 latent, with the K/V cache on as the pack's sampler does. The first step is warm-up; the next ``--steps`` are timed
-one by one (callback timestamps). Reported per frame count: windows, median seconds per step, peak RSS of the
-worker (ru_maxrss) and RSS after the model is built; and against the 16-frame run: ``time_ratio`` =
-time_per_step / (windows x time_per_step(16)) and ``rss_ratio`` = peak_rss / peak_rss(16).
+one by one (callback timestamps). Reported per frame count: windows, the fastest and the median step, peak RSS of
+the worker (ru_maxrss) and RSS after the model is built; and against the 16-frame run: ``time_ratio`` =
+fastest step / (windows x fastest 16-frame step) (on a shared machine load only ever slows a step, so the fastest
+step is the least disturbed; list 16 twice, e.g. ``--frames 16 32 64 128 16``, to bracket the run) and
+``rss_ratio`` = peak_rss / peak_rss(16).
 """
 from __future__ import annotations
 
@@ -121,6 +123,7 @@ def worker(args) -> dict:
     return {"frames": T, "windows": len(plan.windows), "unet_calls_per_step":
             -(-len(plan.windows) // args.per_call) if args.per_call else 1,
             "step_s": [round(s, 3) for s in step_s], "time_per_step_s": round(statistics.median(step_s), 3),
+            "min_step_s": round(min(step_s), 3),
             "warmup_step_s": round(stamps[0] - start, 3), "build_s": round(build_s, 1),
             "rss_after_build_mb": round(rss_build / 1024, 1) if rss_build else None,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -131,7 +134,7 @@ def main(argv=None) -> dict:
     p.add_argument("--frames", type=int, nargs="+", default=[16, 32, 64, 128])
     p.add_argument("--height", type=int, default=64, help="px (latent = /8)")
     p.add_argument("--width", type=int, default=64)
-    p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
+    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--overlap", type=int, default=4)
     p.add_argument("--per-call", type=int, default=1, help="windows per UNet call (0: all)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -152,11 +155,13 @@ def main(argv=None) -> dict:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    base = next((r for r in rows if r["frames"] == 16), None)
-    if base:
+    base = [r for r in rows if r["frames"] == 16]
+    if base:  # fastest step of each run (a shared machine only ever slows a step down); best 16-frame run
+        t16 = min(r["min_step_s"] for r in base)
+        rss16 = min(r["peak_rss_mb"] for r in base)
         for r in rows:
-            r["time_ratio"] = round(r["time_per_step_s"] / (r["windows"] * base["time_per_step_s"]), 3)
-            r["rss_ratio"] = round(r["peak_rss_mb"] / base["peak_rss_mb"], 3)
+            r["time_ratio"] = round(r["min_step_s"] / (r["windows"] * t16), 3)
+            r["rss_ratio"] = round(r["peak_rss_mb"] / rss16, 3)
     import torch
 
     result = {"case": "long", "command": " ".join([os.path.relpath(sys.executable, ROOT)] +
@@ -172,7 +177,8 @@ def main(argv=None) -> dict:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
     for r in rows:
-        print(f"{r['frames']:4d} frames  {r['windows']:2d} windows  {r['time_per_step_s']:8.2f} s/step  "
+        print(f"{r['frames']:4d} frames  {r['windows']:2d} windows  {r['min_step_s']:8.2f} s/step (fastest of "
+              f"{len(r['step_s'])}, median {r['time_per_step_s']:.2f})  "
               f"peak RSS {r['peak_rss_mb']:8.0f} MiB  time/(windows x 16f) {r.get('time_ratio')}  "
               f"RSS/16f {r.get('rss_ratio')}")
     return result

@@ -72,6 +72,11 @@ class DCN_Sampler:
     def sample(self, model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
                guidance_rescale, spacing, mode, windows=None):
         _check_model(model)
+        if (getattr(model, "model_options", None) or {}).get("context_handler") is not None:
+            raise DynamiCrafterInputError(
+                "model", "a MODEL without the host's context windows (DCN_Sampler windows the video itself)",
+                "ContextWindowsManual on the MODEL", "connect DCN_Windows to DCN_Sampler's windows input, or use "
+                "the host's windows with DCN_Guider + DCN_Sigmas + SamplerCustomAdvanced (or KSampler)")
         return (sample_exact(model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
                              guidance_rescale, spacing, mode, windows),)
 

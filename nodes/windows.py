@@ -134,6 +134,12 @@ def _outer_sample_wrapper(executor, *args, **kwargs):
         if getattr(handler, "dim", 0) != 0:
             raise DynamiCrafterInputError("context windows dim", "0 (DynamiCrafter's frames are the batch)",
                                           str(handler.dim), "set dim 0 on ContextWindowsManual")
+        if not getattr(handler, "_dcn_one_sigma", False) and hasattr(handler, "set_step"):
+            # frames as batch: the host passes one sigma per frame (all equal); the 2025-10 handler compares the
+            # whole vector with its sigma list (a size error), later hosts take timestep[0]. Give it one sigma.
+            step = handler.set_step
+            handler.set_step = lambda timestep, model_options: step(timestep.reshape(-1)[:1], model_options)
+            handler._dcn_one_sigma = True
     return executor(*args, **kwargs)
 
 
