@@ -45,7 +45,11 @@ WORKFLOWS = {
     "image_to_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_image_to_video.json"),
     "interpolation": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_interpolation.json"),
     "loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_loop.json"),
+    "long_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_video.json"),
+    "keyframes": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_keyframes.json"),
+    "long_loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_loop.json"),
 }
+WINDOW = 16  # the models' trained length: longer videos run in context windows of this many frames
 EXAMPLE_START = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_start.png")
 EXAMPLE_END = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_end.png")
 EXAMPLE_PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
@@ -579,6 +583,30 @@ def _source(prompt: dict, node: str, input_name: str) -> str:
     return str(link[0])
 
 
+def _set_keyframes(p: dict, cond: str, names: List[str]) -> None:
+    """The keyframes after the start image as LoadImage nodes joined by a chain of ImageBatch nodes."""
+    if not names:
+        raise RuntimeError("this workflow needs keyframes")
+    old = [k for k, v in p.items() if v["class_type"] in ("ImageBatch",)]
+    for k in old:  # the shipped batch and the LoadImage nodes only it used
+        for src in p[k]["inputs"].values():
+            if isinstance(src, list) and p.get(str(src[0]), {}).get("class_type") == "LoadImage":
+                p.pop(str(src[0]), None)
+        p.pop(k)
+    ids = iter(str(i) for i in range(1000, 2000))
+    loads = []
+    for name in names:
+        nid = next(ids)
+        p[nid] = {"class_type": "LoadImage", "inputs": {"image": name}}
+        loads.append([nid, 0])
+    link = loads[0]
+    for nxt in loads[1:]:
+        nid = next(ids)
+        p[nid] = {"class_type": "ImageBatch", "inputs": {"image1": link, "image2": nxt}}
+        link = [nid, 0]
+    p[cond]["inputs"]["keyframes"] = link
+
+
 def apply_settings(prompt: dict, s: dict) -> dict:
     """The shipped workflow with the run's values (node roles found through the links, not by id)."""
     p = json.loads(json.dumps(prompt))
@@ -590,6 +618,8 @@ def apply_settings(prompt: dict, s: dict) -> dict:
         if s.get("end_image") is None:
             raise RuntimeError("this workflow needs an end image")
         p[_source(p, cond, "end_image")]["inputs"]["image"] = s["end_image"]
+    if "keyframes" in p[cond]["inputs"]:
+        _set_keyframes(p, cond, s.get("keyframes") or [])
     p[_source(p, cond, "positive")]["inputs"]["text"] = s["prompt"]
     p[_source(p, cond, "negative")]["inputs"]["text"] = s["negative"]
     p[cond]["inputs"].update(width=s["width"], height=s["height"], frames=s["frames"], motion=s["motion"])
@@ -627,7 +657,13 @@ def build_parser() -> argparse.ArgumentParser:
         "doc: python generate.py --help).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--image", help="start image (the first frame)")
     ap.add_argument("--end-image", help="end image: interpolation between --image and this (512-interp model)")
-    ap.add_argument("--loop", action="store_true", help="a looping video: ends on the start image (512-interp)")
+    ap.add_argument("--loop", action="store_true", help="a looping video: ends on the start image (512-interp); "
+                    f"with --frames over {WINDOW}: the 512 model with context windows that wrap around; with "
+                    "--keyframes: a last segment back to the start image")
+    ap.add_argument("--keyframes", nargs="+", metavar="IMAGE",
+                    help="keyframe chain: --keyframes a.png b.png c.png (the first is the start image) -> 16-frame "
+                         "interpolations between consecutive images sharing their boundary frame, (N-1)*15+1 "
+                         "frames (512-interp)")
     ap.add_argument("--prompt", help="what should move, and how")
     ap.add_argument("--negative", default="", help="negative prompt (the reference uses none)")
     ap.add_argument("--out", help="output file: .mp4 (H.264), .webp or .gif")
@@ -704,19 +740,42 @@ def _main(args) -> int:
         args.image = args.image or EXAMPLE_START
         args.prompt = args.prompt or EXAMPLE_PROMPT
         args.out = args.out or "demo.mp4"
+    if args.keyframes:
+        if len(args.keyframes) < 2:
+            raise UserError(f"--keyframes: expected at least 2 images, found {len(args.keyframes)}; give the start "
+                            "image and at least one more")
+        if args.image or args.end_image:
+            raise UserError("--keyframes: the first keyframe is the start image; leave out --image / --end-image")
+        args.image = args.keyframes[0]
     if not args.download_only:
         missing = [f"--{n}" for n in ("image", "prompt", "out") if getattr(args, n) is None]
         if missing:
             raise UserError(f"missing {', '.join(missing)} (python generate.py --help)")
-    kind = "loop" if args.loop else "interpolation" if args.end_image else "image_to_video"
-    variant = args.variant or ("512-interp" if kind != "image_to_video" else "512")
+    if args.frames is not None and not 2 <= args.frames <= 256:
+        raise UserError(f"--frames: expected 2 to 256, found {args.frames}; use 16 (the trained length) or more "
+                        "for a long video in context windows")
+    long = args.frames is not None and args.frames > WINDOW
+    if args.keyframes:
+        kind = "keyframes"
+    elif args.loop:
+        kind = "long_loop" if long else "loop"
+    elif args.end_image:
+        if long:
+            raise UserError(f"--end-image with --frames {args.frames}: interpolation covers at most {WINDOW} frames; "
+                            "use --keyframes for longer interpolation")
+        kind = "interpolation"
+    else:
+        kind = "long_video" if long else "image_to_video"
+    variant = args.variant or ("512-interp" if kind in ("loop", "interpolation", "keyframes") else "512")
     mf = MODEL_FILES[variant]
 
     # 1. inputs and the output place, before anything heavy
     image = end_image = None
     out_path = fmt = None
+    keyframes: List[str] = []
     if not args.download_only:
         image = check_image(args.image, "--image")
+        keyframes = [check_image(k, "--keyframes") for k in (args.keyframes or [])[1:]]
         if args.end_image:
             end_image = check_image(args.end_image, "--end-image")
         out_path, fmt = check_output(labelled_output(args.out, args.tiny))
@@ -806,7 +865,15 @@ def _main(args) -> int:
         if end_image:
             settings["end_image"] = "end" + os.path.splitext(end_image)[1].lower()
             shutil.copyfile(end_image, os.path.join(host.dirs["input"], settings["end_image"]))
+        for i, k in enumerate(keyframes):
+            settings.setdefault("keyframes", []).append(f"keyframe{i + 2}" + os.path.splitext(k)[1].lower())
+            shutil.copyfile(k, os.path.join(host.dirs["input"], settings["keyframes"][-1]))
+        if kind == "keyframes":
+            d["frames"] = (len(keyframes) + (1 if args.loop else 0)) * (WINDOW - 1) + (0 if args.loop else 1)
+            settings["frames"] = d["frames"]
         prompt = apply_settings(load_workflow(kind), settings)
+        if kind == "keyframes" and args.loop:
+            prompt[_one(prompt, "DCN_Conditioning")]["inputs"]["loop"] = True
         print(f"workflow: {os.path.relpath(WORKFLOWS[kind], ROOT)} ({kind}), variant {variant}, "
               f"{d['width']}x{d['height']}, {d['frames']} frames, {d['steps']} steps, seed {args.seed}", flush=True)
 
