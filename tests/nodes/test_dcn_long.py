@@ -267,3 +267,56 @@ def test_bad_long_video_settings_get_one_line(host, dc, kind):
     print(f"{kind}: {text}")
     for n in needles:
         assert n in text, f"{n!r} not in {text!r}"
+
+
+def test_host_resize_cond_item_slices_our_conds(host):
+    """Hosts with IndexListCallbacks.RESIZE_COND_ITEM (2026-01 and later): the handler's own get_resized_cond, with
+    the callback the pack registers when sampling starts, gives each window its concat rows and frame count, and
+    refuses a keyframe-chain window off the segments (no prompt is run: the handler is called directly)."""
+    import importlib
+
+    try:
+        cw = importlib.import_module("comfy.context_windows")
+    except ImportError:
+        cw = None
+    if cw is None or not hasattr(cw.IndexListCallbacks, "RESIZE_COND_ITEM"):
+        pytest.skip(f"this host has no RESIZE_COND_ITEM context-window callback: {host.info.describe()}")
+    import comfy.conds
+
+    windows_mod = S.pack_module(host, "nodes.windows")
+    from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError  # noqa: F401 (host imports its own copy)
+
+    def handler_for(length, overlap):
+        h = cw.IndexListContextHandler(cw.get_matching_context_schedule("standard_static"),
+                                       cw.get_matching_fuse_method("pyramid"), length, overlap, dim=0)
+
+        class Guider:
+            model_options = {"context_handler": h}
+
+        class Executor:
+            class_obj = Guider()
+
+            def __call__(self, *a, **k):
+                return "ran"
+
+        assert windows_mod._outer_sample_wrapper(Executor()) == "ran"     # registers the callback
+        return h
+
+    frames = 48
+    concat = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1, 1).expand(frames, 4, 2, 2).contiguous()
+    cond = [{"model_conds": {
+        "c_concat": windows_mod.FrameConcat(concat), "dcn_frames": comfy.conds.CONDConstant(frames),
+        windows_mod.LAYOUT_KEY: windows_mod.Layout(("image", frames, 0, False)),
+        "dcn_image_tokens": comfy.conds.CONDRegular(torch.ones(1, 256, 8))}}]
+    h = handler_for(16, 4)
+    x = torch.zeros(frames, 4, 2, 2)
+    for idx in ([0] + list(range(1, 16)), list(range(32, 48))):
+        win = cw.IndexListContextWindow(idx, dim=0, total_frames=frames)
+        mc = h.get_resized_cond(cond, x, win)[0]["model_conds"]
+        assert torch.equal(mc["c_concat"].cond[:, 0, 0, 0], torch.tensor(idx, dtype=torch.float32))
+        assert mc["dcn_frames"].cond == 16 and mc["dcn_image_tokens"].cond.shape == (1, 256, 8)
+    chain = [{"model_conds": dict(cond[0]["model_conds"], **{
+        windows_mod.LAYOUT_KEY: windows_mod.Layout(("chain", 31, 3, False))})}]
+    with pytest.raises(Exception, match="keyframe"):
+        h.get_resized_cond(chain, torch.zeros(31, 4, 2, 2), cw.IndexListContextWindow(list(range(12, 28)), dim=0,
+                                                                                   total_frames=31))
