@@ -288,7 +288,8 @@ def check_window_conditioning(kind: str, frames: int, index_list: Sequence[int],
     if kind == "chain":
         seg = len(idx) - 1
         ok = (seg > 0 and idx[0] % seg == 0 and frames == chain_frames(keyframes, len(idx), loop)
-              and idx == tuple((idx[0] + i) % frames for i in range(len(idx))))
+              and idx == tuple((idx[0] + i) % frames for i in range(len(idx)))
+              and (loop or idx[0] + seg < frames))                         # an open chain never wraps
         if not ok:
             raise DynamiCrafterInputError(
                 "context window", f"a window from one keyframe to the next (frames k*{seg} .. k*{seg}+{seg}) of "

@@ -180,3 +180,5 @@ def test_window_conditioning_check():
             check("chain", 31, bad, keyframes=3)
     with pytest.raises(DynamiCrafterInputError, match="keyframe"):
         check("chain", 31, range(15, 31), keyframes=4)            # frames do not match the chain
+    with pytest.raises(DynamiCrafterInputError, match="keyframe"):
+        check("chain", 31, [30] + list(range(15)), keyframes=3)   # wraps, but the chain is open

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_dynamicrafter.model.windows import WindowSpec, chain_spec, freenoise_noise
+from comfyui_dynamicrafter.model.windows import WindowSpec, chain_spec
 from comfyui_dynamicrafter.tests.nodes import dcn_support as S
 from comfyui_dynamicrafter.tests.nodes import tinyckpt
 
@@ -284,7 +284,6 @@ def test_host_resize_cond_item_slices_our_conds(host):
     import comfy.conds
 
     windows_mod = S.pack_module(host, "nodes.windows")
-    from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError  # noqa: F401 (host imports its own copy)
 
     def handler_for(length, overlap):
         h = cw.IndexListContextHandler(cw.get_matching_context_schedule("standard_static"),
