@@ -72,6 +72,16 @@ def test_long_image_to_video_windows_equal_model_windowed_ddim(host, dc, per_cal
     assert diff <= EXACT_ATOL + EXACT_RTOL * want.abs().max().item()
 
 
+def test_short_video_with_windows_is_bit_identical(host, dc):
+    """Frames <= the window: DCN_Windows changes nothing (same sampler path, same numbers)."""
+    g = S.add_exact_sampler(S.conditioning_graph(), seed=5, steps=2, eta=1.0, decode=False)
+    host.run_prompt(g)
+    plain = host.node_output("7")[0][0]["samples"].clone()
+    _windows_node(g, freenoise=True)
+    host.run_prompt(g)
+    assert torch.equal(host.node_output("7")[0][0]["samples"], plain)
+
+
 def test_keyframe_chain_each_window_sees_its_own_pair(host, dc, monkeypatch, record_property):
     """start, end, start -> 2 segments of 16 frames sharing frame 15: 31 frames; each window's concat is its pair."""
     seed, steps = 4, 3
