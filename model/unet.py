@@ -17,7 +17,9 @@ Speed switches (all exact; bench/README.md has their measured ratios):
 - ``context_cache()`` (opt-in): the text/image K/V of an unchanged context are reused across calls (steps);
 - ``set_channels_last(True)``: NHWC activations and conv weights, so the token reshapes around the transformers
   are views instead of copies;
-- ``set_reference_layout(True)`` (bench baseline only): the reference's per-frame text K/V projection.
+- inference writes residual sums and activations in place, and the temporal (3,1,1) convs run as Conv2d.
+The benchmark's baselines (the reference's per-frame K/V, explicit attention, Conv3d, no in-place) are patched onto a
+built model by bench/variants.py; this file holds only the network.
 """
 from __future__ import annotations
 
@@ -59,20 +61,6 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return out.transpose(1, 2).reshape(b, n, inner)                        # [B, N, h*d]
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """The reference's non-xformers path: softmax(QK^T * d^-0.5) materialised per head, then times V."""
-    b, n, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2).reshape(t.shape[0] * heads, t.shape[1], d)
-               for t in (q, k, v))                                         # [(B h), N, d]
-    sim = torch.bmm(q, k.transpose(1, 2)) * (d ** -0.5)                    # [(B h), N, L]
-    out = torch.bmm(sim.softmax(dim=-1), v)                                # [(B h), N, d]
-    return out.reshape(b, heads, n, d).transpose(1, 2).reshape(b, n, inner)
-
-
-ATTENTION_FUNCTIONS = {"sdpa": sdpa_attention, "explicit": explicit_attention}
-
-
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
     """Sinusoidal embedding, cos first, frequencies and product in float32 (reference `timestep_embedding`)."""
     half = dim // 2
@@ -103,13 +91,10 @@ def _gn32(ops, channels, dtype=None, device=None):
     return cls(32, channels, dtype=dtype, device=device)
 
 
-# Inference only (no autograd graph): write residual sums and activations into a fresh result instead of a new
-# buffer. Same values bit for bit (IEEE addition and multiplication commute); fewer allocations and page faults.
-INPLACE = {"on": True}
-
-
 def _inplace(t: torch.Tensor) -> bool:
-    return INPLACE["on"] and not (torch.is_grad_enabled() and t.requires_grad)
+    """Inference only (no autograd graph): residual sums and activations are written into a fresh result instead of
+    a new buffer. Same values bit for bit (IEEE addition and multiplication commute); fewer allocations."""
+    return not (torch.is_grad_enabled() and t.requires_grad)
 
 
 def _add(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -181,9 +166,6 @@ class CrossAttention(nn.Module):
             if scale_learnable:
                 self.alpha = nn.Parameter(torch.tensor(0.0, dtype=dtype, device=device))
 
-    # Reference layout (bench baseline only): the shared context is repeated to every frame and projected per frame.
-    fold_shared = True
-
     def _kv(self, ctx: Context, which: str, src, to_k, to_v):
         """K/V of a context part, from ``ctx.kv`` when the same context was projected in an earlier call."""
         store = ctx.kv
@@ -199,9 +181,6 @@ class CrossAttention(nn.Module):
         # q: [(b t), N, inner]; kv_src: [b, L, D] shared by the t frames -> fold frames into the query sequence.
         bt, n, inner = q.shape
         b = kv_src.shape[0]
-        if not self.fold_shared:
-            k, v = self._kv(ctx, which, kv_src.repeat_interleave(bt // b, dim=0), to_k, to_v)  # [(b t), L, inner]
-            return self.attention(q, k, v, self.heads)
         k, v = self._kv(ctx, which, kv_src, to_k, to_v)                    # [b, L, inner] once per sample
         out = self.attention(q.reshape(b, (bt // b) * n, inner), k, v, self.heads)  # [b, t*N, inner]
         return out.reshape(bt, n, inner)                                   # [(b t), N, inner]
@@ -353,27 +332,28 @@ class TemporalConvBlock(nn.Module):
         self.conv3 = nn.Sequential(ops.GroupNorm(32, channels, **kw), nn.SiLU(), nn.Dropout(dropout), conv())
         self.conv4 = nn.Sequential(ops.GroupNorm(32, channels, **kw), nn.SiLU(), nn.Dropout(dropout), conv())
 
-    as_conv2d = True                                                       # False: plain Conv3d (bench A/B)
-
     def forward(self, x):                                                  # x: [b, c, t, h, w]
         h = x
         for seq in (self.conv1, self.conv2, self.conv3, self.conv4):
             for layer in seq[:-1]:
                 h = F.silu(h, inplace=True) if isinstance(layer, nn.SiLU) and _inplace(h) else layer(h)
-            h = _temporal_conv(seq[-1], h) if self.as_conv2d else seq[-1](h)
+            h = _temporal_conv(seq[-1], h)
         return _add(h, x)
 
 
-def _temporal_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Conv3d with kernel (3,1,1) as the same Conv2d over (t, h*w): CPU kernels are faster for it and an
-    NDHWC input stays a view. Host layers other than plain / our cast-on-use Conv3d are called as they are."""
-    plain = type(conv).forward is nn.Conv3d.forward
-    if not (plain or hasattr(conv, "_wb")) or x.dim() != 5:
-        return conv(x)
-    weight, bias = (conv.weight, conv.bias) if plain else conv._wb(x)
+def temporal_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], pad_t: int) -> torch.Tensor:
+    """Conv3d with a (k,1,1) kernel as the same Conv2d over (t, h*w): CPU kernels are faster for it and an NDHWC
+    input stays a view. x [b, c, t, h, w], weight [c', c, k, 1, 1] -> [b, c', t', h, w]."""
     b, c, t, h, w = x.shape
-    y = F.conv2d(x.flatten(3), weight.flatten(3), bias, padding=(conv.padding[0], 0))  # [b, c', t, h*w]
+    y = F.conv2d(x.flatten(3), weight.flatten(3), bias, padding=(pad_t, 0))  # [b, c', t, h*w]
     return y.unflatten(3, (h, w))                                          # [b, c', t, h, w]
+
+
+def _temporal_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A plain Conv3d through ``temporal_conv2d``; host (cast-on-use) layers are called as they are."""
+    if type(conv).forward is not nn.Conv3d.forward or x.dim() != 5:
+        return conv(x)
+    return temporal_conv2d(x, conv.weight, conv.bias, conv.padding[0])
 
 
 class ResBlock(nn.Module):
@@ -672,25 +652,6 @@ class UNetModel(nn.Module):
             if isinstance(m, BasicTransformerBlock):
                 m.ff_chunk_bytes = int(max_bytes)
 
-    def set_temporal_conv2d(self, on: bool = True) -> None:
-        """Temporal (3,1,1) convs as Conv2d over (t, h*w) (default) or as plain Conv3d."""
-        for m in self.modules():
-            if isinstance(m, TemporalConvBlock):
-                m.as_conv2d = on
-
-    def set_reference_layout(self, on: bool = True) -> None:
-        """Bench baseline: the reference's per-frame text/image K/V projection and no shared prefix."""
-        for m in self.modules():
-            if isinstance(m, CrossAttention):
-                m.fold_shared = not on
-        self.share_branch_prefix = not on
-
-    def set_attention(self, attention: Callable) -> None:
-        """Swap the attention kernel in every attention layer (host injection after construction)."""
-        for m in self.modules():
-            if isinstance(m, CrossAttention):
-                m.attention = attention
-
 
 def _version(x: torch.Tensor) -> Optional[int]:
     """In-place version counter, or None for an inference-mode tensor (it has none: compare by value)."""
@@ -701,9 +662,5 @@ def _same_rows(x: torch.Tensor) -> bool:
     return bool(x.shape[0] > 1 and torch.equal(x[1:], x[:1].expand_as(x[1:])))
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-__all__: Sequence[str] = ["UNetModel", "Context", "sdpa_attention", "explicit_attention", "ATTENTION_FUNCTIONS",
-                          "timestep_embedding", "DEFAULT_OPERATIONS"]
+__all__: Sequence[str] = ["UNetModel", "Context", "sdpa_attention", "temporal_conv2d", "timestep_embedding",
+                          "DEFAULT_OPERATIONS"]
