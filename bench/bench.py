@@ -605,11 +605,20 @@ def run_ab(sa: Dict[str, Any], sb: Dict[str, Any], mode: str, quiet: bool) -> Di
 # =================================================================================================================
 # Parity case: low-precision UNet vs the float32 fixtures (no timing)
 # =================================================================================================================
+def default_fixture_set(root: str) -> str:
+    """The first set (by name) under a fixtures root that has a UNet forward record (``unet_forward.json``)."""
+    names = sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, "unet_forward.json"))) \
+        if os.path.isdir(root) else []
+    if not names:
+        raise SystemExit(f"no parity fixture set with unet_forward.json under {root}: pass --fixtures DIR")
+    return os.path.join(root, names[0])
+
+
 def run_parity(s: Dict[str, Any]) -> Dict[str, Any]:
     from safetensors.torch import load_file
 
-    folder = s["fixtures"] or os.environ.get("PARITY_FIXTURES_SET") or os.path.join(
-        os.environ.get("PARITY_FIXTURES", os.path.join(ROOT, "..", "shared", "fixtures", "parity")), "reference")
+    folder = s["fixtures"] or os.environ.get("PARITY_FIXTURES_SET") or default_fixture_set(
+        os.environ.get("PARITY_FIXTURES", os.path.join(ROOT, "..", "shared", "fixtures", "parity")))
     meta = json.load(open(os.path.join(folder, "unet_forward.json")))
     sd = {}
     for f in meta["weights_files"]:
