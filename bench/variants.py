@@ -15,7 +15,7 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
-from ..model import unet
+from ..model import attention, unet
 from . import ops
 
 
@@ -30,18 +30,18 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads:
     return out.reshape(b, heads, n, d).transpose(1, 2).reshape(b, n, inner)
 
 
-ATTENTION_FUNCTIONS: Dict[str, Callable] = {"sdpa": unet.sdpa_attention, "explicit": explicit_attention}
+ATTENTION_FUNCTIONS: Dict[str, Callable] = {"sdpa": attention.sdpa_attention, "explicit": explicit_attention}
 
 
-def set_attention(model: nn.Module, attention: Callable) -> None:
+def set_attention(model: nn.Module, kernel: Callable) -> None:
     """Swap the attention kernel in every attention layer of a built model."""
     for m in model.modules():
-        if isinstance(m, unet.CrossAttention):
-            m.attention = attention
+        if isinstance(m, attention.CrossAttention):
+            m.attention = kernel
 
 
 # ---- reference layout ----------------------------------------------------------------------------------------------
-class PerFrameCrossAttention(unet.CrossAttention):
+class PerFrameCrossAttention(attention.CrossAttention):
     """The reference's layout: a context shared by the frames is repeated to every frame and projected per frame."""
 
     def _shared(self, q, ctx, which, kv_src, to_k, to_v):
@@ -53,8 +53,8 @@ class PerFrameCrossAttention(unet.CrossAttention):
 def set_reference_layout(model: unet.UNetModel, on: bool = True) -> None:
     """The reference's per-frame text/image K/V projection and no shared branch prefix (``on``), or the product's."""
     for m in model.modules():
-        if isinstance(m, unet.CrossAttention):
-            m.__class__ = PerFrameCrossAttention if on else unet.CrossAttention
+        if isinstance(m, attention.CrossAttention):
+            m.__class__ = PerFrameCrossAttention if on else attention.CrossAttention
     model.share_branch_prefix = not on
 
 
@@ -89,7 +89,7 @@ def set_temporal_conv(model: nn.Module, kind: str = "conv2d") -> None:
 
 
 # ---- in-place inference ------------------------------------------------------------------------------------------------
-_PRODUCT_INPLACE = unet._inplace
+_PRODUCT_INPLACE = attention.inplace_ok
 
 
 def _never_inplace(t: torch.Tensor) -> bool:
@@ -98,4 +98,4 @@ def _never_inplace(t: torch.Tensor) -> bool:
 
 def set_inplace(on: bool = True) -> None:
     """In-place residual sums / activations at inference (the product) or new buffers everywhere (process-wide)."""
-    unet._inplace = _PRODUCT_INPLACE if on else _never_inplace
+    attention.inplace_ok = _PRODUCT_INPLACE if on else _never_inplace

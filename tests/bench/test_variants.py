@@ -7,8 +7,8 @@ from comfyui_dynamicrafter.bench.ops import cast_operations, store_weights_
 from comfyui_dynamicrafter.bench.variants import (PerFrameCrossAttention, PlainCastConv3d, PlainConv3d,
                                                   explicit_attention, set_attention, set_inplace,
                                                   set_reference_layout, set_temporal_conv)
-from comfyui_dynamicrafter.model import unet
-from comfyui_dynamicrafter.model.unet import sdpa_attention
+from comfyui_dynamicrafter.model import attention, unet
+from comfyui_dynamicrafter.model.attention import sdpa_attention
 from comfyui_dynamicrafter.tests.model.test_unet_speed import TOL, _inputs, _model
 
 
@@ -21,7 +21,7 @@ def test_explicit_attention_equals_sdpa():
     with torch.no_grad():
         a = m(x, t, ctx, fs)
         set_attention(m, explicit_attention)
-        assert all(c.attention is explicit_attention for c in m.modules() if isinstance(c, unet.CrossAttention))
+        assert all(c.attention is explicit_attention for c in m.modules() if isinstance(c, attention.CrossAttention))
         torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
 
 
@@ -69,7 +69,7 @@ def test_inplace_off_is_bit_identical():
             b = m(x, t, ctx, fs)
     finally:
         set_inplace(True)
-    assert unet._inplace(torch.zeros(1))
+    assert attention.inplace_ok(torch.zeros(1))
     assert torch.equal(a, b)
 
 
