@@ -1,5 +1,6 @@
 """model/conditioning.py: the concat latent layout and the CLIP preprocessing against the reference recipe
 (shared/fixtures/README.md, "Embedder" and "c_concat")."""
+import kornia
 import pytest
 import torch
 
@@ -32,7 +33,6 @@ def test_concat_latent_interpolation_first_last_zeros_between(frames):
 
 def test_clip_preprocess_is_the_reference_recipe():
     """kornia bicubic antialiased align_corners squash to 224, then (x+1)/2, then CLIP mean/std (kornia normalize)."""
-    kornia = pytest.importorskip("kornia")
     g = torch.Generator().manual_seed(2)
     x = torch.rand(2, 3, 320, 512, generator=g) * 2 - 1
     ref = kornia.geometry.resize(x, (224, 224), interpolation="bicubic", align_corners=True, antialias=True)

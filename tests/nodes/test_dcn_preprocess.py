@@ -22,7 +22,6 @@ def _png(path, h, w, seed=0):
 
 @pytest.mark.parametrize("size", [(300, 420), (224, 224)])
 def test_training_and_inference_clip_pixels_bit_equal(host, tmp_path, size):
-    open_clip = pytest.importorskip("open_clip")  # noqa: F841  (the trainer's image tower)
     from comfyui_dynamicrafter.training.data import resize_center_crop
     from comfyui_dynamicrafter.training.encoders import ImageEncoder, build_open_clip
 
