@@ -329,3 +329,29 @@ def test_host_resize_cond_item_slices_our_conds(host):
     with pytest.raises(Exception, match="keyframe"):
         h.get_resized_cond(chain, torch.zeros(31, 4, 2, 2), cw.IndexListContextWindow(list(range(12, 28)), dim=0,
                                                                                    total_frames=31))
+
+
+def test_host_context_windows_with_ksampler(host_windows, dc, record_property):
+    """The host's KSampler (single CFG, euler / simple) under ContextWindowsManual == windowed DDIM eta 0."""
+    host = host_windows
+    seed, steps, frames = 5, 10, 40                                    # 1000/10: "simple" = uniform_trailing
+    g = _host_window_graph(frames, seed, steps)
+    for k in ("20", "21", "22", "23"):
+        g.pop(k)
+    g["7"] = {"class_type": "KSampler", "inputs": {
+        "model": ["40", 0], "seed": seed, "steps": steps, "cfg": 6.0, "sampler_name": "euler",
+        "scheduler": "simple", "positive": ["6", 0], "negative": ["6", 2], "latent_image": ["6", 3],
+        "denoise": 1.0}}
+    host.reset_cache()
+    host.run_prompt(g)
+    got = host.node_output("7")[0][0]["samples"].float() * S.LATENT_SCALE
+    ref = WindowedReference(tinyckpt.checkpoints()["full"], host.node_output("6"))
+    _, traj = ref.sample(seed, steps, eta=0.0, spacing="uniform_trailing", cfg_text=6.0, mode="single",
+                         windows=WindowSpec(16, 4, "standard_static", "pyramid"), return_trajectory=True)
+    s, _ = ref.scales()
+    want = (traj[-1]["pred_x0"][0] / s[traj[-1]["t"]].float()).transpose(0, 1)
+    diff = (got - want).abs().max().item()
+    record_property("max_abs_diff", diff)
+    print(f"host ContextWindowsManual + KSampler euler/simple (40 frames) vs windowed DDIM eta 0 single CFG: max abs "
+          f"diff {diff:.3g} (host {host.info.describe()})")
+    assert diff < HOST_ATOL
