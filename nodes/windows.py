@@ -6,7 +6,7 @@ index list, the frame count set to the window's length, the image tokens and tex
 P's 256 tokens, one per frame), and the conditioning layout checked (``model.windows.check_window_conditioning``)
 so a window never runs with the wrong concat. Hosts call it through
 - ``IndexListCallbacks.RESIZE_COND_ITEM`` (ComfyUI 2026-01 and later), registered on the context handler when sampling
-  starts (an OUTER_SAMPLE wrapper on our ModelPatcher);
+  starts (an ON_PRE_RUN callback on our ModelPatcher);
 - ``DynamiCrafterModel.apply_model`` for hosts without that callback (2025-10 does not slice model conds on dim 0):
   the concat stays full-length through the host (``FrameConcat`` is never truncated to a window's batch) and is
   sliced there by ``transformer_options["context_window"].index_list``.
@@ -120,37 +120,41 @@ def apply_window(x: torch.Tensor, c_concat, transformer_options, kwargs: dict):
     return c_concat, kwargs
 
 
-def _outer_sample_wrapper(executor, *args, **kwargs):
-    """Registers ``resize_cond_item`` on the host's context handler (hosts with RESIZE_COND_ITEM) for this run."""
-    guider = getattr(executor, "class_obj", None)
-    handler = getattr(guider, "model_options", {}).get("context_handler") if guider is not None else None
-    if handler is not None and getattr(handler, "callbacks", None) is not None:
-        import comfy.context_windows as cw
-        import comfy.patcher_extension as pe
+def prepare_handler(handler) -> None:
+    """Ready the host's context handler for our MODEL (each run, idempotent): ``resize_cond_item`` registered where
+    the host has RESIZE_COND_ITEM, dim 0 required, and one sigma for its step lookup."""
+    if handler is None or getattr(handler, "callbacks", None) is None:
+        return
+    import comfy.context_windows as cw
+    import comfy.patcher_extension as pe
 
-        kind = getattr(cw.IndexListCallbacks, "RESIZE_COND_ITEM", None)
-        if kind is not None and not pe.get_callbacks_with_key(kind, "dcn", handler.callbacks):
-            pe.add_callback_with_key(kind, "dcn", resize_cond_item, handler.callbacks)
-        if getattr(handler, "dim", 0) != 0:
-            raise DynamiCrafterInputError("context windows dim", "0 (DynamiCrafter's frames are the batch)",
-                                          str(handler.dim), "set dim 0 on ContextWindowsManual")
-        if not getattr(handler, "_dcn_one_sigma", False) and hasattr(handler, "set_step"):
-            # frames as batch: the host passes one sigma per frame (all equal); the 2025-10 handler compares the
-            # whole vector with its sigma list (a size error), later hosts take timestep[0]. Give it one sigma.
-            step = handler.set_step
-            handler.set_step = lambda timestep, model_options: step(timestep.reshape(-1)[:1], model_options)
-            handler._dcn_one_sigma = True
-    return executor(*args, **kwargs)
+    kind = getattr(cw.IndexListCallbacks, "RESIZE_COND_ITEM", None)
+    if kind is not None and not pe.get_callbacks_with_key(kind, "dcn", handler.callbacks):
+        pe.add_callback_with_key(kind, "dcn", resize_cond_item, handler.callbacks)
+    if getattr(handler, "dim", 0) != 0:
+        raise DynamiCrafterInputError("context windows dim", "0 (DynamiCrafter's frames are the batch)",
+                                      str(handler.dim), "set dim 0 on ContextWindowsManual")
+    if not getattr(handler, "_dcn_one_sigma", False) and hasattr(handler, "set_step"):
+        # frames as batch: the host passes one sigma per frame (all equal); the 2025-10 handler compares the whole
+        # vector with its sigma list (a size error), later hosts take timestep[0]. Give it one sigma.
+        step = handler.set_step
+        handler.set_step = lambda timestep, model_options: step(timestep.reshape(-1)[:1], model_options)
+        handler._dcn_one_sigma = True
+
+
+def _on_pre_run(patcher) -> None:
+    """ModelPatcher ON_PRE_RUN callback (the host calls it when sampling starts, before the first step)."""
+    prepare_handler((getattr(patcher, "model_options", None) or {}).get("context_handler"))
 
 
 def install(patcher) -> None:
-    """Give a ModelPatcher of our model the host-window hook (no-op on hosts without patcher wrappers)."""
+    """Give a ModelPatcher of our model the host-window hook (no-op on hosts without patcher callbacks)."""
     try:
         import comfy.patcher_extension as pe
     except ImportError:  # 2024 hosts: no context windows at all
         return
-    if hasattr(patcher, "add_wrapper_with_key"):
-        patcher.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, "dcn_windows", _outer_sample_wrapper)
+    if hasattr(patcher, "add_callback_with_key") and hasattr(pe, "CallbacksMP"):
+        patcher.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, "dcn_windows", _on_pre_run)
 
 
 # ================================================================================================================

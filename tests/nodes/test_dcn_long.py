@@ -299,16 +299,10 @@ def test_host_resize_cond_item_slices_our_conds(host):
         h = cw.IndexListContextHandler(cw.get_matching_context_schedule("standard_static"),
                                        cw.get_matching_fuse_method("pyramid"), length, overlap, dim=0)
 
-        class Guider:
+        class Patcher:
             model_options = {"context_handler": h}
 
-        class Executor:
-            class_obj = Guider()
-
-            def __call__(self, *a, **k):
-                return "ran"
-
-        assert windows_mod._outer_sample_wrapper(Executor()) == "ran"     # registers the callback
+        windows_mod._on_pre_run(Patcher())                                 # registers the callback
         return h
 
     frames = 48
