@@ -701,9 +701,5 @@ def _same_rows(x: torch.Tensor) -> bool:
     return bool(x.shape[0] > 1 and torch.equal(x[1:], x[:1].expand_as(x[1:])))
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 __all__: Sequence[str] = ["UNetModel", "Context", "sdpa_attention", "explicit_attention", "ATTENTION_FUNCTIONS",
                           "timestep_embedding", "DEFAULT_OPERATIONS"]

@@ -129,14 +129,13 @@ def export_from_checkpoint(checkpoint: str, out_path: str, merged_path: Optional
     """``train.py export``: adapter (and merged checkpoint) from a training checkpoint, without training."""
     from ..model.variants import get_variant
     from .config import TrainConfig
-    from .encoders import TINY_CLIP
     from .stages import build_model, get_stage, stage_variant
     from .state import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     stage = get_stage(cfg.stage)
-    base = get_variant(cfg.variant, tiny=cfg.tiny, clip_dim=TINY_CLIP["vision"]["width"] if cfg.tiny else None)
+    base = get_variant(cfg.variant, tiny=cfg.tiny)
     variant = stage_variant(base, stage, cfg.unet_overrides, cfg.resampler_overrides, cfg.schedule_overrides,
                             cfg.unet_dropout)
     out = {"adapter": export_adapter_from_state(state, variant, out_path, use_ema, dtype)}

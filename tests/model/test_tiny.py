@@ -4,7 +4,7 @@ import json
 import torch
 
 from comfyui_dynamicrafter.model import tiny
-from comfyui_dynamicrafter.model.checkpoint import detect_variant
+from comfyui_dynamicrafter.model.detect import detect_variant
 from comfyui_dynamicrafter.tests.fixtures import fixtures_root
 
 
@@ -34,5 +34,5 @@ def test_full_checkpoint_is_deterministic_and_detected():
     assert leaves(k for k in a if k.startswith(unet)) == leaves(k for k in real if k.startswith(unet))
     det = detect_variant({k: tuple(v.shape) for k, v in a.items()}, metadata=tiny.variant_metadata("512"))
     assert det.variant == "512"
-    det256 = detect_variant({k: tuple(v.shape) for k, v in tiny.unet_and_p("256", tiny.VISION_WIDTH, 40).items()})
+    det256 = detect_variant({k: tuple(v.shape) for k, v in tiny.unet_and_p("256", 40).items()})
     assert det256.variant == "256"
