@@ -333,4 +333,5 @@ def decode_latent(vae: AutoencoderKL, latents: torch.Tensor, chunk_frames: Optio
     return vae.decode(latents / scale_factor, chunk_frames=chunk_frames)
 
 
-__all__ = ["AutoencoderKL", "VAEConfig", "TINY_VAE", "SCALE_FACTOR", "encode_latent", "decode_latent", "sample_posterior"]
+__all__ = ["AutoencoderKL", "VAEConfig", "TINY_VAE", "SCALE_FACTOR", "encode_latent", "decode_latent",
+           "sample_posterior"]

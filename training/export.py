@@ -13,6 +13,7 @@ import torch
 
 from ..model import adapters as ad
 from ..model import checkpoint as ckpt
+from ..model.detect import family_of
 from ..model.log import logger
 from .stages import DiffusionModel
 
@@ -91,7 +92,9 @@ def export_merged(model: DiffusionModel, trained: Mapping[str, torch.Tensor], va
             ckpt.META_DTYPE: dtype, ckpt.META_FORMAT: ckpt.FORMAT_VERSION, "format": "pt"}
     if model.unet.cfg.in_channels == 8:  # a DynamiCrafter model: the pack's loader reads the variant from here
         meta[ckpt.META_VARIANT] = variant.name
-        meta[ckpt.META_FAMILY] = "256" if variant.name == "256" else "512-family"
+        meta[ckpt.META_FAMILY] = family_of(variant.name)
+        if variant.extra.get("config"):  # a small registry config (tiny runs): the loader builds that one
+            meta[ckpt.META_CONFIG] = variant.extra["config"]
     target = _DTYPES[dtype]
     items = [(k, tuple(v.shape), torch.float32 if k in ckpt.SCHEDULE_KEYS else
               (target if v.is_floating_point() else v.dtype)) for k, v in state.items()]
