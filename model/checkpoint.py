@@ -104,7 +104,8 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _first(items: Sequence[str], n: int = 3) -> str:
+def first_few(items: Sequence[str], n: int = 3) -> str:
+    """The first ``n`` names and how many more, for one-line messages."""
     items = list(items)
     shown = ", ".join(items[:n])
     return shown + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
@@ -175,7 +176,7 @@ def _unwrap_pickle(obj: Any, name: str) -> Tuple[Dict[str, torch.Tensor], bool, 
     return flat, deepspeed, notes
 
 
-def _normalize_keys(keys: Sequence[str], deepspeed: bool,
+def normalize_keys(keys: Sequence[str], deepspeed: bool,
                     what: str = "checkpoint") -> Tuple[Dict[str, str], List[str], bool]:
     """Original file keys -> {normalized key: original key}, notes, had_old_framestride_name."""
     notes: List[str] = []
@@ -293,7 +294,7 @@ class CheckpointFile:
             self.notes += notes
             orig_keys = list(self._tensors)
         what = f"checkpoint '{self.name}'"
-        self.keys, notes, self.old_framestride_name = _normalize_keys(orig_keys, deepspeed, what)
+        self.keys, notes, self.old_framestride_name = normalize_keys(orig_keys, deepspeed, what)
         self.notes += notes
         self.parts, notes = split_keys(self.keys, what)
         self.notes += notes

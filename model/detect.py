@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .checkpoint import (META_CONFIG, META_FAMILY, META_TINY, META_VARIANT, PART_PREFIX, CheckpointFile, Shape,
-                         _first, _normalize_keys, split_keys)
+                         first_few, normalize_keys, split_keys)
 from .config import Variant
 from .errors import DynamiCrafterInputError
 from .formats import describe_foreign, has_learnable_alpha, is_dynamicrafter_unet, is_tooncrafter
@@ -107,7 +107,7 @@ def _decide(parts: Dict[str, Dict[str, str]], flat: Mapping[str, Any], metadata:
     unet = parts["unet"]
     if not unet or not is_dynamicrafter_unet(unet):
         looks = describe_foreign(flat)
-        found = looks or f"{len(flat)} keys starting {_first(sorted(flat))}"
+        found = looks or f"{len(flat)} keys starting {first_few(sorted(flat))}"
         raise DynamiCrafterInputError(
             what,
             "a DynamiCrafter checkpoint (UNet with 'temopral_conv', 'init_attn' and image K/V 'to_k_ip', plus "
@@ -236,7 +236,7 @@ def detect_variant(keys: Union[CheckpointFile, Mapping[str, Any], Iterable[str]]
         what = f"checkpoint '{ck.name}'"
     else:
         flat = dict(keys) if isinstance(keys, Mapping) else {k: None for k in keys}
-        norm, _, old = _normalize_keys(list(flat), deepspeed=False)
+        norm, _, old = normalize_keys(list(flat), deepspeed=False)
         flat = {n: flat[o] for n, o in norm.items()}
         parts, _ = split_keys(flat)
         what = f"checkpoint '{os.path.basename(filename)}'" if filename else "checkpoint"
@@ -268,9 +268,9 @@ def check_part(found: Mapping[str, Shape], expected: Mapping[str, Shape], what: 
         return
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing ({_first([prefix + k for k in missing])})")
+        problems.append(f"{len(missing)} missing ({first_few([prefix + k for k in missing])})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_first([prefix + k for k in unexpected])})")
+        problems.append(f"{len(unexpected)} unexpected ({first_few([prefix + k for k in unexpected])})")
     if wrong:
         k, fs, es = wrong[0]
         problems.append(f"{len(wrong)} of wrong shape, first {prefix}{k} {list(fs)} where the model has {list(es)}")
