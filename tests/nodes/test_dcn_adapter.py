@@ -241,7 +241,7 @@ def test_256_image_kv_adapter_sets_its_alpha_gates(host, dc, adapters, tmp_path,
     ck = tinyckpt.checkpoints()
     csv, _ = synth.make_video_dataset(str(tmp_path / "videos"), n_clips=1, n_frames=8, height=16, width=24)
     path = _train(str(tmp_path / "run"), csv, ck["v256"], variant="256", groups=["image_kv"], max_steps=1,
-                  resampler_overrides={"embedding_dim": 64}, export_dtype="fp32")
+                  export_dtype="fp32")
     tensors, _ = ad.read_adapter(path)
     gates = [k for k in tensors if k.endswith("attn2.alpha")]
     assert gates and not ad.lora_modules(tensors)
