@@ -110,7 +110,7 @@ def add_decode(g: dict, latent, prefix: str) -> dict:
 # the reference computation
 # ---------------------------------------------------------------------------------------------------------------------
 class Reference:
-    """model/'s UNet (plain PyTorch SDPA attention, loaded by model/checkpoint from the test file) over the exact
+    """model/'s UNet (plain PyTorch SDPA attention, loaded by tests/model/loading.py from the test file) over the exact
     conditioning tensors the graph produced (DCN_Conditioning's outputs, read from the executor's cache)."""
 
     def __init__(self, ckpt_path: str, conditioning_outputs, variant: str = "512"):
