@@ -22,9 +22,9 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def tiny():
-    v = get_variant("512", tiny=True, clip_dim=64)
+    v = get_variant("512", tiny=True)
     unet = UNetModel(v.unet).eval()
-    sd = unet_and_p("512", 64, seed=3)
+    sd = unet_and_p("512", seed=3)
     unet.load_state_dict({k[len("model.diffusion_model."):]: t for k, t in sd.items()
                           if k.startswith("model.diffusion_model.")}, strict=True)
     g = torch.Generator().manual_seed(0)
@@ -132,7 +132,7 @@ def test_uniform_schedule_windows_change_per_step(tiny):
 
 def test_keyframe_chain_matches_segment_loop(tiny):
     """3 keyframes -> 2 segments of 16 frames sharing frame 15: 31 frames, each segment its own start/end pair."""
-    v = get_variant("512-interp", tiny=True, clip_dim=64)
+    v = get_variant("512-interp", tiny=True)
     _, unet, ctx = tiny
     kf = torch.randn(3, 4, H, H, generator=torch.Generator().manual_seed(9))
     frames = chain_frames(3, W)
