@@ -182,8 +182,9 @@ def build_conditioning(positive, negative, image_embeds, vae, start_image, width
         notes.append(f"interpolation/loop with the {variant.name} model (trained for image-to-video); the "
                      "512-interp model is made for it")
     if frames > window:
-        notes.append(f"{frames} frames: sampled in {window}-frame context windows (DCN_Sampler; DCN_Windows sets "
-                     f"them), each window with the image tokens made for {window} frames")
+        notes.append(f"{frames} frames: DCN_Sampler samples them in {window}-frame context windows (DCN_Windows sets "
+                     f"them), as does the host's Context Windows (Manual) node; other samplers run all frames in one "
+                     f"pass with the image tokens made for {window} frames shared (off the trained setting)")
     elif frames != window:
         notes.append(f"{frames} frames: the image tokens are made for {window} frames and are shared by all frames "
                      "(as the reference does)")
