@@ -15,9 +15,8 @@ import comfy.ops
 import comfy.samplers
 import folder_paths
 
+from ..headless import CHECKPOINT_FOLDERS, LEGACY_FOLDER_NAMES, MODEL_FOLDER
 from ..model.errors import DynamiCrafterInputError
-
-MODEL_FOLDER = "dynamicrafter"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -26,11 +25,10 @@ MODEL_FOLDER = "dynamicrafter"
 def _folder_key(name: str) -> Optional[str]:
     """The folder_paths key of a model folder on this host ("diffusion_models" is "unet" on 2024 hosts)."""
     fnp = folder_paths.folder_names_and_paths
-    legacy = {"diffusion_models": "unet", "text_encoders": "clip"}
     if name in fnp:
         return name
-    if name in legacy and legacy[name] in fnp:
-        return legacy[name]
+    if name in LEGACY_FOLDER_NAMES and LEGACY_FOLDER_NAMES[name] in fnp:
+        return LEGACY_FOLDER_NAMES[name]
     return None
 
 
@@ -44,7 +42,7 @@ def register_model_folder() -> None:
 
 def checkpoint_folders() -> List[str]:
     """Folders the loader lists, in priority order: dynamicrafter, diffusion_models, checkpoints."""
-    keys = [MODEL_FOLDER, _folder_key("diffusion_models"), _folder_key("checkpoints")]
+    keys = [_folder_key(name) for name in CHECKPOINT_FOLDERS]
     return [k for k in dict.fromkeys(keys) if k is not None and k in folder_paths.folder_names_and_paths]
 
 
