@@ -575,6 +575,19 @@ def resolve_weights(args, req: Request, host: headless.Host, target: str, cpu: b
                     + "\n  (--tiny runs the same graph on tiny random weights as a pipeline check)")
 
 
+def check_weights(path: str) -> None:
+    """The file opens as a checkpoint (safetensors header or a memory-mapped .ckpt, no tensor data read): a broken
+    or incomplete file is a one-line error here, before the host loads its nodes."""
+    import importlib
+    pkg = __package__ or "comfyui_dynamicrafter"
+    checkpoint = importlib.import_module(pkg + ".model.checkpoint")
+    errors = importlib.import_module(pkg + ".model.errors")
+    try:
+        checkpoint.open_checkpoint(path).close()
+    except errors.DynamiCrafterInputError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
 def use_tiny_weights(args, req: Request, host: headless.Host) -> str:
     """The tiny random-weight checkpoint of the variant, put first in the host's dynamicrafter folders."""
     if not args.tiny:  # a fallback: the output name says so too
@@ -644,6 +657,7 @@ def generate(args) -> int:
         if tiny:
             ckpt_path = use_tiny_weights(args, req, host)
         else:
+            check_weights(ckpt_path)
             print(f"model: {ckpt_path}", flush=True)
         s = run_settings(args, req, ckpt_path, tiny)
         prompt = build_prompt(req, s, host.dirs["input"])

