@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from comfyui_dynamicrafter import generate, headless
+from comfyui_dynamicrafter import generate, headless, weights
 
 SCRIPT = generate.__file__
 START = generate.EXAMPLE_START
@@ -61,7 +61,7 @@ def test_missing_or_unreadable_image(tmp_path):
 
 
 def test_missing_model_offline_names_the_file_and_the_folders(tmp_path):
-    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in generate.MODEL_FILES["512"].alternatives):
+    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in weights.MODEL_FILES["512"].alternatives):
         pytest.skip(f"real weights are present in {generate.PACK_MODELS}")
     models = tmp_path / "my-models"
     p = run("--image", START, "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--models-dir", str(models))
@@ -90,7 +90,7 @@ def test_broken_model_file_is_one_line_before_the_host_loads(tmp_path):
 # runs
 # ---------------------------------------------------------------------------------------------------------------------
 def test_demo_offline_ends_with_a_labelled_tiny_video(tmp_path):
-    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in generate.MODEL_FILES["512"].alternatives):
+    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in weights.MODEL_FILES["512"].alternatives):
         pytest.skip(f"real weights are present in {generate.PACK_MODELS}")
     p = run("--demo", "--out", str(tmp_path / "demo.mp4"), *SMALL)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -151,9 +151,9 @@ def test_download_checks_size_and_hash_then_names_the_file(tmp_path, monkeypatch
     import huggingface_hub
     hub = FakeHub(b"weights" * 1000)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
-    mf = generate.MODEL_FILES["512-interp"]
+    mf = weights.MODEL_FILES["512-interp"]
     sha = hashlib.sha256(hub.payload).hexdigest()
-    path = generate.download_model(mf, str(tmp_path), len(hub.payload), sha, progress=False)
+    path = weights.download_model(mf, str(tmp_path), len(hub.payload), sha, progress=False)
     assert path == str(tmp_path / "dynamicrafter_512_interp.ckpt")
     assert open(path, "rb").read() == hub.payload
     assert hub.calls[0][:2] == ("Doubiiu/DynamiCrafter_512_Interp", "model.ckpt")
@@ -164,23 +164,23 @@ def test_download_refuses_a_corrupt_or_short_file(tmp_path, monkeypatch):
     import huggingface_hub
     hub = FakeHub(b"weights" * 10)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
-    mf = generate.MODEL_FILES["512"]
-    with pytest.raises(generate.UserError, match="SHA-256"):
-        generate.download_model(mf, str(tmp_path), len(hub.payload), "0" * 64, progress=False)
+    mf = weights.MODEL_FILES["512"]
+    with pytest.raises(weights.WeightsError, match="SHA-256"):
+        weights.download_model(mf, str(tmp_path), len(hub.payload), "0" * 64, progress=False)
     assert not (tmp_path / mf.filename).exists()
-    with pytest.raises(generate.UserError, match="bytes, the hub says"):
-        generate.download_model(mf, str(tmp_path), len(hub.payload) + 1, None, progress=False)
+    with pytest.raises(weights.WeightsError, match="bytes, the hub says"):
+        weights.download_model(mf, str(tmp_path), len(hub.payload) + 1, None, progress=False)
     assert not (tmp_path / mf.filename).exists()
-    with pytest.raises(generate.UserError, match="not enough disk space"):
-        generate.download_model(mf, str(tmp_path), 1 << 60, None, progress=False)
+    with pytest.raises(weights.WeightsError, match="not enough disk space"):
+        weights.download_model(mf, str(tmp_path), 1 << 60, None, progress=False)
 
 
 def test_offline_is_detected(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert generate.is_offline() == (True, "HF_HUB_OFFLINE is set")
+    assert weights.is_offline() == (True, "HF_HUB_OFFLINE is set")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    assert generate.is_offline()[0] is False
+    assert weights.is_offline()[0] is False
 
     import huggingface_hub
 
@@ -189,7 +189,7 @@ def test_offline_is_detected(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
     with pytest.raises(ConnectionError, match="unreachable"):
-        generate.remote_metadata(generate.MODEL_FILES["512"])
+        weights.remote_metadata(weights.MODEL_FILES["512"])
 
 
 def test_metadata_gives_size_and_sha(monkeypatch):
@@ -199,9 +199,9 @@ def test_metadata_gives_size_and_sha(monkeypatch):
         size, etag = 123, "ab" * 32
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout=None: Meta())
-    assert generate.remote_metadata(generate.MODEL_FILES["512"]) == (123, "ab" * 32)
+    assert weights.remote_metadata(weights.MODEL_FILES["512"]) == (123, "ab" * 32)
     Meta.etag = "not-a-sha"
-    assert generate.remote_metadata(generate.MODEL_FILES["512"]) == (123, None)
+    assert weights.remote_metadata(weights.MODEL_FILES["512"]) == (123, None)
 
 
 def test_download_failure_says_how_to_resume(tmp_path, monkeypatch):
@@ -211,5 +211,5 @@ def test_download_failure_says_how_to_resume(tmp_path, monkeypatch):
         raise ConnectionError("connection reset by peer")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", dropped)
-    with pytest.raises(generate.UserError, match="run the same command again to resume"):
-        generate.download_model(generate.MODEL_FILES["512"], str(tmp_path), 100, None, progress=False)
+    with pytest.raises(weights.WeightsError, match="run the same command again to resume"):
+        weights.download_model(weights.MODEL_FILES["512"], str(tmp_path), 100, None, progress=False)
