@@ -208,6 +208,17 @@ def sampler_loop_patches(model) -> List[str]:
     return list(dict.fromkeys(found))
 
 
+# model_options entries through which host nodes (RescaleCFG, PerpNeg, SAG, APG, ...) change the host's CFG step. The
+# pack's DDIM sampler and guider compute DynamiCrafter's dual CFG themselves, so they run none of these.
+CFG_FUNCTIONS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
+
+
+def cfg_function_patches(model) -> List[str]:
+    """The CFG patches on ``model`` (model_options entries that are set and not empty)."""
+    opts = getattr(model, "model_options", None) or {}
+    return [name for name in CFG_FUNCTIONS if opts.get(name)]
+
+
 def model_patcher_class():
     """The patcher class the host builds its own models with: ``comfy.model_patcher.CoreModelPatcher`` where the
     host names one (newer hosts point it at ModelPatcherDynamic when dynamic VRAM is on; looked up per call because

@@ -131,6 +131,27 @@ def test_cache_is_refused_by_the_exact_sampler(host, dc, patch):
     assert patch.lower() in msg.lower() and "DCN_Guider" in msg and "SamplerCustomAdvanced" in msg
 
 
+@pytest.mark.parametrize("node", ["DCN_Sampler", "DCN_Guider"])
+def test_cfg_patches_are_refused_by_the_packs_cfg(host, installed, node):
+    """RescaleCFG (a host CFG patch, on every host) would be ignored by the pack's own dual CFG: refused."""
+    if node == "DCN_Guider" and not host.features.get("cfg_guider"):
+        pytest.skip(f"this host has no CFGGuider, so no DCN_Guider (2024-03 ComfyUI): {host.info.describe()}")
+    g = S.conditioning_graph()
+    g["30"] = {"class_type": "RescaleCFG", "inputs": {"model": ["1", 0], "multiplier": 0.7}}
+    if node == "DCN_Sampler":
+        g = S.add_exact_sampler(g, steps=2, decode=False)
+        g["7"]["inputs"]["model"] = ["30", 0]
+    else:
+        g = _guider_graph(seed=1)
+        g["30"] = {"class_type": "RescaleCFG", "inputs": {"model": ["1", 0], "multiplier": 0.7}}
+        g["20"]["inputs"]["model"] = ["30", 0]
+    with pytest.raises(hosting.PromptExecutionError) as ei:
+        host.run_prompt(g)
+    msg = ei.value.exception_message
+    assert ei.value.node_id == ("7" if node == "DCN_Sampler" else "20") and "\n" not in msg
+    assert "sampler_cfg_function" in msg and node in msg
+
+
 def test_torch_compile_model_runs_compiled(host, dc):
     _needs(host, "TorchCompileModel")
     import torch._dynamo.utils as dyn
