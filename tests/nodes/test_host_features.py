@@ -36,7 +36,7 @@ REL_L2_BOUND = {"EasyCache": 0.1, "LazyCache": 0.5}
 def _needs(host, *names):
     missing = [n for n in names if n not in host.node_class_mappings]
     if missing:
-        pytest.skip(f"this host has no {', '.join(missing)} node (ComfyUI older than 2025-08): {host.info.describe()}")
+        pytest.skip(f"this host has no {', '.join(missing)} node (it came after 2024-03): {host.info.describe()}")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_cache_skips_unet_calls_with_the_guider(host, dc, patch, record_property
 
 
 @pytest.mark.parametrize("patch", ["EasyCache", "LazyCache"])
-def test_cache_is_refused_by_the_exact_sampler(host, dc, patch):
+def test_cache_is_refused_by_the_exact_sampler(host, installed, patch):
     _needs(host, patch)
     g = S.conditioning_graph()
     g["30"] = {"class_type": patch, "inputs": dict(CACHE[patch], model=["1", 0])}
@@ -152,7 +152,7 @@ def test_cfg_patches_are_refused_by_the_packs_cfg(host, installed, node):
     assert "sampler_cfg_function" in msg and node in msg
 
 
-def test_torch_compile_model_runs_compiled(host, dc):
+def test_torch_compile_model_runs_compiled(host, installed):
     _needs(host, "TorchCompileModel")
     import torch._dynamo.utils as dyn
 
