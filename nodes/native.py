@@ -15,7 +15,6 @@ import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
-import comfy.model_patcher
 import comfy.supported_models_base
 
 from ..model.config import Variant
@@ -47,8 +46,22 @@ class DynamiCrafterUNet(UNetModel):
                          attention=compat.host_attention, compute_dtype=dc_compute_dtype)
         self.weight_dtype = dtype or torch.float32
 
-    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, dcn_image_tokens=None,
-                dcn_fs=None, dcn_frames=None, dcn_layout=None, **kwargs):
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
+        """The host's call, through the host's diffusion-model wrappers where it has them (EasyCache and other
+        WrappersMP.DIFFUSION_MODEL patches run around the UNet as they do around the host's own UNets)."""
+        wrappers = compat.diffusion_model_wrappers(transformer_options)
+        if wrappers:
+            out = compat.run_wrapped(self._forward, self, wrappers, x, timesteps, context, control,
+                                     transformer_options, **kwargs)
+        else:
+            out = self._forward(x, timesteps, context, control, transformer_options, **kwargs)
+        sink = transformer_options.get("dcn_output_sink") if isinstance(transformer_options, dict) else None
+        if sink is not None:
+            sink.append(out)                                               # raw v/eps for the exact DDIM path
+        return out
+
+    def _forward(self, x, timesteps, context=None, control=None, transformer_options={}, dcn_image_tokens=None,
+                 dcn_fs=None, dcn_frames=None, dcn_layout=None, **kwargs):
         n, c, h, w = x.shape                                                # frames as batch: [(b t), 8, h, w]
         t = int(dcn_frames) if dcn_frames is not None else n
         if n % t:
@@ -66,11 +79,7 @@ class DynamiCrafterUNet(UNetModel):
         if dcn_fs is not None:
             fs = torch.full((b,), int(dcn_fs), dtype=torch.long, device=x.device)
         out = super().forward(x5, ts, ctx, fs)                             # [b, 4, t, h, w]
-        out = out.transpose(1, 2).reshape(n, -1, h, w)                     # [(b t), 4, h, w]
-        sink = transformer_options.get("dcn_output_sink") if isinstance(transformer_options, dict) else None
-        if sink is not None:
-            sink.append(out)                                               # raw v/eps for the exact DDIM path
-        return out
+        return out.transpose(1, 2).reshape(n, -1, h, w)                    # [(b t), 4, h, w]
 
 
 class DynamiCrafterConfig(comfy.supported_models_base.BASE):
@@ -165,7 +174,8 @@ class DynamiCrafterModel(comfy.model_base.BaseModel):
 
 def build_model(variant: Variant, state_dict, weight_dtype: Optional[torch.dtype] = None,
                 load_device=None, offload_device=None):
-    """A ModelPatcher over a DynamiCrafterModel with ``state_dict`` (UNet keys, no prefix) loaded strictly.
+    """The host's model patcher (its preferred class where it names one, compat.model_patcher_class) over a
+    DynamiCrafterModel with ``state_dict`` (UNet keys, no prefix) loaded strictly.
 
     ``weight_dtype`` None lets the host choose (``unet_dtype``); the host's manual cast covers storage dtypes the
     device cannot compute in (fp8, or fp16 on CPU).
@@ -187,6 +197,6 @@ def build_model(variant: Variant, state_dict, weight_dtype: Optional[torch.dtype
             p.data = p.data.to(manual_cast or weight_dtype)
     logger.info("DynamiCrafter %s: weights %s, compute %s, load device %s", variant.name, weight_dtype,
                 manual_cast or weight_dtype, load_device)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher = compat.model_patcher_class()(model, load_device=load_device, offload_device=offload_device)
     install(patcher)
     return patcher

@@ -219,7 +219,7 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     prepared = {n: _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device, BRANCH_CONDS[n], seed)
                 for n in names}
     batched = _cat_conds([prepared[n] for n in names], device)
-    topts_base = dict(model.model_options.get("transformer_options", {}))
+    topts_base = compat.transformer_options(model)  # with the patcher's wrappers (TorchCompileModel, ...)
     wrapper = model.model_options.get("model_function_wrapper")
     sigmas_table = ms.sigmas.to(device)
 
