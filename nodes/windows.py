@@ -82,6 +82,10 @@ def window_cond(key: str, value, index_list: Sequence[int], layout: tuple):
 
 def resize_cond_item(cond_key, cond_value, window, x_in, device, new_cond_item):
     """``IndexListCallbacks.RESIZE_COND_ITEM`` of the host's context windows: our items for ``window``."""
+    if "concat_latent" in new_cond_item and "image_tokens" in new_cond_item:
+        # the conditioning node's record (read by extra_conds before sampling, not by the model): kept as it is
+        # (the 2026-01 host's generic path calls a plain tensor here and fails)
+        return cond_value if isinstance(cond_value, torch.Tensor) else None
     if cond_key not in WINDOWED_KEYS:
         return None
     layout_item = new_cond_item.get(LAYOUT_KEY)
