@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """bench ``long``: windowed exact DDIM on long videos, time per step and peak memory against 16 frames.
 
-    flock /tmp/heavy.lock .venv/bin/python bench/long_video.py [--frames 16 32 64 128] [--json bench/results/long_video.json]
+    flock /tmp/heavy.lock .venv/bin/python bench/long_video.py [--frames 16 32 64 128] [--json FILE]
 
 For every frame count a fresh worker process builds the real 512 UNet (random weights, --dtype), then runs
 ``model/sampler.py`` ``ddim_sample`` (dual CFG 7.5 / 5.0, rescale 0.7, 512 schedule, eta 0) with context windows

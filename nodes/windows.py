@@ -21,7 +21,9 @@ import comfy.conds
 
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
-from ..model.windows import FUSE_METHODS, MAX_FRAMES, SCHEDULES, WindowSpec, check_window_conditioning
+from ..model.windows import (
+    FUSE_METHODS, MAX_FRAMES, SCHEDULES, WindowSpec, chain_spec, check_window_conditioning,
+)
 
 LAYOUT_KEY = "dcn_layout"
 WINDOWED_KEYS = ("c_concat", "dcn_frames", LAYOUT_KEY)
@@ -44,12 +46,14 @@ class FrameConcat(comfy.conds.CONDNoiseShape):
 
 
 class Layout(comfy.conds.CONDConstant):
-    """(kind, frames, keyframes, loop) of the conditioning: what a window must look like (``check_window_conditioning``)."""
+    """(kind, frames, keyframes, loop) of the conditioning: what a window must look like
+    (``check_window_conditioning``)."""
 
 
 def layout_of(info: dict, frames: int) -> tuple:
-    return (info.get("concat_kind", "image"), int(frames), int(info.get("keyframes", 0)), bool(info.get("loop_windows",
-                                                                                                         False)))
+    """The Layout tuple of a conditioning record (DCN_Conditioning's) for a video of ``frames`` frames."""
+    return (info.get("concat_kind", "image"), int(frames), int(info.get("keyframes", 0)),
+            bool(info.get("loop_windows", False)))
 
 
 def window_cond(key: str, value, index_list: Sequence[int], layout: tuple):
@@ -220,8 +224,6 @@ class DCN_Windows:
 def resolve_windows(spec: Optional[WindowSpec], info: dict, frames: int, trained: int) -> Optional[WindowSpec]:
     """The windows a run uses: a keyframe chain's own segments; a long loop's looped windows; else ``spec`` or, for
     a video longer than the trained length, the default windows (with a note)."""
-    from ..model.windows import chain_spec
-
     kind = info.get("concat_kind", "image")
     if kind == "chain":
         length = int(info["window"])

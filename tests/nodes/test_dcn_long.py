@@ -146,7 +146,7 @@ def _host_window_graph(frames, seed, steps, model_ckpt=None, keyframes=False, ov
     g["40"] = {"class_type": "ContextWindowsManual", "inputs": {
         "model": S.model_ref(g), "context_length": 16, "context_overlap": overlap,
         "context_schedule": "standard_static", "context_stride": 1, "closed_loop": False, "fuse_method": "pyramid",
-        "dim": 0, "freenoise": False}}                                   # (freenoise: hosts from 2026-01; others skip it)
+        "dim": 0, "freenoise": False}}                                   # freenoise: 2026-01 hosts; others skip it
     g["20"] = {"class_type": "DCN_Guider", "inputs": {
         "model": ["40", 0], "positive": ["6", 0], "image_only": ["6", 1], "negative": ["6", 2],
         "cfg_text": 7.5, "cfg_image": 4.5, "guidance_rescale": 0.7, "mode": "multi"}}
