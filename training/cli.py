@@ -181,32 +181,20 @@ def _run(args) -> int:
 
 
 def _precompute(cfg: TrainConfig) -> int:
+    """Encode the dataset into cache_dir: only the data side of a run (no model, no optimizer)."""
     import torch
 
     from .cache import precompute
-    from .data import Dropout
-    from .loop import Trainer
+    from .plan import RunPlan, setup_processes
 
     if not cfg.cache_dir:
         raise DynamiCrafterInputError("cache_dir", "a folder for the cache", "nothing", "set cache_dir")
-    # Only the data side of a Trainer is needed: build it without the model.
-    t = Trainer.__new__(Trainer)
-    t.cfg = cfg
-    t._setup_distributed()
-    from ..model.variants import get_variant
-    from .encoders import TINY_CLIP
-    from .stages import get_stage, stage_variant
-
-    t.stage = get_stage(cfg.stage)
-    base = get_variant(cfg.variant, tiny=cfg.tiny, clip_dim=TINY_CLIP["vision"]["width"] if cfg.tiny else None)
-    t.variant = stage_variant(base, t.stage, cfg.unet_overrides, cfg.resampler_overrides, cfg.schedule_overrides)
-    t.frames = cfg.frames if t.stage.video else 1
-    t.height, t.width = cfg.height or t.variant.height, cfg.width or t.variant.width
-    t.interp = bool(t.variant.interp) and t.stage.concat
-    t.cond_frame = cfg.cond_frame or ("first_last" if t.interp else "random")
-    enc = t.build_encoders()
-    ds = t.build_dataset(Dropout(cfg.p_drop_text, cfg.p_drop_image, cfg.p_drop_both))
+    procs = setup_processes(cfg)
+    plan = RunPlan(cfg, procs.device)
+    enc = plan.build_encoders()
+    ds = plan.build_dataset()
     with torch.no_grad():
-        precompute(ds, enc, cfg.cache_dir, t.cache_settings(), views=cfg.cache_views, cond_frames=cfg.cache_cond_frames,
-                   dtype=cfg.cache_dtype, device=t.device, progress=cfg.progress)
+        precompute(ds, enc, cfg.cache_dir, plan.cache_settings(), views=cfg.cache_views,
+                   cond_frames=cfg.cache_cond_frames, dtype=cfg.cache_dtype, device=procs.device,
+                   progress=cfg.progress)
     return 0

@@ -25,7 +25,6 @@ from torch.utils.data import Dataset, Sampler
 from ..model.errors import DynamiCrafterInputError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
 class SkipSample(Exception):
@@ -330,13 +329,6 @@ class GlobalBatchSampler(Sampler):
 
     def __len__(self) -> int:  # endless; DataLoader only needs it for warnings
         return 2 ** 62
-
-    def epoch_of(self, m: int) -> float:
-        return m * self.b * self.world / self.n
-
-
-def epochs_done(micro_batches: int, batch_size: int, world_size: int, n: int) -> float:
-    return micro_batches * batch_size * world_size / max(1, n)
 
 
 __all__ = ["VideoCsvDataset", "ImageTextDataset", "GlobalBatchSampler", "Dropout", "SkipSample", "collate",

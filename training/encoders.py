@@ -15,8 +15,6 @@ an open_clip ViT-H-14 file (bare keys).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -236,7 +234,7 @@ class EncoderSpec:
 
 
 class Encoders(nn.Module):
-    """The frozen encoders; ``fingerprint`` identifies them (for the pre-compute cache)."""
+    """The frozen encoders: VAE (posterior), OpenCLIP text and image towers; frozen, always in eval mode."""
 
     def __init__(self, spec: EncoderSpec, dtype: torch.dtype = torch.float32, device="cpu", need_pixels: bool = True):
         super().__init__()
@@ -269,13 +267,6 @@ class Encoders(nn.Module):
 
     def train(self, mode: bool = True):  # always frozen, always eval
         return super().train(False)
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.spec), sort_keys=True).encode())
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().contiguous().numpy().tobytes()[:4096])
-        return h.hexdigest()[:16]
 
 
 __all__ = ["Encoders", "EncoderSpec", "TextEncoder", "ImageEncoder", "VideoVAE", "build_open_clip"]

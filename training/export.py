@@ -13,11 +13,9 @@ import torch
 
 from ..model import adapters as ad
 from ..model import checkpoint as ckpt
+from ..model.dtypes import DTYPES
 from ..model.log import logger
 from .stages import DiffusionModel
-
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 def adapter_tensors(trained: Mapping[str, torch.Tensor], lora_alpha: float) -> Dict[str, torch.Tensor]:
     """Trainer parameter names -> adapter keys; one ``.alpha`` per LoRA pair."""
@@ -45,7 +43,7 @@ def adapter_metadata(variant, stage: str, groups, step: int, base_sha256: str, b
 
 def write_tensors(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], dtype: str) -> int:
     """Atomic safetensors write (``model.checkpoint.write_safetensors``); floating tensors cast to ``dtype``."""
-    target = _DTYPES[dtype]
+    target = DTYPES[dtype]
     items = [(k, tuple(v.shape), target if v.is_floating_point() and v.ndim > 0 else v.dtype)
              for k, v in tensors.items()]
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
@@ -92,7 +90,7 @@ def export_merged(model: DiffusionModel, trained: Mapping[str, torch.Tensor], va
     if model.unet.cfg.in_channels == 8:  # a DynamiCrafter model: the pack's loader reads the variant from here
         meta[ckpt.META_VARIANT] = variant.name
         meta[ckpt.META_FAMILY] = "256" if variant.name == "256" else "512-family"
-    target = _DTYPES[dtype]
+    target = DTYPES[dtype]
     items = [(k, tuple(v.shape), torch.float32 if k in ckpt.SCHEDULE_KEYS else
               (target if v.is_floating_point() else v.dtype)) for k, v in state.items()]
     try:
@@ -127,18 +125,14 @@ def export_from_trainer(trainer, trained: Mapping[str, torch.Tensor],
 def export_from_checkpoint(checkpoint: str, out_path: str, merged_path: Optional[str] = None,
                            use_ema: bool = True, dtype: str = "fp16") -> Dict[str, str]:
     """``train.py export``: adapter (and merged checkpoint) from a training checkpoint, without training."""
-    from ..model.variants import get_variant
     from .config import TrainConfig
-    from .encoders import TINY_CLIP
-    from .stages import build_model, get_stage, stage_variant
+    from .plan import run_variant
+    from .stages import build_model
     from .state import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
-    stage = get_stage(cfg.stage)
-    base = get_variant(cfg.variant, tiny=cfg.tiny, clip_dim=TINY_CLIP["vision"]["width"] if cfg.tiny else None)
-    variant = stage_variant(base, stage, cfg.unet_overrides, cfg.resampler_overrides, cfg.schedule_overrides,
-                            cfg.unet_dropout)
+    stage, variant = run_variant(cfg)
     out = {"adapter": export_adapter_from_state(state, variant, out_path, use_ema, dtype)}
     if merged_path:
         model, _, _ = build_model(variant, stage, state["groups"], cfg.seed, cfg.init_checkpoint, cfg.init_adapters,

@@ -10,7 +10,6 @@ one remaining consumer of the global RNG is dropout inside the UNet; its state i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -20,32 +19,20 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
+from ..model.dtypes import DTYPES
 from ..model.errors import DynamiCrafterInputError
+from ..model.fileio import file_sha256
 from ..model.log import logger
-from ..model.variants import get_variant
 from ..model.vae import sample_posterior
 from . import state as st
 from .config import TrainConfig
-from .data import Dropout, GlobalBatchSampler, ImageTextDataset, VideoCsvDataset, collate
+from .data import GlobalBatchSampler, collate
 from .objective import Objective
-from .stages import build_model, get_stage, stage_variant
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
+from .plan import RunPlan, setup_processes
+from .stages import build_model
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose (non-finite loss); the message says where and which checkpoint is intact."""
-
-
-def file_sha256(path: str, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -63,25 +50,20 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
         self.cfg = cfg
-        self._setup_distributed()
+        procs = setup_processes(cfg)
+        self.world, self.rank, self.local_rank, self.device = procs.world, procs.rank, procs.local_rank, procs.device
+        self.is_main = procs.is_main
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed + self.rank)   # dropout's RNG (a resume restores the saved state instead)
-        self.stage = get_stage(cfg.stage)
-        from .encoders import TINY_CLIP
-
-        base = get_variant(cfg.variant, tiny=cfg.tiny, clip_dim=TINY_CLIP["vision"]["width"] if cfg.tiny else None)
-        self.variant = stage_variant(base, self.stage, cfg.unet_overrides, cfg.resampler_overrides,
-                                     cfg.schedule_overrides, cfg.unet_dropout)
+        self.plan = plan = RunPlan(cfg, self.device)
+        self.stage, self.variant, self.groups = plan.stage, plan.variant, plan.groups
+        self.frames, self.height, self.width = plan.frames, plan.height, plan.width
+        self.interp, self.cond_frame = plan.interp, plan.cond_frame
         v = self.variant
-        self.frames = cfg.frames if self.stage.video else 1
-        self.height, self.width = cfg.height or v.height, cfg.width or v.width
-        self.groups = list(cfg.groups or self.stage.groups)
-        self.interp = bool(v.interp) and self.stage.concat
-        self.cond_frame = cfg.cond_frame or ("first_last" if self.interp else "random")
         self.out_dir = cfg.output_dir
         self.ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
         if self.is_main:
@@ -125,7 +107,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.amp_dtype = _DTYPES[cfg.precision]
+        self.amp_dtype = DTYPES[cfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = ({n: p.detach().clone().float() for n, p in self._named_trainable()} if cfg.ema else None)
         self.ema_updates = 0
@@ -142,25 +124,6 @@ class Trainer:
     # ================================================================================================================
     # setup helpers
     # ================================================================================================================
-    def _setup_distributed(self) -> None:
-        cfg = self.cfg
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        want = cfg.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        if want == "cuda":
-            if not torch.cuda.is_available():
-                raise DynamiCrafterInputError("device", "a CUDA GPU", "none visible", "use device: cpu")
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
-        else:
-            self.device = torch.device("cpu")
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-        self.is_main = self.rank == 0
-
     def _log(self, msg: str, *args, level: str = "info") -> None:
         if self.is_main:
             getattr(logger, level)(msg, *args)
@@ -198,9 +161,9 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg = self.cfg
-        dropout = Dropout(cfg.p_drop_text, cfg.p_drop_image, cfg.p_drop_both)
+        dropout = self.plan.dropout()
         self.encoders = None
-        settings = self.cache_settings()
+        settings = self.plan.cache_settings()
         if cfg.cache_dir:
             from .cache import CachedDataset
 
@@ -211,44 +174,12 @@ class Trainer:
                 self.skipped[s["path"]] = s["reason"]
                 self._log("skipped while pre-computing: %s (%s)", s["path"], s["reason"], level="warning")
         else:
-            self.encoders = self.build_encoders()
-            self.dataset = self.build_dataset(dropout)
+            self.encoders = self.plan.build_encoders()
+            self.dataset = self.plan.build_dataset(dropout)
             with torch.no_grad():
                 self.null_text = self.encoders.text([""]).float()
                 self.null_image = self.encoders.image(torch.zeros(1, 3, 224, 224, device=self.device)).float()
         self._check_resolution()
-
-    def build_encoders(self):
-        from .encoders import Encoders, EncoderSpec
-
-        cfg, v = self.cfg, self.variant
-        files = tuple(p for p in (cfg.clip_checkpoint, cfg.vae_checkpoint, cfg.init_checkpoint) if p)
-        spec = EncoderSpec(tiny=cfg.tiny, text_width=v.unet.context_dim, image_width=v.resampler.embedding_dim,
-                           weight_files=files, seed=cfg.seed)
-        prec = cfg.encoder_precision or ("bf16" if self.device.type == "cuda" else "fp32")
-        return Encoders(spec, dtype=_DTYPES[prec], device=self.device)
-
-    def build_dataset(self, dropout: Dropout):
-        cfg, v = self.cfg, self.variant
-        if self.stage.video:
-            if not cfg.data_csv:
-                raise DynamiCrafterInputError("data_csv", "a CSV of videos (path,caption[,fps])", "nothing",
-                                              "set data_csv (see training/README.md)")
-            return VideoCsvDataset(cfg.data_csv, cfg.data_root, self.frames, self.height, self.width,
-                                   cfg.frame_stride_min, cfg.frame_stride_max, v.motion_input, self.cond_frame,
-                                   cfg.seed, dropout, default_fps=float(v.default_motion if v.motion_input == "fps"
-                                                                       else 24))
-        return ImageTextDataset(cfg.image_folder or cfg.data_root, cfg.data_csv if not cfg.image_folder else None,
-                                self.height, self.width, cfg.seed, dropout)
-
-    def cache_settings(self) -> Dict[str, Any]:
-        cfg, v = self.cfg, self.variant
-        return {"stage_video": self.stage.video, "frames": self.frames, "height": self.height, "width": self.width,
-                "stride": [cfg.frame_stride_min, cfg.frame_stride_max], "motion_input": v.motion_input,
-                "cond_frame": self.cond_frame, "tiny": cfg.tiny, "text_width": v.unet.context_dim,
-                "image_width": v.resampler.embedding_dim, "data": [cfg.data_csv, cfg.data_root, cfg.image_folder],
-                "weights": [cfg.clip_checkpoint, cfg.vae_checkpoint, cfg.init_checkpoint], "seed": cfg.seed,
-                "views": cfg.cache_views, "cond_frames": cfg.cache_cond_frames}
 
     def _check_resolution(self) -> None:
         f = self.encoders.vae.downscale if self.encoders is not None else None
@@ -612,4 +543,4 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             dist.destroy_process_group()
 
 
-__all__ = ["Trainer", "TrainingStopped", "train", "file_sha256"]
+__all__ = ["Trainer", "TrainingStopped", "train"]
