@@ -97,10 +97,18 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup, e.g. by a test runner)."""
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup, e.g. by a test runner); while
+    a tqdm progress bar is open, through ``tqdm.write`` so the line lands above the bar instead of across it."""
 
     def emit(self, record):
         self.stream = sys.stderr
+        tq = sys.modules.get("tqdm")
+        if tq is not None and getattr(tq.tqdm, "_instances", None):
+            try:
+                tq.tqdm.write(self.format(record), file=sys.stderr)
+            except Exception:  # logging must never raise; the handler's own error path reports it
+                self.handleError(record)
+            return
         super().emit(record)
 
 
@@ -142,6 +150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = ["train"] + argv
     args = parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
+    from .preflight import die_with_parent
+
+    die_with_parent()                     # under torchrun: this worker ends when its launcher dies
     try:
         return _run(args)
     except DynamiCrafterInputError as e:

@@ -12,6 +12,7 @@ reports it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -94,8 +95,8 @@ def choose_clip(n_total: int, frames: int, stride_min: int, stride_max: int,
     return start, stride
 
 
-def probe_video(path: str) -> Tuple[int, float]:
-    """(frame count, fps) of the first video stream; counts packets when the header has no frame count."""
+def probe_clip(path: str) -> Dict[str, float]:
+    """Frame count, fps, height and width of the first video stream (counts packets when the header has no count)."""
     import av
 
     try:
@@ -106,13 +107,20 @@ def probe_video(path: str) -> Tuple[int, float]:
             rate = s.average_rate or s.guessed_rate or s.base_rate
             fps = float(rate) if rate else 0.0
             n = int(s.frames or 0)
+            h, w = int(s.codec_context.height or 0), int(s.codec_context.width or 0)
             if n <= 0:
                 n = sum(1 for p in c.demux(s) if p.size)
     except SkipSample:
         raise
     except Exception as e:  # PyAV raises many error types for broken files
         raise SkipSample(f"cannot open: {type(e).__name__}: {str(e)[:160]}") from None
-    return n, fps
+    return {"frames": n, "fps": fps, "height": h, "width": w}
+
+
+def probe_video(path: str) -> Tuple[int, float]:
+    """(frame count, fps) of the first video stream."""
+    info = probe_clip(path)
+    return info["frames"], info["fps"]
 
 
 def decode_frames(path: str, indices: Sequence[int]) -> np.ndarray:
@@ -150,22 +158,32 @@ def read_csv(csv_path: str, root: Optional[str] = None) -> List[dict]:
     """
     root = root or os.path.dirname(os.path.abspath(csv_path))
     rows = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        if not ({"path", "caption"} <= cols or {"videoid", "name"} <= cols):
-            raise DynamiCrafterInputError(
-                f"dataset CSV {csv_path}", "a header with columns path,caption[,fps] (or WebVid videoid,name,page_dir)",
-                f"columns {sorted(cols)}", "add the header line")
-        for r in reader:
-            if "path" in r and r.get("path"):
-                rel, cap = r["path"], r.get("caption", "")
-            else:
-                rel = os.path.join(r.get("page_dir") or "", f"{r['videoid']}.mp4")
-                cap = r.get("name", "")
-            fps = r.get("fps")
-            rows.append({"path": rel if os.path.isabs(rel) else os.path.join(root, rel), "caption": cap or "",
-                         "fps": float(fps) if fps not in (None, "") else None})
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DynamiCrafterInputError(f"dataset CSV {csv_path}", "UTF-8 text", f"a byte {e.object[e.start]:#04x} "
+                                      f"at offset {e.start} that is not UTF-8", "save the CSV as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    cols = set(reader.fieldnames or [])
+    if not ({"path", "caption"} <= cols or {"videoid", "name"} <= cols):
+        raise DynamiCrafterInputError(
+            f"dataset CSV {csv_path}", "a header with columns path,caption[,fps] (or WebVid videoid,name,page_dir)",
+            f"columns {sorted(cols)}", "add the header line")
+    for line, r in enumerate(reader, start=2):
+        if "path" in r and r.get("path"):
+            rel, cap = r["path"], r.get("caption", "")
+        else:
+            rel = os.path.join(r.get("page_dir") or "", f"{r.get('videoid') or ''}.mp4")
+            cap = r.get("name", "")
+        fps = r.get("fps")
+        try:
+            fps = float(fps) if fps not in (None, "") else None
+        except ValueError:
+            raise DynamiCrafterInputError(f"dataset CSV {csv_path} line {line}", "a number or nothing in column fps",
+                                          repr(fps), "fix or empty that cell") from None
+        rows.append({"path": rel if os.path.isabs(rel) else os.path.join(root, rel), "caption": cap or "",
+                     "fps": fps})
     if not rows:
         raise DynamiCrafterInputError(f"dataset CSV {csv_path}", "at least one row", "none", "list your videos in it")
     return rows

@@ -28,7 +28,9 @@ from . import state as st
 from .config import TrainConfig
 from .data import GlobalBatchSampler, collate
 from .objective import Objective
-from .plan import RunPlan, setup_processes
+from .optim import build_optimizer, check_optimizer
+from .plan import RunPlan, configure_threads, setup_processes
+from .preflight import RunLock, preflight
 from .stages import build_model
 
 class TrainingStopped(RuntimeError):
@@ -59,7 +61,12 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed + self.rank)   # dropout's RNG (a resume restores the saved state instead)
+        self.threads = configure_threads(cfg, self.device)
         self.plan = plan = RunPlan(cfg, self.device)
+        # ---- every check that needs no model, then one live run per output folder -----------------------------------
+        check_optimizer(cfg, self.device)
+        self.summary = preflight(cfg, plan)
+        self.lock = RunLock(cfg.output_dir).acquire() if self.is_main else None
         self.stage, self.variant, self.groups = plan.stage, plan.variant, plan.groups
         self.frames, self.height, self.width = plan.frames, plan.height, plan.width
         self.interp, self.cond_frame = plan.interp, plan.cond_frame
@@ -103,9 +110,9 @@ class Trainer:
         if self.strategy == "auto":
             self.strategy = "fsdp" if (self.world > 1 and self.stage.name == "joint") else "ddp"
         self.ddp_model = self._wrap()
+        self._log_processes()
         self.params = [p for n, p in self._named_trainable()]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg, self.params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.amp_dtype = DTYPES[cfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
@@ -124,6 +131,20 @@ class Trainer:
     # ================================================================================================================
     # setup helpers
     # ================================================================================================================
+    def _log_processes(self) -> None:
+        how = {"ddp": "DDP (every process holds the trained weights; gradients all-reduced)",
+               "fsdp": "FSDP (trained weights, gradients and optimizer state sharded per UNet block)"}[self.strategy]
+        why = "set by strategy" if self.cfg.strategy != "auto" else (
+            "auto: FSDP for the joint stage with several processes, DDP otherwise")
+        if self.world == 1:
+            self._log("1 process on %s, %d CPU threads; no DDP/FSDP wrapping (%s would be %s)", self.device,
+                      self.threads, "strategy", self.strategy.upper())
+        else:
+            self._log("%d processes (%s), %d CPU threads each; %s; %s", self.world, self.device.type, self.threads,
+                      how, why)
+        if self.summary is not None:
+            self._log(self.summary.line(self.cfg.batch_size * self.cfg.grad_accum * self.world, self.cfg.data_csv))
+
     def _log(self, msg: str, *args, level: str = "info") -> None:
         if self.is_main:
             getattr(logger, level)(msg, *args)
@@ -138,12 +159,19 @@ class Trainer:
             return found if found else (None, None)
         if not os.path.isfile(r):
             raise DynamiCrafterInputError("resume", "'auto', 'none' or a checkpoint file", repr(r), "fix the path")
-        return r, st.load_checkpoint(r)
+        try:
+            return r, st.load_checkpoint(r)
+        except Exception as e:  # torch.load raises several types; its advice to unpickle unsafely is not repeated
+            raise DynamiCrafterInputError(
+                "resume", "a training checkpoint of this trainer (step_*.pt, read as plain tensors only)",
+                f"{r!r}, which does not load as one ({type(e).__name__})",
+                "pick a step_*.pt from output_dir/checkpoints, or resume: auto / none") from None
 
     def _check_identity(self, state: Dict[str, Any]) -> None:
         old = state.get("identity", {})
         new = self.cfg.identity()
-        diff = sorted(k for k in new if json.dumps(old.get(k)) != json.dumps(new[k]))
+        default = TrainConfig().identity()                 # settings added later: an older checkpoint had the default
+        diff = sorted(k for k in new if json.dumps(old.get(k, default[k])) != json.dumps(new[k]))
         if diff:
             raise DynamiCrafterInputError(
                 f"resume from {self.resume_path}", "the settings the checkpoint was trained with",
@@ -179,15 +207,6 @@ class Trainer:
             with torch.no_grad():
                 self.null_text = self.encoders.text([""]).float()
                 self.null_image = self.encoders.image(torch.zeros(1, 3, 224, 224, device=self.device)).float()
-        self._check_resolution()
-
-    def _check_resolution(self) -> None:
-        f = self.encoders.vae.downscale if self.encoders is not None else None
-        mult = 2 ** (len(self.variant.unet.channel_mult) - 1)
-        for name, size in (("height", self.height), ("width", self.width)):
-            if f is not None and size % (f * mult):
-                raise DynamiCrafterInputError(name, f"a multiple of {f * mult} (VAE x{f}, UNet x{mult})", str(size),
-                                              "pick another resolution")
 
     def _named_trainable(self):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -526,8 +545,11 @@ class Trainer:
                                len(self.skipped), self.skip_events, os.path.join(self.out_dir, "skipped.json"))
 
     def close(self) -> None:
-        if self._tb is not None:
+        if getattr(self, "_tb", None) is not None:
             self._tb.close()
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
@@ -538,6 +560,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             return trainer.run()
         finally:
             trainer.close()
+
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

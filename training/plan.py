@@ -58,6 +58,40 @@ def setup_processes(cfg: TrainConfig) -> Processes:
     return Processes(world, rank, local_rank, device)
 
 
+def physical_cores() -> int:
+    """Physical CPU cores this process may use (hyper-threads counted once; the affinity mask respected)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip() and core is not None:
+                    cores.add((phys, core))
+                    phys = core = None
+    except OSError:
+        pass
+    return max(1, min(usable, len(cores) or usable))
+
+
+def configure_threads(cfg: TrainConfig, device: torch.device) -> int:
+    """Intra-op CPU threads of this process: ``threads`` if set, else OMP_NUM_THREADS if the environment sets it
+    (torchrun sets 1 with several processes), else physical cores / processes on this machine."""
+    if cfg.threads > 0:
+        n = cfg.threads
+    elif os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        n = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        n = max(1, physical_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def run_variant(cfg: TrainConfig):
     """The stage and the variant it trains (stage flags and the config's overrides applied)."""
     from .encoders import TINY_CLIP
@@ -119,4 +153,5 @@ class RunPlan:
                 "views": cfg.cache_views, "cond_frames": cfg.cache_cond_frames}
 
 
-__all__ = ["Processes", "RunPlan", "pick_device", "run_variant", "setup_processes"]
+__all__ = ["Processes", "RunPlan", "configure_threads", "physical_cores", "pick_device", "run_variant",
+           "setup_processes"]
