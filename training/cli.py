@@ -3,6 +3,7 @@
     train.py [train]     --config run.yaml [--setting value ...]   train (resumes from output_dir by default)
     train.py precompute  --config run.yaml                         encode the dataset once into cache_dir
     train.py export      --checkpoint ckpt.pt --out adapter.safetensors [--merged full.safetensors] [--no-ema]
+                                                                   [--no-kohya]
     train.py dump-config [--config run.yaml] [--format yaml|json]  print every setting with its value
 
 Every setting of ``TrainConfig`` is a flag (``--lr 1e-4``, ``--gradient-checkpointing``/``--no-gradient-checkpointing``,
@@ -139,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="adapter .safetensors path")
     p.add_argument("--merged", default=None, help="also write a merged full checkpoint here")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--no-kohya", action="store_true", help="no kohya-key copy of a LoRA-only adapter")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
     p.add_argument("-v", "--verbose", action="store_true")
     return ap
@@ -174,7 +176,11 @@ def _run(args) -> int:
     if args.command == "export":
         from .export import export_from_checkpoint
 
-        out = export_from_checkpoint(args.checkpoint, args.out, args.merged, use_ema=not args.no_ema, dtype=args.dtype)
+        from .preflight import check_file
+
+        check_file("--checkpoint", args.checkpoint, "a training checkpoint (output_dir/checkpoints/step_*.pt)")
+        out = export_from_checkpoint(args.checkpoint, args.out, args.merged, use_ema=not args.no_ema,
+                                     dtype=args.dtype, kohya=not args.no_kohya)
         print(json.dumps(out))
         return 0
     cfg = build_config(args)

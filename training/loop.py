@@ -127,6 +127,7 @@ class Trainer:
             self._restore(self.resume_state)
         self.resume_state = None
         self._tb = self._tensorboard()
+        self._setup_evaluation()
 
     # ================================================================================================================
     # setup helpers
@@ -281,7 +282,7 @@ class Trainer:
             "optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rngs, "skipped": merged, "skip_events": self.skip_events,
             "base_sha256": self.base_sha256, "variant": self.variant.name, "stage": self.stage.name,
-            "lora_alpha": self.lora_alpha,
+            "lora_alpha": self.lora_alpha, "optimizer_name": self.cfg.optimizer,
         }
 
     def _restore(self, s: Dict[str, Any]) -> None:
@@ -357,7 +358,8 @@ class Trainer:
             tokens = torch.where(drop_i[:, None, None], self.null_image.to(tokens.dtype), tokens)
         return mean.float(), std.float(), text, tokens
 
-    def micro_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
+    def micro_loss(self, batch: Dict[str, Any], net=None) -> torch.Tensor:
+        """The loss of one micro-batch through ``net`` (default: the DDP/FSDP-wrapped model)."""
         dev = self.device
         mean, std, text, tokens = self.conditioning(batch)
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in batch["seed"]]
@@ -373,7 +375,7 @@ class Trainer:
                 ci = batch["cond_index"].to(dev)
                 concat = z0[torch.arange(b, device=dev), :, ci][:, :, None].expand(b, c, T, *z0.shape[3:])
         fs = batch["fs"].to(dev)
-        net = self.ddp_model
+        net = net if net is not None else self.ddp_model
 
         def model_fn(x, tt):
             return net(x, tt, text, tokens, fs)
@@ -492,22 +494,23 @@ class Trainer:
                 sps = per_step / max(1e-9, now - t_last)
                 t_last = now
                 lr = self.scheduler.get_last_lr()[0]
+                record = {"step": step, "loss": value, "lr": lr, "grad_norm": gnorm, "samples_per_s": round(sps, 3),
+                          "skipped": len(self.skipped)}
+                record.update(self._evaluate(step))
                 if metrics is not None:
-                    metrics.write(json.dumps({"step": step, "loss": value, "lr": lr, "grad_norm": gnorm,
-                                              "samples_per_s": round(sps, 3), "skipped": len(self.skipped)}) + "\n")
+                    metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{sps:.2f}", lr=f"{lr:.2e}",
                                     skipped=len(self.skipped))
-                if self._tb is not None:
-                    self._tb.add_scalar("loss", value, step)
-                    self._tb.add_scalar("lr", lr, step)
-                    self._tb.add_scalar("grad_norm", gnorm, step)
+                self._report(record)
                 if step % cfg.log_every == 0 and bar is None:
                     self._log("step %d/%d loss %.5f lr %.2e %.2f samples/s", step, cfg.max_steps, value, lr, sps)
                 if step % cfg.save_every == 0 or step == cfg.max_steps:
                     self.save()
+                if step % (cfg.adapter_every or cfg.save_every) == 0:
+                    self._export_intermediate()
         finally:
             if bar is not None:
                 bar.close()
@@ -525,6 +528,76 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return result
+
+    # ================================================================================================================
+    # during training: held-out loss, sample videos, intermediate adapters, TensorBoard / wandb
+    # ================================================================================================================
+    def sampling_encoders(self):
+        """The frozen encoders (built on first use when training reads a pre-computed cache)."""
+        if self.encoders is None:
+            self.encoders = self.plan.build_encoders()
+        return self.encoders
+
+    def _setup_evaluation(self) -> None:
+        cfg = self.cfg
+        self.renderer = self.validation = None
+        if (cfg.sample_every or cfg.val_csv) and self.world > 1 and self.strategy == "fsdp":
+            raise DynamiCrafterInputError("sample_every / val_csv", "strategy ddp (samples and the held-out loss run "
+                                          "on the main process only)", "strategy fsdp with several processes",
+                                          "set strategy: ddp, or sample_every: 0 and no val_csv")
+        if not self.is_main:
+            return
+        if cfg.sample_every:
+            from .samples import SampleRenderer
+
+            self.renderer = SampleRenderer(self, self.summary.clips if self.summary is not None else None)
+        if cfg.val_csv:
+            from .samples import Validation
+
+            self.validation = Validation(self)
+        self._wandb = None
+        if cfg.wandb:
+            import wandb
+
+            self._wandb = wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), dir=self.out_dir,
+                                     id=f"dc-{abs(hash(os.path.abspath(self.out_dir))) % 10 ** 10}", resume="allow")
+
+    def _evaluate(self, step: int) -> Dict[str, Any]:
+        """Held-out loss and sample videos of this step, when due (main process; no global RNG drawn)."""
+        cfg, out = self.cfg, {}
+        if self.validation is not None and step % (cfg.val_every or cfg.sample_every or cfg.save_every) == 0:
+            out["val_loss"] = self.validation.loss()
+            self._log("step %d: held-out loss %.5f", step, out["val_loss"])
+        if self.renderer is not None and step % cfg.sample_every == 0:
+            out["samples"] = self.renderer.render(step)
+        return out
+
+    def _report(self, record: Dict[str, Any]) -> None:
+        step = record["step"]
+        if self._tb is not None:
+            for k in ("loss", "lr", "grad_norm", "val_loss"):
+                if k in record:
+                    self._tb.add_scalar(k, record[k], step)
+            if record.get("samples"):
+                from .samples import strip
+
+                for i, path in enumerate(record["samples"]):
+                    self._tb.add_image(f"sample_{i}", strip(path), step)
+        if getattr(self, "_wandb", None) is not None:
+            import wandb
+
+            logged = {k: record[k] for k in ("loss", "lr", "grad_norm", "val_loss") if k in record}
+            for i, path in enumerate(record.get("samples") or ()):
+                logged[f"sample_{i}"] = wandb.Video(path, format="mp4")
+            self._wandb.log(logged, step=step)
+
+    def _export_intermediate(self) -> None:
+        trained = {n: self._full(p) for n, p in self._named_trainable()}          # collective under FSDP
+        ema = {n: self._full(t) for n, t in self.ema.items()} if self.ema is not None else None
+        if self.is_main:
+            from .export import export_intermediate
+
+            export_intermediate(self, trained, ema)
 
     @staticmethod
     def _ckpt_step(path: Optional[str]) -> str:
@@ -547,6 +620,9 @@ class Trainer:
     def close(self) -> None:
         if getattr(self, "_tb", None) is not None:
             self._tb.close()
+        if getattr(self, "_wandb", None) is not None:
+            self._wandb.finish()
+            self._wandb = None
         if getattr(self, "lock", None) is not None:
             self.lock.release()
             self.lock = None

@@ -7,6 +7,7 @@ dataset summary logged at start, and the link that ends torchrun's workers when 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib.util
 import json
 import math
@@ -153,6 +154,18 @@ def scan_videos(cfg: TrainConfig, frames: int) -> DatasetSummary:
     return summary
 
 
+def check_evaluation(cfg: TrainConfig, frames: int) -> None:
+    """The held-out CSV and the sample images, when set."""
+    for i, smp in enumerate(cfg.samples):
+        check_file(f"samples[{i}].image", smp["image"], "an image file")
+    if cfg.val_csv:
+        check_file("val_csv", cfg.val_csv, "a CSV file of held-out clips (path,caption[,fps])")
+        val = scan_videos(dataclasses.replace(cfg, data_csv=cfg.val_csv, data_root=None), frames)
+        if not val.usable:
+            raise DynamiCrafterInputError(f"val_csv {cfg.val_csv}", f"at least one video of {frames} frames or more",
+                                          f"none of {val.entries} usable", "fix the held-out CSV or unset val_csv")
+
+
 def check_data(cfg: TrainConfig, video: bool, frames: int) -> Optional[DatasetSummary]:
     if cfg.cache_dir:
         index = os.path.join(cfg.cache_dir, "index.json")
@@ -206,6 +219,7 @@ def preflight(cfg: TrainConfig, plan) -> Optional[DatasetSummary]:
     check_resume(cfg)
     check_resolution(cfg, plan.variant, plan.height, plan.width)
     summary = check_data(cfg, plan.stage.video, plan.frames)
+    check_evaluation(cfg, plan.frames)
     check_output_dir(cfg)
     logger.debug("preflight checks: %.2f s", time.perf_counter() - t0)
     return summary
