@@ -191,26 +191,37 @@ def read_csv(csv_path: str, root: Optional[str] = None) -> List[dict]:
 
 class _Base(Dataset):
     max_tries = 16
+    buckets = None          # a buckets.Buckets: keys (epoch, index, bucket) set the clip's shape
 
     def __init__(self, seed: int, dropout: Dropout):
         self.seed, self.dropout = int(seed), dropout
 
-    def _load(self, row: dict, rng: np.random.Generator) -> dict:
+    def _load(self, row: dict, rng: np.random.Generator, shape: Optional[Tuple[int, int, int]] = None) -> dict:
         raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _candidates(self, index: int, bucket: Optional[int]) -> List[int]:
+        """Rows tried in order: the index, then the next ones (within its bucket when buckets are on)."""
+        if bucket is None:
+            n = len(self.rows)
+            return [(index + a) % n for a in range(min(self.max_tries, n))]
+        members = self.buckets.members[bucket]
+        at = members.index(index)
+        return [members[(at + a) % len(members)] for a in range(min(self.max_tries, len(members)))]
+
     def __getitem__(self, key) -> dict:
-        epoch, index = (key if isinstance(key, tuple) else (0, int(key)))
-        n = len(self.rows)
+        key = key if isinstance(key, tuple) else (0, int(key))
+        epoch, index = key[0], key[1]
+        bucket = key[2] if len(key) > 2 else None
+        shape = self.buckets.shapes[bucket] if bucket is not None else None
         skipped = []
-        for attempt in range(min(self.max_tries, n)):
-            i = (index + attempt) % n
+        for i in self._candidates(index, bucket):
             row = self.rows[i]
             rng = sample_rng(self.seed, epoch, i)
             try:
-                item = self._load(row, rng)
+                item = self._load(row, rng, shape)
             except SkipSample as e:
                 skipped.append({"path": row["path"], "reason": str(e)})
                 continue
@@ -244,15 +255,16 @@ class VideoCsvDataset(_Base):
         self.stride_min, self.stride_max = stride_min, stride_max
         self.motion_input, self.cond_frame, self.default_fps = motion_input, cond_frame, default_fps
 
-    def _load(self, row: dict, rng: np.random.Generator) -> dict:
+    def _load(self, row: dict, rng: np.random.Generator, shape: Optional[Tuple[int, int, int]] = None) -> dict:
+        frames, height, width = shape or (self.frames, self.height, self.width)
         if not os.path.isfile(row["path"]):
             raise SkipSample("file not found")
         n_total, fps = probe_video(row["path"])
         fps = row["fps"] or fps or self.default_fps
-        start, stride = choose_clip(n_total, self.frames, self.stride_min, self.stride_max, rng)
-        idx = [start + k * stride for k in range(self.frames)]
-        video = resize_center_crop(torch.from_numpy(decode_frames(row["path"], idx)), self.height, self.width)
-        cond = int(rng.integers(0, self.frames)) if self.cond_frame == "random" else 0
+        start, stride = choose_clip(n_total, frames, self.stride_min, self.stride_max, rng)
+        idx = [start + k * stride for k in range(frames)]
+        video = resize_center_crop(torch.from_numpy(decode_frames(row["path"], idx)), height, width)
+        cond = int(rng.integers(0, frames)) if self.cond_frame == "random" else 0
         fs = stride if self.motion_input == "frame_stride" else max(1, int(round(fps / stride)))
         return {"video": video, "fs": fs, "cond_index": cond}
 
@@ -281,7 +293,7 @@ class ImageTextDataset(_Base):
                                               f"none in {folder}", "point image_folder at the images")
         self.height, self.width = height, width
 
-    def _load(self, row: dict, rng: np.random.Generator) -> dict:
+    def _load(self, row: dict, rng: np.random.Generator, shape: Optional[Tuple[int, int, int]] = None) -> dict:
         from PIL import Image
 
         try:

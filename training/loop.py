@@ -208,6 +208,15 @@ class Trainer:
             with torch.no_grad():
                 self.null_text = self.encoders.text([""]).float()
                 self.null_image = self.encoders.image(torch.zeros(1, 3, 224, 224, device=self.device)).float()
+        self.buckets = None
+        if cfg.buckets:
+            from .buckets import Buckets
+            from .preflight import resolution_multiple
+
+            self.buckets = Buckets(self.summary.clips, cfg.bucket_aspects, cfg.bucket_frames or [self.frames],
+                                   self.height * self.width, resolution_multiple(cfg, self.variant))
+            self.dataset.buckets = self.buckets
+            self._log("%s", self.buckets.line())
 
     def _named_trainable(self):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -390,8 +399,14 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         cfg = self.cfg
-        sampler = GlobalBatchSampler(len(self.dataset), cfg.batch_size, self.rank, self.world, cfg.seed,
-                                     start=self.micro)
+        if self.buckets is not None:
+            from .buckets import BucketBatchSampler
+
+            sampler = BucketBatchSampler(self.buckets, cfg.batch_size, self.rank, self.world, cfg.seed,
+                                         start=self.micro)
+        else:
+            sampler = GlobalBatchSampler(len(self.dataset), cfg.batch_size, self.rank, self.world, cfg.seed,
+                                         start=self.micro)
         kw = {}
         if cfg.num_workers > 0:
             kw = dict(num_workers=cfg.num_workers, persistent_workers=False, prefetch_factor=2)
@@ -461,6 +476,7 @@ class Trainer:
                 for a in range(cfg.grad_accum):
                     batch = next(it)
                     self.micro += 1
+                    shape = batch["video"].shape[2:] if "video" in batch else None
                     self._note_skips(batch)
                     with self._no_sync(a == cfg.grad_accum - 1):
                         loss = self.micro_loss(batch)
@@ -496,6 +512,8 @@ class Trainer:
                 lr = self.scheduler.get_last_lr()[0]
                 record = {"step": step, "loss": value, "lr": lr, "grad_norm": gnorm, "samples_per_s": round(sps, 3),
                           "skipped": len(self.skipped)}
+                if self.buckets is not None and shape is not None:
+                    record["shape"] = list(shape)                   # frames, height, width of the last micro-batch
                 record.update(self._evaluate(step))
                 if metrics is not None:
                     metrics.write(json.dumps(record) + "\n")

@@ -167,6 +167,10 @@ def check_evaluation(cfg: TrainConfig, frames: int) -> None:
 
 
 def check_data(cfg: TrainConfig, video: bool, frames: int) -> Optional[DatasetSummary]:
+    if cfg.buckets and (not video or cfg.cache_dir):
+        raise DynamiCrafterInputError("buckets", "a video stage that reads the clips themselves",
+                                      "t2i" if not video else "a pre-computed cache_dir",
+                                      "set buckets: false (a cache holds one shape)")
     if cfg.cache_dir:
         index = os.path.join(cfg.cache_dir, "index.json")
         check_file("cache_dir", index, "a folder written by `train.py precompute`",
@@ -194,6 +198,14 @@ def check_data(cfg: TrainConfig, video: bool, frames: int) -> Optional[DatasetSu
     return summary
 
 
+def resolution_multiple(cfg: TrainConfig, variant) -> int:
+    """Height and width must be multiples of this: the VAE's downscale times the UNet's."""
+    from ..model import vae as vae_mod
+
+    f = 2 ** (len((vae_mod.TINY_VAE if cfg.tiny else vae_mod.VAEConfig()).ch_mult) - 1)
+    return f * 2 ** (len(variant.unet.channel_mult) - 1)
+
+
 def check_resolution(cfg: TrainConfig, variant, height: int, width: int) -> None:
     from ..model import vae as vae_mod
 
@@ -218,7 +230,8 @@ def preflight(cfg: TrainConfig, plan) -> Optional[DatasetSummary]:
     check_weights(cfg)
     check_resume(cfg)
     check_resolution(cfg, plan.variant, plan.height, plan.width)
-    summary = check_data(cfg, plan.stage.video, plan.frames)
+    min_frames = min(cfg.bucket_frames) if cfg.buckets and cfg.bucket_frames else plan.frames
+    summary = check_data(cfg, plan.stage.video, min_frames)
     check_evaluation(cfg, plan.frames)
     check_output_dir(cfg)
     logger.debug("preflight checks: %.2f s", time.perf_counter() - t0)
