@@ -5,6 +5,7 @@
     train.py export      --checkpoint ckpt.pt --out adapter.safetensors [--merged full.safetensors] [--no-ema]
                                                                    [--no-kohya]
     train.py dump-config [--config run.yaml] [--format yaml|json]  print every setting with its value
+    train.py demo-data   --out folder [--clips 8 --frames 16 ...]  synthetic clips + clips.csv (tiny recipe)
 
 Every setting of ``TrainConfig`` is a flag (``--lr 1e-4``, ``--gradient-checkpointing``/``--no-gradient-checkpointing``,
 lists and mappings as JSON or comma lists). Flags override the config file. Exit status: 0 done, 2 bad input,
@@ -24,7 +25,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from .config import TrainConfig, dump_config, load_config_file
 
-COMMANDS = ("train", "precompute", "export", "dump-config")
+COMMANDS = ("train", "precompute", "export", "dump-config", "demo-data")
 
 
 def _parse_value(text: str, annotation: str):
@@ -143,6 +144,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kohya", action="store_true", help="no kohya-key copy of a LoRA-only adapter")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
     p.add_argument("-v", "--verbose", action="store_true")
+    p = sub.add_parser("demo-data", help="write synthetic clips + clips.csv (the tiny recipe's dataset)")
+    p.add_argument("--out", required=True, help="folder for the clips and clips.csv")
+    p.add_argument("--clips", type=int, default=8)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("-v", "--verbose", action="store_true")
     return ap
 
 
@@ -182,6 +190,15 @@ def _run(args) -> int:
         out = export_from_checkpoint(args.checkpoint, args.out, args.merged, use_ema=not args.no_ema,
                                      dtype=args.dtype, kohya=not args.no_kohya)
         print(json.dumps(out))
+        return 0
+    if args.command == "demo-data":
+        from .demo import make_video_dataset
+
+        csv_path, rows = make_video_dataset(args.out, n_clips=args.clips, n_frames=args.frames, height=args.height,
+                                            width=args.width)
+        logger.info("demo data: %d clips of %d frames, %dx%d, listed in %s", len(rows), args.frames, args.width,
+                    args.height, csv_path)
+        print(csv_path)
         return 0
     cfg = build_config(args)
     if args.command == "precompute":

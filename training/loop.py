@@ -66,11 +66,19 @@ class Trainer:
         # ---- every check that needs no model, then one live run per output folder -----------------------------------
         check_optimizer(cfg, self.device)
         self.summary = preflight(cfg, plan)
-        self.lock = RunLock(cfg.output_dir).acquire() if self.is_main else None
         self.stage, self.variant, self.groups = plan.stage, plan.variant, plan.groups
         self.frames, self.height, self.width = plan.frames, plan.height, plan.width
         self.interp, self.cond_frame = plan.interp, plan.cond_frame
-        v = self.variant
+        self.lock = RunLock(cfg.output_dir).acquire() if self.is_main else None
+        self._tb = None
+        try:
+            self._build()
+        except BaseException:
+            self.close()            # a run that fails while being built leaves no lock behind
+            raise
+
+    def _build(self) -> None:
+        cfg, v = self.cfg, self.variant
         self.out_dir = cfg.output_dir
         self.ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
         if self.is_main:

@@ -70,7 +70,32 @@ def check_file(setting: str, path: Optional[str], what: str, todo: str = "fix th
         raise DynamiCrafterInputError(setting, what, f"{path!r}, unreadable ({e.strerror})", todo) from None
 
 
-def check_weights(cfg: TrainConfig) -> None:
+def check_init_shapes(ck, variant) -> None:
+    """The init checkpoint's UNet and P tensors against the run's architecture, from the header and a model built on
+    the meta device (no memory): a mismatch is one line before the real model is built. The input conv may differ
+    (a 4-channel text-to-video conv is widened to 8 channels); missing tensors are judged when loading."""
+    import torch
+
+    from ..model.resampler import Resampler
+    from ..model.unet import UNetModel
+
+    with torch.device("meta"):
+        unet, proj = UNetModel(variant.unet), Resampler(variant.resampler)
+    for part, module, what in (("image_proj", proj, "P (image_proj_model)"), ("unet", unet, "UNet")):
+        own = {k: tuple(t.shape) for k, t in module.state_dict().items()}
+        have = ck.part_shapes(part) if ck.parts[part] else {}
+        bad = [k for k in have if k in own and tuple(have[k]) != own[k] and k != "input_blocks.0.0.weight"]
+        if bad:
+            k = bad[0]
+            hint = ("the file was written for another model config (for model/tiny.py's files: tiny: true on a "
+                    "trainer whose tiny config matches them)" if getattr(variant, "extra", {}) else
+                    "pick the variant the checkpoint was trained as (256, 512, 1024, 512-interp)")
+            raise DynamiCrafterInputError(
+                f"init checkpoint '{ck.name}'", f"{what} tensors of variant {variant.name}'s shapes",
+                f"{len(bad)} of other shapes (e.g. {k}: {list(have[k])}, the model's {list(own[k])})", hint)
+
+
+def check_weights(cfg: TrainConfig, variant=None) -> None:
     """Every weight file exists and its header opens; a real-size run has UNet, CLIP and VAE weights somewhere."""
     from ..model.checkpoint import open_checkpoint
 
@@ -82,6 +107,8 @@ def check_weights(cfg: TrainConfig) -> None:
         check_file(setting, path, "a checkpoint file (.safetensors / .ckpt / .pt)")
         if path and setting != "init_adapters":
             with open_checkpoint(path) as ck:       # header only; one line when it is not a checkpoint
+                if setting == "init_checkpoint" and variant is not None:
+                    check_init_shapes(ck, variant)
                 for part, keys in ck.parts.items():
                     parts[part] += len(keys)
                 rest = ck.parts.get("rest", {})
@@ -198,18 +225,20 @@ def check_data(cfg: TrainConfig, video: bool, frames: int) -> Optional[DatasetSu
     return summary
 
 
+def _vae_downscale(cfg: TrainConfig) -> int:
+    from .encoders import vae_config_for
+
+    files = (cfg.clip_checkpoint, cfg.vae_checkpoint, cfg.init_checkpoint)
+    return 2 ** (len(vae_config_for(cfg.tiny, [p for p in files if p]).ch_mult) - 1)
+
+
 def resolution_multiple(cfg: TrainConfig, variant) -> int:
     """Height and width must be multiples of this: the VAE's downscale times the UNet's."""
-    from ..model import vae as vae_mod
-
-    f = 2 ** (len((vae_mod.TINY_VAE if cfg.tiny else vae_mod.VAEConfig()).ch_mult) - 1)
-    return f * 2 ** (len(variant.unet.channel_mult) - 1)
+    return _vae_downscale(cfg) * 2 ** (len(variant.unet.channel_mult) - 1)
 
 
 def check_resolution(cfg: TrainConfig, variant, height: int, width: int) -> None:
-    from ..model import vae as vae_mod
-
-    f = 2 ** (len((vae_mod.TINY_VAE if cfg.tiny else vae_mod.VAEConfig()).ch_mult) - 1)
+    f = _vae_downscale(cfg)
     mult = 2 ** (len(variant.unet.channel_mult) - 1)
     for name, size in (("height", height), ("width", width)):
         if size % (f * mult):
@@ -227,7 +256,7 @@ def preflight(cfg: TrainConfig, plan) -> Optional[DatasetSummary]:
     """Every check of a training run that needs no model; returns the dataset summary (video stages)."""
     t0 = time.perf_counter()
     check_packages(cfg)
-    check_weights(cfg)
+    check_weights(cfg, plan.variant)
     check_resume(cfg)
     check_resolution(cfg, plan.variant, plan.height, plan.width)
     min_frames = min(cfg.bucket_frames) if cfg.buckets and cfg.bucket_frames else plan.frames
