@@ -210,3 +210,24 @@ def test_threads_one_process(monkeypatch):
         assert configure_threads(TrainConfig(threads=3), torch.device("cpu")) == 3
     finally:
         torch.set_num_threads(n0)
+
+
+# ================================================================================================================
+# presets
+# ================================================================================================================
+PRESETS = os.path.join(REPO, "training", "presets")
+
+
+@pytest.mark.parametrize("name", ["finetune_512_24gb.yaml", "finetune_512_12gb.yaml"])
+def test_real_size_presets_fail_fast_without_their_paths(tmp_path, name):
+    """The presets are valid configs; run as shipped (no checkpoint, no data) they stop in one line before the 1.4 B
+    UNet is built."""
+    path = os.path.join(PRESETS, name)
+    r = run_cli(["dump-config", "--config", path])
+    assert r.returncode == 0, r.stderr[-2000:]
+    t0 = time.perf_counter()
+    r = run_cli(["--config", path, "--output-dir", str(tmp_path / "out")])
+    wall = time.perf_counter() - t0
+    line = _one_line_exit_2(r, "init_checkpoint: expected the checkpoint the finetune stage starts from")
+    assert wall < FAST_S
+    print(f"{name}: exit 2 in {wall:.1f} s")
