@@ -294,6 +294,13 @@ class Encoders(nn.Module):
         self.spec = spec
         sources = clip_weight_sources(spec.weight_files)
         from_files = not spec.tiny or (bool(sources["text"]) and bool(sources["image"]))
+        if spec.tiny and from_files:
+            widths = (sources["text"]["token_embedding.weight"].shape[1], sources["image"]["visual.conv1.weight"].shape[0])
+            if widths != (spec.text_width, spec.image_width):
+                logger.warning("encoders: the files' CLIP towers (text width %d, image width %d) do not fit this model "
+                               "(UNet context %d, P input %d): random tiny towers instead", *widths, spec.text_width,
+                               spec.image_width)
+                from_files = False
         if not spec.tiny:
             for tower in ("text", "image"):
                 if not sources[tower]:

@@ -56,7 +56,7 @@ def _train(out_dir, csv, init, **over):
     from comfyui_dynamicrafter.training.config import TrainConfig
     from comfyui_dynamicrafter.training.loop import train
 
-    s = dict(stage="finetune", variant="512", tiny=True, data_csv=csv, height=16, width=24, frames=4, batch_size=1,
+    s = dict(stage="finetune", variant="512", tiny=True, data_csv=csv, height=32, width=32, frames=4, batch_size=1,
              grad_accum=1, num_workers=0, max_steps=2, save_every=100, lr=1e-2, progress=False, output_dir=out_dir,
              frame_stride_max=2, ema=False, init_checkpoint=init, resume="none")
     s.update(over)

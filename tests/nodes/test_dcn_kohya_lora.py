@@ -28,7 +28,7 @@ def lora_files(host, dc, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("kohya_training")
     csv, _ = synth.make_video_dataset(str(work / "videos"), n_clips=2, n_frames=8, height=16, width=24)
-    s = dict(stage="finetune", variant="512", tiny=True, data_csv=csv, height=16, width=24, frames=4, batch_size=1,
+    s = dict(stage="finetune", variant="512", tiny=True, data_csv=csv, height=32, width=32, frames=4, batch_size=1,
              grad_accum=1, num_workers=0, max_steps=2, save_every=100, lr=1e-2, progress=False,
              output_dir=str(work / "run"), frame_stride_max=2, ema=False, init_checkpoint=tinyckpt.checkpoints()["full"],
              resume="none", groups=["lora"], lora_rank=4, lora_alpha=8.0, resampler_overrides={"embedding_dim": 64},
