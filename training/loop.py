@@ -69,8 +69,15 @@ class Trainer:
         self.stage, self.variant, self.groups = plan.stage, plan.variant, plan.groups
         self.frames, self.height, self.width = plan.frames, plan.height, plan.width
         self.interp, self.cond_frame = plan.interp, plan.cond_frame
+        self.strategy = cfg.strategy
+        if self.strategy == "auto":
+            self.strategy = "fsdp" if (self.world > 1 and self.stage.name == "joint") else "ddp"
+        if (cfg.sample_every or cfg.val_csv) and self.world > 1 and self.strategy == "fsdp":
+            raise DynamiCrafterInputError("sample_every / val_csv", "strategy ddp (samples and the held-out loss run "
+                                          "on the main process only)", "strategy fsdp with several processes",
+                                          "set strategy: ddp, or sample_every: 0 and no val_csv")
         self.lock = RunLock(cfg.output_dir).acquire() if self.is_main else None
-        self._tb = None
+        self.monitor = None
         try:
             self._build()
         except BaseException:
@@ -114,9 +121,6 @@ class Trainer:
         self.objective = Objective(v.schedule, self.device)
 
         # ---- distributed wrapping, optimizer, schedule, EMA -----------------------------------------------------------
-        self.strategy = cfg.strategy
-        if self.strategy == "auto":
-            self.strategy = "fsdp" if (self.world > 1 and self.stage.name == "joint") else "ddp"
         self.ddp_model = self._wrap()
         self._log_processes()
         self.params = [p for n, p in self._named_trainable()]
@@ -134,8 +138,9 @@ class Trainer:
         if self.resume_state is not None:
             self._restore(self.resume_state)
         self.resume_state = None
-        self._tb = self._tensorboard()
-        self._setup_evaluation()
+        from .samples import Monitor
+
+        self.monitor = Monitor(self)
 
     # ================================================================================================================
     # setup helpers
@@ -250,16 +255,6 @@ class Trainer:
 
         return DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
                    broadcast_buffers=False)
-
-    def _tensorboard(self):
-        if not (self.cfg.tensorboard and self.is_main):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise DynamiCrafterInputError("tensorboard", "the tensorboard package", "not installed",
-                                          "pip install tensorboard, or set tensorboard: false") from None
-        return SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
 
     # ================================================================================================================
     # state: save / restore
@@ -522,7 +517,7 @@ class Trainer:
                           "skipped": len(self.skipped)}
                 if self.buckets is not None and shape is not None:
                     record["shape"] = list(shape)                   # frames, height, width of the last micro-batch
-                record.update(self._evaluate(step))
+                record.update(self.monitor.evaluate(step))
                 if metrics is not None:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
@@ -530,7 +525,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{sps:.2f}", lr=f"{lr:.2e}",
                                     skipped=len(self.skipped))
-                self._report(record)
+                self.monitor.report(record)
                 if step % cfg.log_every == 0 and bar is None:
                     self._log("step %d/%d loss %.5f lr %.2e %.2f samples/s", step, cfg.max_steps, value, lr, sps)
                 if step % cfg.save_every == 0 or step == cfg.max_steps:
@@ -564,59 +559,6 @@ class Trainer:
             self.encoders = self.plan.build_encoders()
         return self.encoders
 
-    def _setup_evaluation(self) -> None:
-        cfg = self.cfg
-        self.renderer = self.validation = None
-        if (cfg.sample_every or cfg.val_csv) and self.world > 1 and self.strategy == "fsdp":
-            raise DynamiCrafterInputError("sample_every / val_csv", "strategy ddp (samples and the held-out loss run "
-                                          "on the main process only)", "strategy fsdp with several processes",
-                                          "set strategy: ddp, or sample_every: 0 and no val_csv")
-        if not self.is_main:
-            return
-        if cfg.sample_every:
-            from .samples import SampleRenderer
-
-            self.renderer = SampleRenderer(self, self.summary.clips if self.summary is not None else None)
-        if cfg.val_csv:
-            from .samples import Validation
-
-            self.validation = Validation(self)
-        self._wandb = None
-        if cfg.wandb:
-            import wandb
-
-            self._wandb = wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), dir=self.out_dir,
-                                     id=f"dc-{abs(hash(os.path.abspath(self.out_dir))) % 10 ** 10}", resume="allow")
-
-    def _evaluate(self, step: int) -> Dict[str, Any]:
-        """Held-out loss and sample videos of this step, when due (main process; no global RNG drawn)."""
-        cfg, out = self.cfg, {}
-        if self.validation is not None and step % (cfg.val_every or cfg.sample_every or cfg.save_every) == 0:
-            out["val_loss"] = self.validation.loss()
-            self._log("step %d: held-out loss %.5f", step, out["val_loss"])
-        if self.renderer is not None and step % cfg.sample_every == 0:
-            out["samples"] = self.renderer.render(step)
-        return out
-
-    def _report(self, record: Dict[str, Any]) -> None:
-        step = record["step"]
-        if self._tb is not None:
-            for k in ("loss", "lr", "grad_norm", "val_loss"):
-                if k in record:
-                    self._tb.add_scalar(k, record[k], step)
-            if record.get("samples"):
-                from .samples import strip
-
-                for i, path in enumerate(record["samples"]):
-                    self._tb.add_image(f"sample_{i}", strip(path), step)
-        if getattr(self, "_wandb", None) is not None:
-            import wandb
-
-            logged = {k: record[k] for k in ("loss", "lr", "grad_norm", "val_loss") if k in record}
-            for i, path in enumerate(record.get("samples") or ()):
-                logged[f"sample_{i}"] = wandb.Video(path, format="mp4")
-            self._wandb.log(logged, step=step)
-
     def _export_intermediate(self) -> None:
         trained = {n: self._full(p) for n, p in self._named_trainable()}          # collective under FSDP
         ema = {n: self._full(t) for n, t in self.ema.items()} if self.ema is not None else None
@@ -644,11 +586,9 @@ class Trainer:
                                len(self.skipped), self.skip_events, os.path.join(self.out_dir, "skipped.json"))
 
     def close(self) -> None:
-        if getattr(self, "_tb", None) is not None:
-            self._tb.close()
-        if getattr(self, "_wandb", None) is not None:
-            self._wandb.finish()
-            self._wandb = None
+        if getattr(self, "monitor", None) is not None:
+            self.monitor.close()
+            self.monitor = None
         if getattr(self, "lock", None) is not None:
             self.lock.release()
             self.lock = None

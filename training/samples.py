@@ -14,6 +14,7 @@ timesteps and noise at every evaluation), so its values are comparable across st
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Dict, List, Optional
 
@@ -172,4 +173,65 @@ class Validation:
         return float(np.mean(losses))
 
 
-__all__ = ["SampleRenderer", "Validation", "load_image", "strip"]
+class Monitor:
+    """What a run shows while it trains: the held-out loss and sample videos when due (main process), and the
+    scalars and samples in TensorBoard / wandb when enabled."""
+
+    def __init__(self, trainer):
+        cfg = trainer.cfg
+        self.cfg, self.renderer, self.validation, self.tb, self.wandb = cfg, None, None, None, None
+        if not trainer.is_main:
+            return
+        if cfg.sample_every:
+            self.renderer = SampleRenderer(trainer, trainer.summary.clips if trainer.summary is not None else None)
+        if cfg.val_csv:
+            self.validation = Validation(trainer)
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise DynamiCrafterInputError("tensorboard", "the tensorboard package", "not installed",
+                                              "pip install tensorboard, or set tensorboard: false") from None
+            self.tb = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"))
+        if cfg.wandb:
+            import wandb
+
+            run_id = "dc-" + hashlib.sha256(os.path.abspath(cfg.output_dir).encode()).hexdigest()[:12]
+            self.wandb = wandb.init(project=cfg.wandb_project, config=cfg.to_dict(), dir=cfg.output_dir, id=run_id,
+                                    resume="allow")
+
+    def evaluate(self, step: int) -> Dict:
+        """Held-out loss and sample videos of this step, when due (main process; no training RNG drawn)."""
+        cfg, out = self.cfg, {}
+        if self.validation is not None and step % (cfg.val_every or cfg.sample_every or cfg.save_every) == 0:
+            out["val_loss"] = self.validation.loss()
+            logger.info("step %d: held-out loss %.5f", step, out["val_loss"])
+        if self.renderer is not None and step % cfg.sample_every == 0:
+            out["samples"] = self.renderer.render(step)
+        return out
+
+    def report(self, record: Dict) -> None:
+        step = record["step"]
+        scalars = {k: record[k] for k in ("loss", "lr", "grad_norm", "val_loss") if k in record}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            for i, path in enumerate(record.get("samples") or ()):
+                self.tb.add_image(f"sample_{i}", strip(path), step)
+        if self.wandb is not None:
+            import wandb
+
+            for i, path in enumerate(record.get("samples") or ()):
+                scalars[f"sample_{i}"] = wandb.Video(path, format="mp4")
+            self.wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+__all__ = ["Monitor", "SampleRenderer", "Validation", "load_image", "strip"]

@@ -87,10 +87,21 @@ def test_other_variants(tmp_path, video_data, variant):
 
 
 def test_tensorboard_is_optional(tmp_path, video_data):
-    s = tiny_settings(str(tmp_path), video_data[0], tensorboard=True, max_steps=1)
+    """Without the package: one line before the model. With it: loss, lr, grad norm, the held-out loss and the
+    sample videos (frames side by side) in the event files."""
+    s = tiny_settings(str(tmp_path), video_data[0], tensorboard=True, max_steps=2, sample_every=2, sample_count=1,
+                      sample_steps=2, val_csv=video_data[0], val_batches=1)
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(DynamiCrafterInputError, match="pip install tensorboard"):
             Trainer(TrainConfig.from_dict(s))
-    else:
-        train(TrainConfig.from_dict(s))
-        assert os.listdir(os.path.join(str(tmp_path), "tensorboard"))
+        return
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(TrainConfig.from_dict(s))
+    ea = EventAccumulator(os.path.join(str(tmp_path), "tensorboard"), size_guidance={"images": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert {"loss", "lr", "grad_norm", "val_loss"} <= set(tags["scalars"]) and "sample_0" in tags["images"]
+    assert [e.step for e in ea.Scalars("loss")] == [1, 2] and [e.step for e in ea.Scalars("val_loss")] == [2]
+    img = ea.Images("sample_0")[0]
+    assert (img.height, img.width) == (16, 4 * 24)                         # 4 frames of 16x24 side by side
