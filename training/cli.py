@@ -223,8 +223,14 @@ def _precompute(cfg: TrainConfig) -> int:
 
     if not cfg.cache_dir:
         raise DynamiCrafterInputError("cache_dir", "a folder for the cache", "nothing", "set cache_dir")
+    from .preflight import check_data, check_output_dir, check_packages, check_weights
+
     procs = setup_processes(cfg)
     plan = RunPlan(cfg, procs.device)
+    check_packages(cfg)                                   # the same checks as a training run, before any model
+    check_weights(cfg, plan.variant)
+    check_data(dataclasses.replace(cfg, cache_dir=None, buckets=False), plan.stage.video, plan.frames)
+    check_output_dir(dataclasses.replace(cfg, output_dir=cfg.cache_dir))
     enc = plan.build_encoders()
     ds = plan.build_dataset()
     with torch.no_grad():

@@ -229,7 +229,11 @@ class Trainer:
             self.buckets = Buckets(self.summary.clips, cfg.bucket_aspects, cfg.bucket_frames or [self.frames],
                                    self.height * self.width, resolution_multiple(cfg, self.variant))
             self.dataset.buckets = self.buckets
-            self._log("%s", self.buckets.line())
+            from .buckets import BucketBatchSampler
+
+            micro = BucketBatchSampler(self.buckets, cfg.batch_size, 0, self.world).per_epoch
+            self._log("%s; one epoch = %d micro-batches = %d optimizer steps (batches fill up within a bucket)",
+                      self.buckets.line(), micro, math.ceil(micro / cfg.grad_accum))
 
     def _named_trainable(self):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

@@ -68,7 +68,8 @@ def reference(tmp_path_factory, mixed_data):
     cfg = write_config(os.path.join(out, "run.json"), _settings(out, mixed_data[0]))
     r = run_cli(["--config", cfg])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "buckets (frames x height x width: clips): 2x16x24: 2, 2x24x16: 2, 4x16x24: 2, 4x24x16: 2" in r.stderr
+    assert ("buckets (frames x height x width: clips): 2x16x24: 2, 2x24x16: 2, 4x16x24: 2, 4x24x16: 2; one epoch = 4 "
+            "micro-batches = 4 optimizer steps") in r.stderr
     return out, read_metrics(out), st.load_checkpoint(st.checkpoint_path(os.path.join(out, "checkpoints"), STEPS))
 
 

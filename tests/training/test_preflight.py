@@ -231,3 +231,24 @@ def test_real_size_presets_fail_fast_without_their_paths(tmp_path, name):
     line = _one_line_exit_2(r, "init_checkpoint: expected the checkpoint the finetune stage starts from")
     assert wall < FAST_S
     print(f"{name}: exit 2 in {wall:.1f} s")
+
+
+def test_precompute_fails_fast_too(tmp_path, video_data):
+    s = tiny_settings(str(tmp_path / "out"), os.path.join(str(tmp_path), "nope.csv"), cache_dir=str(tmp_path / "c"))
+    cfg = write_config(str(tmp_path / "run.json"), s)
+    r = run_cli(["precompute", "--config", cfg])
+    _one_line_exit_2(r, "data_csv: expected a CSV file")
+
+
+def test_damaged_checkpoint_warning_does_not_advise_unsafe_loading(tmp_path, video_data):
+    """resume: auto skips a checkpoint that holds pickled objects, says so in one line, and starts from scratch."""
+    from comfyui_dynamicrafter.training import state as st
+
+    out = str(tmp_path / "out")
+    os.makedirs(os.path.join(out, "checkpoints"))
+    torch.save({"format": st.STATE_FORMAT, "obj": TrainConfig()}, st.checkpoint_path(os.path.join(out, "checkpoints"), 1))
+    cfg = write_config(str(tmp_path / "run.json"), tiny_settings(out, video_data[0], max_steps=1))
+    r = run_cli(["--config", cfg])
+    assert r.returncode == 0, r.stderr[-2000:]
+    warn = [ln for ln in r.stderr.splitlines() if "cannot be loaded" in ln]
+    assert warn and "holds more than plain tensors" in warn[0] and "weights_only" not in r.stderr
