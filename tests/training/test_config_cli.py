@@ -105,3 +105,18 @@ def test_tensorboard_is_optional(tmp_path, video_data):
     assert [e.step for e in ea.Scalars("loss")] == [1, 2] and [e.step for e in ea.Scalars("val_loss")] == [2]
     img = ea.Images("sample_0")[0]
     assert (img.height, img.width) == (16, 4 * 24)                         # 4 frames of 16x24 side by side
+
+
+def test_optimizer_choice_is_recorded_and_part_of_the_run_identity(tmp_path, video_data):
+    from comfyui_dynamicrafter.training import state as st
+
+    out = str(tmp_path)
+    result = train(TrainConfig.from_dict(tiny_settings(out, video_data[0], optimizer="adafactor", max_steps=2,
+                                                       save_every=2)))
+    assert all(torch.isfinite(torch.tensor(result["losses"])))
+    ck = st.load_checkpoint(result["last_checkpoint"])
+    assert ck["optimizer_name"] == "adafactor" and ck["identity"]["optimizer"] == "adafactor"
+    assert any("row_var" in s or "col_var" in s or "variance" in s for s in
+               (k for v in ck["optimizer"]["state"].values() for k in v))        # Adafactor's own state
+    with pytest.raises(DynamiCrafterInputError, match="optimizer"):            # resuming with another optimizer
+        Trainer(TrainConfig.from_dict(tiny_settings(out, video_data[0], optimizer="adamw", max_steps=4)))
