@@ -106,3 +106,29 @@ def test_bucketed_resume_after_kill_9_is_bit_identical(tmp_path, mixed_data, ref
     assert read_metrics(out) == ref_losses
     _assert_same_state(st.load_checkpoint(st.checkpoint_path(os.path.join(out, "checkpoints"), STEPS)), ref_state)
     print(f"buckets: killed after step {killed_after}; resumed; losses and final state bit-identical")
+
+
+def test_bucketed_two_processes_equal_one_with_double_batch(tmp_path, mixed_data):
+    """A bucketed global batch splits over processes as without buckets (dropout off: see test_ddp)."""
+    from .test_ddp import LOSS_RTOL, TORCHRUN, WEIGHT_ATOL
+
+    runs = {}
+    for nproc, batch in ((1, 2), (2, 1)):
+        out = str(tmp_path / f"p{nproc}")
+        os.makedirs(out)
+        cfg = write_config(os.path.join(out, "run.json"),
+                           _settings(out, mixed_data[0], max_steps=4, save_every=4, batch_size=batch, num_workers=0,
+                                     unet_dropout=0.0, adam_eps=1e-6))
+        if nproc == 1:
+            r = run_cli(["--config", cfg])
+        else:
+            r = run_cli(["--standalone", "--nproc_per_node=2", os.path.join(REPO, "train.py"), "--config", cfg],
+                        cmd=[TORCHRUN], timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[nproc] = (read_metrics(out), st.load_checkpoint(st.checkpoint_path(os.path.join(out, "checkpoints"), 4)))
+    (l1, s1), (l2, s2) = runs[1], runs[2]
+    rel = max(abs(l1[k] - l2[k]) / abs(l1[k]) for k in l1)
+    diff = max(float((s1["trainable"][n] - s2["trainable"][n]).abs().max()) for n in s1["trainable"])
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    assert rel <= LOSS_RTOL and diff <= WEIGHT_ATOL, (rel, diff)
+    print(f"buckets 2x1 vs 1x2: loss max rel diff {rel:.2e}, weights max abs diff {diff:.2e}")
