@@ -71,7 +71,7 @@ def _train(out_dir, csv, init, **over):
 @pytest.fixture(scope="module")
 def adapters(host, dc, tmp_path_factory):
     """Train + export the adapters, put them into temporary adapter / lora folders of the host."""
-    from comfyui_dynamicrafter.tests.training import synth
+    from comfyui_dynamicrafter.training import demo as synth
 
     fp = host.modules["folder_paths"]
     fnp = fp.folder_names_and_paths
@@ -236,7 +236,7 @@ def test_wrong_adapter_is_refused_before_patching(host, dc, adapters, case):
 def test_256_image_kv_adapter_sets_its_alpha_gates(host, dc, adapters, tmp_path, record_property):
     """The 256 model's learnable ``attn2.alpha`` gates train with image_kv; their adapter keys end in ``.alpha`` like
     a LoRA pair's alpha, and the node still applies them (as full tensors)."""
-    from comfyui_dynamicrafter.tests.training import synth
+    from comfyui_dynamicrafter.training import demo as synth
 
     ck = tinyckpt.checkpoints()
     csv, _ = synth.make_video_dataset(str(tmp_path / "videos"), n_clips=1, n_frames=8, height=16, width=24)

@@ -22,7 +22,7 @@ SEED, STEPS = 5, 3
 
 @pytest.fixture(scope="module")
 def lora_files(host, dc, tmp_path_factory):
-    from comfyui_dynamicrafter.tests.training import synth
+    from comfyui_dynamicrafter.training import demo as synth
     from comfyui_dynamicrafter.training.config import TrainConfig
     from comfyui_dynamicrafter.training.loop import train
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from comfyui_dynamicrafter.tests.training import synth
+from comfyui_dynamicrafter.training import demo as synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = sys.executable

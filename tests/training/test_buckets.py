@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from comfyui_dynamicrafter.training import demo as synth
 from comfyui_dynamicrafter.training import state as st
 from comfyui_dynamicrafter.training.buckets import BucketBatchSampler, Buckets, bucket_resolution
 
-from . import synth
 from .conftest import PY, REPO, child_env, read_metrics, run_cli, tiny_settings, write_config
 from .test_resume import _assert_same_state
 

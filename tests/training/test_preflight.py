@@ -13,8 +13,8 @@ import psutil
 import pytest
 import torch
 
-from comfyui_dynamicrafter.training.plan import configure_threads, physical_cores
 from comfyui_dynamicrafter.training.config import TrainConfig
+from comfyui_dynamicrafter.training.plan import configure_threads, physical_cores
 
 from .conftest import PY, REPO, child_env, run_cli, tiny_settings, write_config
 
@@ -228,7 +228,7 @@ def test_real_size_presets_fail_fast_without_their_paths(tmp_path, name):
     t0 = time.perf_counter()
     r = run_cli(["--config", path, "--output-dir", str(tmp_path / "out")])
     wall = time.perf_counter() - t0
-    line = _one_line_exit_2(r, "init_checkpoint: expected the checkpoint the finetune stage starts from")
+    _one_line_exit_2(r, "init_checkpoint: expected the checkpoint the finetune stage starts from")
     assert wall < FAST_S
     print(f"{name}: exit 2 in {wall:.1f} s")
 
