@@ -120,3 +120,19 @@ def test_optimizer_choice_is_recorded_and_part_of_the_run_identity(tmp_path, vid
                (k for v in ck["optimizer"]["state"].values() for k in v))        # Adafactor's own state
     with pytest.raises(DynamiCrafterInputError, match="optimizer"):            # resuming with another optimizer
         Trainer(TrainConfig.from_dict(tiny_settings(out, video_data[0], optimizer="adamw", max_steps=4)))
+
+
+def test_wandb_is_optional(tmp_path, video_data, monkeypatch):
+    """Without the package: exit 2 before the model (test_preflight). With it (offline mode, no network): the run
+    logs the scalars and the sample video."""
+    if importlib.util.find_spec("wandb") is None:
+        pytest.skip("wandb is not installed here (the missing-package case is test_preflight's)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    s = tiny_settings(str(tmp_path), video_data[0], wandb=True, max_steps=2, sample_every=2, sample_count=1,
+                      sample_steps=2)
+    train(TrainConfig.from_dict(s))
+    runs = os.listdir(os.path.join(str(tmp_path), "wandb"))
+    run = [r for r in runs if r.startswith("offline-run-")][0]
+    media = os.path.join(str(tmp_path), "wandb", run, "files", "media", "videos")
+    assert any(n.startswith("sample_0_") and n.endswith(".mp4") for n in os.listdir(media))
