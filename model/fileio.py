@@ -47,3 +47,17 @@ def atomic_file(path: str, mode: str = "wb") -> Iterator[IO]:
         with open(tmp, mode) as f:
             yield f
             f.flush()
+
+
+def file_sha256(path: str, chunk: int = 1 << 24) -> str:
+    """Hex SHA-256 of a file, read in ``chunk``-byte pieces (FIPS 180-4 via hashlib)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
