@@ -25,6 +25,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DCN_ImageEncode": "DynamiCrafter Image Encode",
     "DCN_Conditioning": "DynamiCrafter Conditioning",
     "DCN_Sampler": "DynamiCrafter Sampler (reference DDIM)",
+    "DCN_Windows": "DynamiCrafter Context Windows",
     "DCN_Sigmas": "DynamiCrafter DDIM Sigmas",
     "DCN_Guider": "DynamiCrafter Guider (dual CFG)",
     "DCN_SaveVideo": "DynamiCrafter Save Video",
