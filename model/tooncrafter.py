@@ -125,19 +125,26 @@ class TimeStack(nn.Module):
         return x5 + h
 
 
-def _window(norm, stats, src: torch.Tensor, a: int, b: int) -> torch.Tensor:
-    """silu(norm(src[a-1 : b+1])) as [1, C, b-a+2, H, W], zero frames outside the chunk (the conv's padding)."""
-    n = src.shape[0]
-    out = src.new_zeros((1, src.shape[1], b - a + 2) + tuple(src.shape[2:]))
-    lo, hi = max(a - 1, 0), min(b + 1, n)
-    out[0, :, lo - (a - 1):hi - (a - 1)] = _norm_silu(norm, stats, src[lo:hi]).transpose(0, 1)
-    return out
-
-
-def _tconv(conv: nn.Module, window: torch.Tensor) -> torch.Tensor:
-    """The (3,1,1) conv on a window that already holds its padding frames: [1, C, m+2, H, W] -> [m, C, H, W]."""
-    w, b = conv._wb(window) if hasattr(conv, "_wb") else (conv.weight, conv.bias)
-    return F.conv3d(window, w, b)[0].transpose(0, 1)
+def _temporal_conv(conv: nn.Module, norm: nn.GroupNorm, stats, part: torch.Tensor, lo: int, a: int, b: int,
+                   n: int) -> torch.Tensor:
+    """Frames a..b-1 [b-a, C, H, W] of conv(silu(norm(src))), conv a (3,1,1) Conv3d with zero time padding, for an
+    n-frame source of which ``part`` holds frames lo..: per output frame, ``bias + sum_k W_k @ act[t+k-1]`` as
+    matrix products on the frame-major activations (same sums as the Conv3d; no 5-D layout or reorder copies)."""
+    s, e = max(a - 1, 0), min(b + 1, n)
+    act = _norm_silu(norm, stats, part[s - lo:e - lo])                     # frames s..e-1
+    c, hw = act.shape[1], act.shape[2] * act.shape[3]
+    act = act.view(e - s, c, hw)
+    w, bias = conv._wb(act) if hasattr(conv, "_wb") else (conv.weight, conv.bias)
+    taps = [w[:, :, k, 0, 0] for k in range(3)]                            # tap k reads frame t + k - 1
+    out = act.new_empty((b - a, w.shape[0], hw))
+    for t in range(a, b):
+        o = out[t - a]
+        torch.addmm(bias[:, None].expand(-1, hw), taps[1], act[t - s], out=o)
+        if t - 1 >= 0:
+            o.addmm_(taps[0], act[t - 1 - s])
+        if t + 1 < n:
+            o.addmm_(taps[2], act[t + 1 - s])
+    return out.view(b - a, w.shape[0], *part.shape[2:])
 
 
 class VideoResBlock(ResnetBlock):
@@ -166,21 +173,37 @@ class VideoResBlock(ResnetBlock):
         out = a * t5 + (1.0 - a) * x5
         return out.transpose(1, 2).reshape(bt, c, h, w)
 
-    def temporal_(self, buf: torch.Tensor, stats, frames_per_pass: int) -> torch.Tensor:
-        """In place on one chunk's spatial output ``buf`` [n, C, H, W] whose in-norm statistics are ``stats``."""
+    def temporal_(self, buf: torch.Tensor, stats, frames_per_pass: int, keep_h1: bool = True) -> torch.Tensor:
+        """In place on one chunk's spatial output ``buf`` [n, C, H, W] whose in-norm statistics are ``stats``.
+
+        The first conv's output h1 is needed whole for the out-norm statistics; ``keep_h1`` stores it (one more
+        full-chunk tensor), else it is computed twice: once for the statistics, then frame by frame (each frame
+        once more, from the not yet merged ``buf`` frames) for the second conv.
+        """
         ts, n = self.time_stack, buf.shape[0]
-        h1, parts = torch.empty_like(buf), []
+        norm1, conv1, norm2, conv2 = ts.in_layers[0], ts.in_layers[2], ts.out_layers[0], ts.out_layers[3]
+        h1, parts = torch.empty_like(buf) if keep_h1 else None, []
         for a, b in _chunks(n, frames_per_pass):
-            y = _tconv(ts.in_layers[2], _window(ts.in_layers[0], stats, buf, a, b))
-            h1[a:b] = y
-            parts.append(_frame_stats(y, ts.out_layers[0].num_groups))
+            y = _temporal_conv(conv1, norm1, stats, buf, 0, a, b, n)
+            if keep_h1:
+                h1[a:b] = y
+            parts.append(_frame_stats(y, norm2.num_groups))
             del y
         stats2 = _combine_stats(parts)
         alpha = self._alpha(buf)
+        ring, lo = None, 0                                                 # h1 frames lo.. (recomputed path)
         for a, b in _chunks(n, frames_per_pass):
-            h2 = _tconv(ts.out_layers[3], _window(ts.out_layers[0], stats2, h1, a, b))
-            x = buf[a:b]
-            buf[a:b] = alpha * (x + h2) + (1.0 - alpha) * x
+            if keep_h1:
+                h2 = _temporal_conv(conv2, norm2, stats2, h1, 0, a, b, n)
+            else:                                                          # h1 frames a-1 .. b (clipped)
+                start = 0 if ring is None else lo + ring.shape[0]
+                end = min(b + 1, n)
+                new = _temporal_conv(conv1, norm1, stats, buf, 0, start, end, n) if start < end else None
+                ring = new if ring is None else ring[max(a - 1, 0) - lo:] if new is None else torch.cat(
+                    [ring[max(a - 1, 0) - lo:], new])
+                lo = max(a - 1, 0)
+                h2 = _temporal_conv(conv2, norm2, stats2, ring, lo, a, b, n)
+            buf[a:b] += h2.mul_(alpha)                                     # a*(x + h2) + (1-a)*x
             del h2
         return buf
 
@@ -357,9 +380,11 @@ class VideoDecoder(Decoder):
             del y
         return out, (_combine_stats(parts) if groups else None)
 
-    def stream(self, z, prep=None, frames_per_pass: int = 1, taps=None):   # [n, 4, h, w] -> [n, 3, 8h, 8w]
-        """One chunk, same values as ``forward``; peak activations ~ two full-chunk top-level tensors + the
-        per-pass work of ``frames_per_pass`` frames."""
+    def stream(self, z, prep=None, frames_per_pass: int = 1, taps=None, keep_h1: str = "below-top"):
+        """One chunk [n, 4, h, w] -> [n, 3, 8h, 8w], same values as ``forward``. Peak activations: the full-chunk
+        tensors at a temporal layer (its input, plus h1 where kept) + the work of ``frames_per_pass`` frames.
+        ``keep_h1``: "all", "none", or "below-top" (recompute h1 only at the full-resolution level, where a
+        full-chunk tensor is largest; that adds one (3,1,1) conv per top-level block)."""
         n, buf, owned, pending = z.shape[0], z, False, []
         for step in self._program(prep):
             if step[0] == "frames":
@@ -369,7 +394,8 @@ class VideoDecoder(Decoder):
             buf, stats = self._run_frames(buf, pending, frames_per_pass, owned,
                                           groups=block.time_stack.in_layers[0].num_groups)
             owned, pending = True, []
-            block.temporal_(buf, stats, frames_per_pass)
+            keep = keep_h1 == "all" or (keep_h1 == "below-top" and all(block is not b for b in self.up[0].block))
+            block.temporal_(buf, stats, frames_per_pass, keep)
             _taps(taps, name, buf)
         buf, _ = self._run_frames(buf, pending, frames_per_pass, owned)
         return _time_mix(self.conv_out.time_mix_conv, buf, n)
@@ -431,12 +457,14 @@ class DualRefAutoencoderKL(AutoencoderKL):
 
     def decode(self, z: torch.Tensor, hidden=None, temporal_length: int = TEMPORAL_LENGTH,
                frames_per_pass: Optional[int] = 1, chunk_frames: Optional[int] = None,
-               structure: str = "stream") -> torch.Tensor:
+               structure: str = "stream", keep_h1: str = "below-top") -> torch.Tensor:
         """Unscaled latent [B,4,T,h,w] (or [T,4,h,w], one video) -> frames, same layout; ``post_quant_conv`` unused.
 
         ``temporal_length``: the reference's decode chunk (numerics, not memory). ``frames_per_pass``
         (alias ``chunk_frames``): frames per spatial pass of ``structure="stream"``; memory only, exact.
         ``hidden``: from ``encode_hidden``; None skips every refinement (the reference's decode without refs).
+        ``structure``: "stream" (low memory) or "forward" (the reference's whole-chunk pass); ``keep_h1``: see
+        ``VideoDecoder.stream``.
         """
         frames_per_pass = chunk_frames or frames_per_pass
         video = z.ndim == 5
@@ -453,7 +481,7 @@ class DualRefAutoencoderKL(AutoencoderKL):
             for a, b in _chunks(t, temporal_length):
                 zc = self._in(z5[bi, :, a:b].transpose(0, 1))               # [n, 4, h, w]
                 y = (self.decoder(zc, prep) if structure == "forward"
-                     else self.decoder.stream(zc, prep, max(1, int(frames_per_pass or b - a))))
+                     else self.decoder.stream(zc, prep, max(1, int(frames_per_pass or b - a)), keep_h1=keep_h1))
                 if out is None:
                     out = y.new_empty((bsz, y.shape[1], t) + tuple(y.shape[2:]))
                 out[bi, :, a:b] = y.transpose(0, 1)
