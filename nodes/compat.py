@@ -1,6 +1,7 @@
 """The few host (ComfyUI) APIs that differ between the 2024-03 host and current ones, behind one name each.
 
-DESIGN.md section 4 lists the differences; every feature test here looks for the API itself, never a version number.
+Each function's docstring names the difference it bridges; every feature test here looks for the API itself, never
+a version number.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import folder_paths
 from ..model.errors import DynamiCrafterInputError
 
 MODEL_FOLDER = "dynamicrafter"
+# Model folders the 2024 hosts know under older names (current hosts map these through folder_paths.map_legacy).
+LEGACY_FOLDER_NAMES = {"diffusion_models": "unet", "text_encoders": "clip"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -26,11 +29,10 @@ MODEL_FOLDER = "dynamicrafter"
 def _folder_key(name: str) -> Optional[str]:
     """The folder_paths key of a model folder on this host ("diffusion_models" is "unet" on 2024 hosts)."""
     fnp = folder_paths.folder_names_and_paths
-    legacy = {"diffusion_models": "unet", "text_encoders": "clip"}
     if name in fnp:
         return name
-    if name in legacy and legacy[name] in fnp:
-        return legacy[name]
+    if LEGACY_FOLDER_NAMES.get(name) in fnp:
+        return LEGACY_FOLDER_NAMES[name]
     return None
 
 

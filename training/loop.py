@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
+from ..model.conditioning import concat_latent
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.variants import get_variant
@@ -71,9 +72,7 @@ class Trainer:
                 torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed + self.rank)   # dropout's RNG (a resume restores the saved state instead)
         self.stage = get_stage(cfg.stage)
-        from .encoders import TINY_CLIP
-
-        base = get_variant(cfg.variant, tiny=cfg.tiny, clip_dim=TINY_CLIP["vision"]["width"] if cfg.tiny else None)
+        base = get_variant(cfg.variant, tiny=cfg.tiny)
         self.variant = stage_variant(base, self.stage, cfg.unet_overrides, cfg.resampler_overrides,
                                      cfg.schedule_overrides, cfg.unet_dropout)
         v = self.variant
@@ -415,13 +414,11 @@ class Trainer:
         z0 = sample_posterior(mean, std, post_noise)                           # posterior sample, scaled latent
         concat = None
         if self.stage.concat:
-            b, c, T = z0.shape[:3]
             if self.interp:                                                  # start + end frame, zeros between
-                concat = torch.zeros_like(z0)
-                concat[:, :, 0], concat[:, :, -1] = z0[:, :, 0], z0[:, :, -1]
+                concat = concat_latent(z0[:, :, 0], z0.shape[2], z0[:, :, -1])
             else:                                                            # conditioning frame over all frames
                 ci = batch["cond_index"].to(dev)
-                concat = z0[torch.arange(b, device=dev), :, ci][:, :, None].expand(b, c, T, *z0.shape[3:])
+                concat = concat_latent(z0[torch.arange(z0.shape[0], device=dev), :, ci], z0.shape[2])
         fs = batch["fs"].to(dev)
         net = self.ddp_model
 
