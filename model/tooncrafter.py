@@ -67,6 +67,32 @@ def dualref_config_from_ddconfig(dd: dict, embed_dim: int = 4) -> DualRefVAEConf
     return DualRefVAEConfig(embed_dim=embed_dim, **kw)
 
 
+def load_dualref_vae(state_dict: Dict[str, torch.Tensor], cfg: Optional[DualRefVAEConfig] = None,
+                     what: str = "ToonCrafter VAE", dtype=torch.float32, device=None) -> "DualRefAutoencoderKL":
+    """A first-stage state dict (``encoder.*``, ``decoder.*``, ``quant_conv.*``, ...) -> the model, loaded strictly;
+    one-line refusal naming what is missing (a plain SD VAE lacks the 148 decoder keys) or of the wrong shape."""
+    with torch.device("meta"):
+        vae = DualRefAutoencoderKL(cfg or DualRefVAEConfig(), dtype=dtype)
+    want = {k: tuple(t.shape) for k, t in vae.state_dict().items()}
+    missing = [k for k in want if k not in state_dict]
+    bad = [k for k in want if k in state_dict and tuple(state_dict[k].shape) != want[k]]
+    if missing or bad:
+        plain = all(("time_stack" in k or "mix_factor" in k or "attn_refinement" in k or "time_mix" in k)
+                    for k in missing) and not bad
+        raise DynamiCrafterInputError(
+            what, f"the {len(want)} keys of ToonCrafter's first stage (dual-reference decoder)",
+            (f"{len(missing)} missing decoder keys (first {missing[:3]})" if missing else "")
+            + (f"{'; ' if missing else ''}{len(bad)} of another shape (first {bad[:2]})" if bad else ""),
+            "this is a plain SD VAE: load the ToonCrafter checkpoint (or its first stage) instead" if plain
+            else "use the official ToonCrafter checkpoint or a file converted from it")
+    extra = sorted(set(state_dict) - set(want))
+    if extra:
+        raise DynamiCrafterInputError(what, "only first-stage keys", f"{len(extra)} others (first {extra[:3]})",
+                                      "pass the first_stage_model part of the checkpoint")
+    vae.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True, assign=True)
+    return vae.to(device or "cpu").eval().requires_grad_(False)
+
+
 def _taps(taps: Optional[dict], name: str, t: torch.Tensor) -> None:
     if taps is not None:
         taps[name] = t.detach().clone()
@@ -564,4 +590,5 @@ def decode_video(vae: DualRefAutoencoderKL, latents: torch.Tensor, hidden=None, 
 
 
 __all__ = ["DualRefAutoencoderKL", "DualRefVAEConfig", "TINY_DUALREF_VAE", "VideoDecoder", "TEMPORAL_LENGTH",
+           "load_dualref_vae",
            "dualref_config_from_ddconfig", "encode_video", "decode_video", "splice_index"]
