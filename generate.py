@@ -45,6 +45,7 @@ WORKFLOWS = {
     "image_to_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_image_to_video.json"),
     "interpolation": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_interpolation.json"),
     "loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_loop.json"),
+    "tooncrafter": os.path.join(ROOT, "workflows", "api", "tooncrafter_interpolation.json"),
 }
 EXAMPLE_START = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_start.png")
 EXAMPLE_END = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_end.png")
@@ -84,6 +85,8 @@ MODEL_FILES: Dict[str, ModelFile] = {
                             "model.ckpt", "about 10 GB"),
     "1024": ModelFile("1024", "dynamicrafter_1024.ckpt", "Doubiiu/DynamiCrafter_1024", "model.ckpt", "about 10 GB"),
     "256": ModelFile("256", "dynamicrafter_256.ckpt", "Doubiiu/DynamiCrafter", "model.ckpt", "about 10 GB"),
+    "tooncrafter": ModelFile("tooncrafter", "tooncrafter_512_interp.ckpt", "Doubiiu/ToonCrafter", "model.ckpt",
+                             "about 10 GB"),
 }
 
 # The reference settings per variant (model/variants.py): size, motion input, guidance rescale.
@@ -92,10 +95,12 @@ VARIANT_DEFAULTS = {
     "512-interp": dict(width=512, height=320, motion=5, guidance_rescale=0.7),
     "1024": dict(width=1024, height=576, motion=10, guidance_rescale=0.7),
     "256": dict(width=256, height=256, motion=3, guidance_rescale=0.0),
+    "tooncrafter": dict(width=512, height=320, motion=10, guidance_rescale=0.7),
 }
 COMMON_DEFAULTS = dict(frames=16, steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=123, crf=19)
 # The tiny pipeline check: small frames, few steps (the tiny UNet needs multiples of 16 px).
-TINY_DEFAULTS = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64)}
+TINY_DEFAULTS = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64),
+                 "tooncrafter": (128, 80)}
 TINY_STEPS = 10
 
 
@@ -710,6 +715,11 @@ def _main(args) -> int:
             raise UserError(f"missing {', '.join(missing)} (python generate.py --help)")
     kind = "loop" if args.loop else "interpolation" if args.end_image else "image_to_video"
     variant = args.variant or ("512-interp" if kind != "image_to_video" else "512")
+    if variant == "tooncrafter":                                          # its own workflow: the ToonCrafter decode
+        if args.loop or (not args.end_image and not args.download_only):
+            raise UserError("--variant tooncrafter interpolates between two frames: give --image and --end-image "
+                            "(no --loop)")
+        kind = "tooncrafter"
     mf = MODEL_FILES[variant]
 
     # 1. inputs and the output place, before anything heavy
