@@ -101,8 +101,9 @@ def toon_decode(vae, samples: dict, start_image, end_image, splice_middle: bool 
     try:
         with torch.no_grad():
             _, _, hidden = model.encode_hidden(video.to(device))
+            cap = memory_cap_mb or max(1, int(0.8 * mm.get_free_memory(device) / 2 ** 20))  # 0: what is free
             out = decode_video(model, z.float().transpose(0, 1)[None].to(device), hidden,
-                               splice_middle=splice_middle, memory_cap_mb=memory_cap_mb or None)
+                               splice_middle=splice_middle, memory_cap_mb=cap)
     finally:
         model.to(mm.unet_offload_device() if device.type != "cpu" else device)
     frames = ((out[0].float().clamp(-1, 1) + 1.0) / 2.0).transpose(0, 1).movedim(1, -1)  # [T, H, W, 3]
@@ -150,8 +151,9 @@ class DCN_ToonDecode:
                 "As the reference: the two middle frames come from a second decode of the latent without frames "
                 "1 and T-2 (about twice the decode time). Needs at least 4 frames."}),
             "memory_cap_mb": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "step": 256, "tooltip":
-                "0: lowest memory (one frame per spatial pass). Otherwise more frames per pass while the estimate "
-                "stays under this many MiB. Same result either way; the 16-frame chunks are fixed."}),
+                "Frames per spatial pass grow while the decode's estimate stays under this many MiB (at least one "
+                "frame: the floor is two full-chunk tensors of the top level). 0: 80% of the device's free memory. "
+                "Same result either way; the 16-frame chunks are fixed."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
