@@ -408,22 +408,29 @@ class VideoDecoder(Decoder):
 
     def stream(self, z, prep=None, frames_per_pass: int = 1, taps=None, keep_h1: str = "below-top"):
         """One chunk [n, 4, h, w] -> [n, 3, 8h, 8w], same values as ``forward``. Peak activations: the full-chunk
-        tensors at a temporal layer (its input, plus h1 where kept) + the work of ``frames_per_pass`` frames.
+        tensors at a temporal layer (its input, plus h1 where kept) + the work of ``frames_per_pass`` frames at full
+        resolution (lower levels take proportionally more frames per pass: same pixels, fewer small calls).
         ``keep_h1``: "all", "none", or "below-top" (recompute h1 only at the full-resolution level, where a
         full-chunk tensor is largest; that adds one (3,1,1) conv per top-level block)."""
         n, buf, owned, pending = z.shape[0], z, False, []
+        top = z.shape[-2] * z.shape[-1] * 4 ** (len(self.up) - 1)          # pixels of an output frame
+
+        def per_pass(hw, grow):                                            # same pixels per pass at every level
+            return frames_per_pass * max(1, top // (hw * grow))
+
         for step in self._program(prep):
             if step[0] == "frames":
                 pending.append(step[1])
                 continue
             block, name = step[1], step[2]
-            buf, stats = self._run_frames(buf, pending, frames_per_pass, owned,
+            hw = buf.shape[-2] * buf.shape[-1]                             # the pass may upsample once (x4)
+            buf, stats = self._run_frames(buf, pending, per_pass(hw, 4), owned,
                                           groups=block.time_stack.in_layers[0].num_groups)
             owned, pending = True, []
             keep = keep_h1 == "all" or (keep_h1 == "below-top" and all(block is not b for b in self.up[0].block))
-            block.temporal_(buf, stats, frames_per_pass, keep)
+            block.temporal_(buf, stats, per_pass(buf.shape[-2] * buf.shape[-1], 1), keep)
             _taps(taps, name, buf)
-        buf, _ = self._run_frames(buf, pending, frames_per_pass, owned)
+        buf, _ = self._run_frames(buf, pending, per_pass(buf.shape[-2] * buf.shape[-1], 4), owned)
         return _time_mix(self.conv_out.time_mix_conv, buf, n)
 
 
