@@ -56,6 +56,7 @@ WORKFLOWS = {
     "long_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_video.json"),
     "keyframes": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_keyframes.json"),
     "long_loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_loop.json"),
+    "tooncrafter": os.path.join(ROOT, "workflows", "api", "tooncrafter_interpolation.json"),
 }
 WINDOW = 16   # the models' trained length: longer videos run in context windows of this many frames
 MAX_FRAMES = 256
@@ -73,7 +74,7 @@ log = logging.getLogger("generate")
 # The settings of a run that are not the variant's (size, frames, motion, guidance rescale: model/variants.py).
 COMMON_DEFAULTS = dict(steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=123, crf=19)
 # The tiny pipeline check: small frames, few steps (the tiny UNet needs multiples of 16 px).
-TINY_SIZE = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64)}
+TINY_SIZE = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64), "tooncrafter": (128, 80)}
 TINY_STEPS = 10
 
 
@@ -428,6 +429,11 @@ def read_request(args) -> Request:
         kind = "interpolation"
     else:
         kind = "long_video" if long else "image_to_video"
+    if args.variant == "tooncrafter":                                    # its own workflow: the ToonCrafter decode
+        if kind not in ("interpolation",) and not (args.download_only and kind == "image_to_video"):
+            raise UserError("--variant tooncrafter interpolates between two frames: give --image and --end-image "
+                            "(no --loop, --keyframes or --frames over 16)")
+        kind = "tooncrafter"
     req = Request(kind, args.variant or ("512-interp" if kind in ("loop", "interpolation", "keyframes") else "512"),
                   loop=bool(args.loop))
     if args.download_only:

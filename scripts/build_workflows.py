@@ -29,6 +29,7 @@ END_IMAGE = "dynamicrafter_example_end.png"
 # The model files the workflows name (generate.py downloads them under these names; see MODEL_FILES there).
 CKPT_512 = "dynamicrafter_512.ckpt"
 CKPT_INTERP = "dynamicrafter_512_interp.ckpt"
+CKPT_TOON = "tooncrafter_512_interp.ckpt"
 
 PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
 LOOP_PROMPT = "a small sailboat rocking on gentle waves at sunset"
@@ -62,6 +63,8 @@ SPECS: Dict[str, Tuple[list, list, list]] = {
                     ["context_length", "context_overlap", "context_schedule", "fuse_method", "freenoise",
                      "max_windows_per_call"]),
     "ImageBatch": ([("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")], []),
+    "DCN_ToonDecode": ([("vae", "VAE"), ("samples", "LATENT"), ("start_image", "IMAGE"), ("end_image", "IMAGE")],
+                       [("IMAGE", "IMAGE")], ["splice_middle", "memory_cap_mb"]),
     "KSamplerSelect": ([], [("SAMPLER", "SAMPLER")], ["sampler_name"]),
     "RandomNoise": ([], [("NOISE", "NOISE")], ["noise_seed", None]),
     "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
@@ -304,6 +307,35 @@ def keyframes() -> Graph:
     return g
 
 
+TOON_PROMPT = "a cartoon sailboat gliding over the waves at sunset"
+
+
+def tooncrafter() -> Graph:
+    """ToonCrafter: two cartoon frames in, the in-between video out (reference scripts/run.sh settings), decoded by
+    DCN_ToonDecode with the start/end references and the middle-frame splice."""
+    g = Graph("tooncrafter_interpolation", "ToonCrafter: cartoon interpolation between two frames")
+    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_TOON, "Doubiiu/ToonCrafter",
+          "\nToonCrafter makes the frames between two cartoon frames (same size). Defaults (reference run.sh): "
+          "512x320, 16 frames, frame stride 10 (5-30, smaller = more motion), 50 steps, eta 1.0, cfg 7.5 on text "
+          "only (mode single), rescale 0.7. Decode with DynamiCrafter ToonCrafter Decode (VAEDecode would skip "
+          "the start/end references).")], color=NOTE_COLOR)
+    loader, start, end_id, pos, neg, enc = _common(g, CKPT_TOON, "auto", TOON_PROMPT, end=True)
+    cond = _conditioning(g, loader, start, end_id, pos, neg, enc, motion=10, loop=False)
+    samp = g.add("DCN_Sampler", (1270, 60), (330, 330), [SEED, "fixed", 50, 7.5, 7.5, 1.0, 0.7, "auto", "single"])
+    for name in ("positive", "image_only", "negative"):
+        g.connect(cond, name, samp, name)
+    g.connect(cond, "latent", samp, "latent")
+    g.connect(loader, "model", samp, "model")
+    dec = g.add("DCN_ToonDecode", (1650, 60), (300, 150), [True, 0])
+    g.connect(loader, "vae", dec, "vae")
+    g.connect(samp, "LATENT", dec, "samples")
+    g.connect(start, "IMAGE", dec, "start_image")
+    g.connect(end_id, "IMAGE", dec, "end_image")
+    save = g.add("DCN_SaveVideo", (1650, 270), (360, 420), ["ToonCrafter/interp", "mp4", 8.0, 19])
+    g.connect(dec, "IMAGE", save, "images")
+    return g
+
+
 def advanced() -> Graph:
     g = Graph("dynamicrafter_512_advanced_guider", "DynamiCrafter 512: SamplerCustomAdvanced + dual-CFG guider")
     g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_512, "Doubiiu/DynamiCrafter_512",
@@ -338,7 +370,8 @@ def advanced() -> Graph:
 
 
 GRAPHS = {**{kind: functools.partial(_exact_graph, *args) for kind, args in EXACT_GRAPHS.items()},
-          "long_video": long_video, "keyframes": keyframes, "long_loop": long_loop, "advanced": advanced}
+          "long_video": long_video, "keyframes": keyframes, "long_loop": long_loop, "advanced": advanced,
+          "tooncrafter": tooncrafter}
 
 
 def example_images() -> Dict[str, "object"]:

@@ -161,6 +161,18 @@ def test_bad_long_video_arguments(tmp_path, args, needle):
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+def test_tiny_tooncrafter_interpolation(tmp_path):
+    p = run("--variant", "tooncrafter", "--tiny", "--image", START, "--end-image", END, "--prompt", "a boat",
+            "--out", str(tmp_path / "t.mp4"), *SMALL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert frames_fps(str(tmp_path / "t.tiny-random-weights.mp4")) == (4, 8.0)
+    assert "tooncrafter_interpolation.json (tooncrafter), variant tooncrafter" in p.stdout
+    q = run("--variant", "tooncrafter", "--tiny", "--image", START, "--prompt", "a boat", "--out",
+            str(tmp_path / "u.mp4"))
+    assert q.returncode == 2 and "--end-image" in q.stderr and len(q.stderr.strip().splitlines()) == 1
+    print(f"tiny tooncrafter: {p.seconds:.1f} s")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the download code, against a stand-in hub (nothing leaves the machine)
 # ---------------------------------------------------------------------------------------------------------------------
