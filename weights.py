@@ -6,7 +6,6 @@ Standard library at import; huggingface_hub, safetensors and the pack's model co
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import importlib.util
 import logging
@@ -76,26 +75,20 @@ def remote_metadata(mf: ModelFile, timeout: float = 15.0):
 
 
 def sha256_of(path: str, progress: bool = True) -> str:
-    h = hashlib.sha256()
-    total = os.path.getsize(path)
+    """The file's SHA-256 (model/fileio.py), with a progress bar when tqdm is there."""
+    file_sha256 = importlib.import_module(PACKAGE + ".model.fileio").file_sha256
     bar = None
     if progress:
         try:
             from tqdm import tqdm
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc="checking SHA-256", leave=False)
+            bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="checking SHA-256", leave=False)
         except ImportError:
             bar = None
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(16 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return h.hexdigest()
+    try:
+        return file_sha256(path, on_chunk=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def download_model(mf: ModelFile, target_dir: str, size: Optional[int], sha256: Optional[str],

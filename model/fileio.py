@@ -49,8 +49,9 @@ def atomic_file(path: str, mode: str = "wb") -> Iterator[IO]:
             f.flush()
 
 
-def file_sha256(path: str, chunk: int = 1 << 24) -> str:
-    """Hex SHA-256 of a file, read in ``chunk``-byte pieces (FIPS 180-4 via hashlib)."""
+def file_sha256(path: str, chunk: int = 1 << 24, on_chunk=None) -> str:
+    """Hex SHA-256 of a file, read in ``chunk``-byte pieces (FIPS 180-4 via hashlib); ``on_chunk(n_bytes)`` after
+    each piece (a progress bar)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -60,4 +61,6 @@ def file_sha256(path: str, chunk: int = 1 << 24) -> str:
             if not b:
                 break
             h.update(b)
+            if on_chunk is not None:
+                on_chunk(len(b))
     return h.hexdigest()

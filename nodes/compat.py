@@ -91,6 +91,14 @@ def searched_dirs() -> List[str]:
     return list(dict.fromkeys(dirs))
 
 
+def missing_checkpoint(ckpt_name: Optional[str]) -> Optional[str]:
+    """The one-line validation message of a loader's ``ckpt_name`` that is in none of the model folders, else None."""
+    if ckpt_name is not None and ckpt_name not in list_checkpoints():
+        return (f"ckpt_name: model file {ckpt_name!r} not found; searched {searched_dirs()}; put it into "
+                "models/dynamicrafter and refresh the page")
+    return None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # layers and attention
 # ----------------------------------------------------------------------------------------------------------------

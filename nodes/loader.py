@@ -304,10 +304,7 @@ class DCN_Loader:
     @classmethod
     def VALIDATE_INPUTS(cls, ckpt_name=None):
         # the file-system check, with the folders searched (the choices are the files found there)
-        if ckpt_name is not None and ckpt_name not in compat.list_checkpoints():
-            return (f"ckpt_name: model file {ckpt_name!r} not found; searched {compat.searched_dirs()}; put it into "
-                    "models/dynamicrafter and refresh the page")
-        return True
+        return compat.missing_checkpoint(ckpt_name) or True
 
     def load(self, ckpt_name, variant="auto", weight_dtype="default"):
         res = load_checkpoint(compat.checkpoint_path(ckpt_name), variant, weight_dtype)

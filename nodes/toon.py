@@ -127,10 +127,8 @@ class DCN_ToonVAELoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, ckpt_name=None):
-        if ckpt_name is not None and ckpt_name not in compat.list_checkpoints():
-            return (f"ckpt_name: model file {ckpt_name!r} not found; searched {compat.searched_dirs()}; put it into "
-                    "models/dynamicrafter and refresh the page")
-        return True
+        # the file-system check, with the folders searched (the choices are the files found there)
+        return compat.missing_checkpoint(ckpt_name) or True
 
     def load(self, ckpt_name):
         return (load_toon_vae(compat.checkpoint_path(ckpt_name)),)
