@@ -86,7 +86,7 @@ MODEL_FILES: Dict[str, ModelFile] = {
     "256": ModelFile("256", "dynamicrafter_256.ckpt", "Doubiiu/DynamiCrafter", "model.ckpt", "about 10 GB"),
 }
 
-# The reference settings per variant (DESIGN: variants): size, motion input, guidance rescale.
+# The reference settings per variant (model/variants.py): size, motion input, guidance rescale.
 VARIANT_DEFAULTS = {
     "512": dict(width=512, height=320, motion=24, guidance_rescale=0.7),
     "512-interp": dict(width=512, height=320, motion=5, guidance_rescale=0.7),

@@ -4,7 +4,7 @@ Reading is safe by construction: ``.safetensors`` through ``safetensors.safe_ope
 pickle files (``.ckpt``/``.pt``/``.pth``/``.bin``) only through ``torch.load(weights_only=True)``, memory-mapped when
 the file is a zip archive, so a pickle that tries to run code is refused and a 10 GB file costs no RAM until read.
 
-File layouts understood (DESIGN.md section 2, fixtures README section 5 "Loader facts"):
+File layouts understood (each one is built and read in tests/model/test_checkpoint.py):
 - the official full ``model.ckpt``: ``{"state_dict": {...}}`` with prefixes ``model.diffusion_model.`` (UNet),
   ``image_proj_model.`` (P), ``first_stage_model.`` (VAE), ``cond_stage_model.`` (text encoder), ``embedder.``
   (image encoder) and the schedule buffers (``betas`` ... ``scale_arr``);

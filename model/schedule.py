@@ -207,7 +207,7 @@ def model_sigmas(
     cfg: ScheduleConfig, buffers: Dict[str, torch.Tensor] | None = None,
     terminal_alpha_cumprod: float = ZERO_SNR_TERMINAL_ALPHA_CUMPROD,
 ) -> torch.Tensor:
-    """Per-timestep ``sigma_t = sqrt(1-ac_t)/(sqrt(ac_t)*s_t)`` (DESIGN.md section 4: dynamic rescale as a noise schedule).
+    """Per-timestep ``sigma_t = sqrt(1-ac_t)/(sqrt(ac_t)*s_t)``, so that x_t / (sqrt(ac_t) s_t) = x0 + sigma_t eps.
 
     s_t = scale_arr[t] with dynamic rescale, else 1. Computed in float64 from the float32 buffers the sampler uses and
     returned as float32, ascending in t. Where ac_t is 0 (t = T-1 with zero terminal SNR, sigma = inf) ac_t is replaced

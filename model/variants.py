@@ -1,7 +1,7 @@
 """Registry of named DynamiCrafter variants: the real configs and tiny test configs built from the same code.
 
 Real values come from the reference `configs/inference_{256,512,1024}_v1.0.yaml` and
-`configs/training_512_v1.0/config_interp.yaml` (DESIGN.md section 2). A tiny variant shrinks only widths and
+`configs/training_512_v1.0/config_interp.yaml` of the official repository. A tiny variant shrinks only widths and
 depths; every flag, the schedule and the inference defaults stay those of the real variant, so tests run the same
 code path as real weights.
 """

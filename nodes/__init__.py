@@ -1,4 +1,5 @@
-"""The node registry: every node class of the pack, by id (prefix DCN_, none of DESIGN.md section 5's taken ids)."""
+"""The node registry: every node class of the pack, by id (prefix DCN_; none of the ids other DynamiCrafter packs
+use, listed in tests/nodes/test_dcn_nodes.py TAKEN)."""
 from . import compat
 from .adapter import DCN_ApplyAdapter
 from .conditioning import DCN_Conditioning

@@ -1,6 +1,7 @@
 """The few host (ComfyUI) APIs that differ between the 2024-03 host and current ones, behind one name each.
 
-DESIGN.md section 4 lists the differences; every feature test here looks for the API itself, never a version number.
+Each function's docstring names the difference it bridges; every feature test here looks for the API itself, never
+a version number.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from .encode import to_rgb
 from .native import COND_KEY, KNOWN_TEXT_ENCODERS
+from .widgets import widget_problem
 
 MAX_SIZE = 8192
 MAX_FRAMES = 64
@@ -32,9 +33,10 @@ def size_multiple(variant: Variant) -> int:
 
 
 def check_size_widget(name: str, value: int):
+    """What the size widgets' range (0 to MAX_SIZE, checked by ``widget_problem``) cannot state: 0 or 64+, step 8."""
     if value == 0:
         return True
-    if value < 64 or value > MAX_SIZE or value % 8:
+    if value < 64 or value % 8:
         return (f"{name}: expected 0 (the model's own resolution) or a multiple of 8 from 64 to {MAX_SIZE} px, "
                 f"found {value}; DynamiCrafter needs multiples of 64 (they are snapped)")
     return True
@@ -219,15 +221,14 @@ class DCN_Conditioning:
     DESCRIPTION = "Builds DynamiCrafter's dual-stream conditioning for image-to-video, interpolation and loops."
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None, frames=None):
+    def VALIDATE_INPUTS(cls, width=None, height=None):
+        # "0 or a multiple of 8 from 64" is more than a widget range states; naming width and height turns the host's
+        # own widget checks off, so run those too
+        problem = widget_problem(cls, width=width, height=height)
         for name, v in (("width", width), ("height", height)):
-            if v is not None:
-                r = check_size_widget(name, int(v))
-                if r is not True:
-                    return r
-        if frames is not None and int(frames) < 2:
-            return f"frames: expected at least 2 frames (16 is the trained length), found {frames}"
-        return True
+            if problem is True and v is not None:
+                problem = check_size_widget(name, int(v))
+        return problem
 
     def condition(self, positive, negative, image_embeds, vae, start_image, width, height, frames, motion, loop,
                   end_image=None):

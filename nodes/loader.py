@@ -314,14 +314,11 @@ class DCN_Loader:
     DESCRIPTION = "Loads a DynamiCrafter image-to-video model natively (host memory management, dtypes, samplers)."
 
     @classmethod
-    def VALIDATE_INPUTS(cls, ckpt_name=None, variant=None, weight_dtype=None):
+    def VALIDATE_INPUTS(cls, ckpt_name=None):
+        # the file-system check, with the folders searched (the choices are the files found there)
         if ckpt_name is not None and ckpt_name not in compat.list_checkpoints():
             return (f"ckpt_name: model file {ckpt_name!r} not found; searched {compat.searched_dirs()}; put it into "
                     "models/dynamicrafter and refresh the page")
-        if variant is not None and variant not in ["auto"] + variant_names():
-            return f"variant: expected one of {['auto'] + variant_names()}, found {variant!r}"
-        if weight_dtype is not None and weight_dtype not in WEIGHT_DTYPES:
-            return f"weight_dtype: expected one of {WEIGHT_DTYPES}, found {weight_dtype!r}"
         return True
 
     def load(self, ckpt_name, variant="auto", weight_dtype="default"):

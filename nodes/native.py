@@ -1,5 +1,5 @@
 """DynamiCrafter as a native host model: a ``supported_models_base.BASE`` config, a ``model_base.BaseModel`` subclass and
-the UNet wrapper that maps the host's frames-as-batch tensors onto model/'s [B, C, T, H, W] UNet (DESIGN.md section 4).
+the UNet wrapper that maps the host's frames-as-batch tensors onto model/'s [B, C, T, H, W] UNet (as the host does for SVD).
 
 Conditioning reaches the UNet through ``extra_conds``: the concat latent as ``c_concat`` (``CONDNoiseShape``, after
 ``process_latent_in``), the text as ``c_crossattn`` (``CONDCrossAttn``), the image tokens as their own ``CONDRegular``

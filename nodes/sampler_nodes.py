@@ -6,6 +6,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.sampler import MODES
 from . import compat
 from .sampling import SPACINGS, DynamiCrafterGuider, reference_sigmas, resolve_spacing, sample_exact
+from .widgets import widget_problem
 
 _CFG = {"min": 0.0, "max": 30.0, "step": 0.1}
 
@@ -54,11 +55,11 @@ class DCN_Sampler:
     DESCRIPTION = "Samples with DynamiCrafter's own DDIM: zero-SNR, dynamic rescale, dual CFG, guidance rescale."
 
     @classmethod
-    def VALIDATE_INPUTS(cls, steps=None, spacing=None, mode=None):
-        if spacing is not None and spacing not in SPACINGS:
-            return f"spacing: expected one of {SPACINGS}, found {spacing!r}"
-        if mode is not None and mode not in MODES:
-            return f"mode: expected one of {list(MODES)}, found {mode!r}"
+    def VALIDATE_INPUTS(cls, steps=None, spacing=None):
+        # only the check that spans two inputs; naming them turns the host's own widget checks off, so run those too
+        problem = widget_problem(cls, steps=steps, spacing=spacing)
+        if problem is not True:
+            return problem
         if steps is not None and spacing == "uniform" and int(steps) > 500:
             return f"steps: expected at most 500 with spacing 'uniform', found {steps}"
         return True

@@ -1,7 +1,7 @@
 """Sampling inside the host: the pack's ``model_sampling``, the exact reference DDIM through ``BaseModel.apply_model``,
 and (on hosts that have ``comfy.samplers.CFGGuider``) a dual-CFG guider with the reference guidance rescale.
 
-model_sampling (DESIGN.md section 4): with x_t = sqrt(ac_t) s_t x0 + sqrt(1-ac_t) eps, the host's variable is
+model_sampling (dynamic rescale as a noise schedule): with x_t = sqrt(ac_t) s_t x0 + sqrt(1-ac_t) eps, the host's variable is
 x = x_t / (sqrt(ac_t) s_t) = x0 + sigma_t eps with sigma_t = sqrt(1-ac_t) / (sqrt(ac_t) s_t). For any sigma and the
 dynamic-rescale factor s of its nearest timestep, ac = 1 / (1 + sigma^2 s^2), so
 

@@ -204,20 +204,7 @@ class DCN_SaveVideo:
     CATEGORY = "DynamiCrafter/video"
     DESCRIPTION = "Saves the video frames as mp4 (H.264), animated WebP or GIF in the output folder."
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, format=None, fps=None, crf=None):
-        if format is not None and format not in FORMATS:
-            return f"format: expected one of {FORMATS}, found {format!r}"
-        if fps is not None and not float(fps) > 0:
-            return f"fps: expected a frame rate above 0, found {fps}"
-        if crf is not None and not 0 <= int(crf) <= 51:
-            return f"crf: expected 0 to 51, found {crf}"
-        return True
-
     def save(self, images, filename_prefix, format, fps, crf, prompt=None, extra_pnginfo=None):
         ui, _ = save_video(images, filename_prefix, format, fps, crf, prompt, extra_pnginfo)
         return {"ui": ui}
 
-
-NODE_CLASS_MAPPINGS = {"DCN_SaveVideo": DCN_SaveVideo}
-NODE_DISPLAY_NAME_MAPPINGS = {"DCN_SaveVideo": "DynamiCrafter Save Video"}

@@ -25,7 +25,6 @@ from torch.utils.data import Dataset, Sampler
 from ..model.errors import DynamiCrafterInputError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
 class SkipSample(Exception):

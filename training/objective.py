@@ -1,7 +1,7 @@
 """The diffusion training objective of a variant: uniform timesteps, forward noising, v or eps target, L2 loss.
 
 Uses the schedule buffers of ``model.schedule`` (betas, zero-SNR rescale, ``scale_arr``). With dynamic rescale
-(512/1024, DESIGN.md section 1) the clean latent is multiplied by ``scale_arr[t]`` before noising, so
+(512/1024, model/variants.py) the clean latent is multiplied by ``scale_arr[t]`` before noising, so
 ``x_t = sqrt(ac_t) s_t x0 + sqrt(1-ac_t) eps`` and the v target is ``sqrt(ac_t) eps - sqrt(1-ac_t) s_t x0``
 (Salimans & Ho 2022 with x0 replaced by s_t x0); the 256 model is eps-prediction without rescale. Loss: mean squared
 error over every element (reference ``loss_type: l2``, ``l_simple_weight`` 1, no learned log-variance).

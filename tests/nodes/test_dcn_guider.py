@@ -60,7 +60,7 @@ def _guider_graph(which: str, seed: int, steps: int, cfg_text: float, cfg_image:
         g["20"] = {"class_type": "DCN_Guider", "inputs": {
             "model": ["1", 0], "positive": ["6", 0], "image_only": ["6", 1], "negative": ["6", 2],
             "cfg_text": cfg_text, "cfg_image": cfg_image, "guidance_rescale": rescale, "mode": "multi"}}
-    else:  # the host's DualCFGGuider, "regular" style = the DynamiCrafter formula (DESIGN.md section 4)
+    else:  # the host's DualCFGGuider, "regular" style = the DynamiCrafter formula (README, first section)
         inputs = {"model": ["1", 0], "cond1": ["6", 0], "cond2": ["6", 1], "negative": ["6", 2],
                   "cfg_conds": cfg_text, "cfg_cond2_negative": cfg_image}
         if "style" in nodes["DualCFGGuider"].INPUT_TYPES()["required"]:

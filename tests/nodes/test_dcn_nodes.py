@@ -377,7 +377,7 @@ def _bad(kind):
         return g, "6", ["height", "found 40"]
     if kind == "one_frame":
         g["6"]["inputs"]["frames"] = 1
-        return g, "6", ["frames", "at least 2"]
+        return g, "6", ["frames", "smaller than min of 2"]
     if kind == "end_image_other_size":
         g["11"] = {"class_type": "DCNTestImage", "inputs": {"width": 96, "height": 64, "channels": 3}}
         g["6"]["inputs"]["end_image"] = ["11", 0]

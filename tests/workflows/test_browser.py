@@ -196,4 +196,4 @@ def test_template_browser_lists_the_example_workflows(server):
     assert names == {wfcheck.name_of(p) for p in UI_FILES}, templates
     for name in names:
         served = server.get(f"/api/workflow_templates/{hosting.PACK_DIRNAME}/{name}.json")
-        assert served == wfcheck.load(os.path.join(wfcheck.EXAMPLE_DIR, name + ".json"))
+        assert served == wfcheck.load(os.path.join(wfcheck.UI_DIR, name + ".json"))

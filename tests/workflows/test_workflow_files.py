@@ -1,14 +1,17 @@
 """The shipped workflow files against a real host's node definitions: every node exists, every link joins
 compatible types, every widget value fits its INPUT_TYPES (count, type, range, choices), every API twin is the same
-graph, example_workflows/ holds the same UI graphs, and the files are what the builder writes."""
+graph, each UI graph is shipped once (example_workflows/), and the files are what scripts/build_workflows.py
+writes."""
 from __future__ import annotations
 
+import glob
 import os
 
 import pytest
 
 from comfyui_dynamicrafter import generate
-from comfyui_dynamicrafter.tests.workflows import build_workflows, wfcheck
+from comfyui_dynamicrafter.scripts import build_workflows
+from comfyui_dynamicrafter.tests.workflows import wfcheck
 
 UI_FILES = wfcheck.ui_files()
 IDS = [wfcheck.name_of(p) for p in UI_FILES]
@@ -27,18 +30,40 @@ def test_the_four_workflows_are_there():
                    "dynamicrafter_512_interpolation", "dynamicrafter_512_loop"]
     for p in UI_FILES:
         assert os.path.isfile(wfcheck.api_twin_path(p)), f"no API twin for {p}"
-        assert os.path.isfile(os.path.join(wfcheck.EXAMPLE_DIR, os.path.basename(p))), f"not in example_workflows: {p}"
     assert sorted(os.listdir(wfcheck.API_DIR)) == sorted(os.path.basename(p) for p in UI_FILES)
-    assert sorted(os.listdir(wfcheck.EXAMPLE_DIR)) == sorted(os.path.basename(p) for p in UI_FILES)
+    assert sorted(os.listdir(wfcheck.UI_DIR)) == sorted(os.path.basename(p) for p in UI_FILES)
+
+
+# The folders a newer host's template browser lists, <pack>/<folder>/*.json (ComfyUI app/custom_node_manager.py).
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+
+
+def test_templates_are_listed_once():
+    """What GET /workflow_templates of a newer host lists for the pack: each workflow once, nothing else."""
+    listed = [wfcheck.name_of(p) for folder in TEMPLATE_FOLDERS
+              for p in glob.glob(os.path.join(wfcheck.REPO, folder, "*.json"))]
+    assert sorted(listed) == IDS, listed
+
+
+def test_each_ui_graph_is_shipped_once():
+    """No JSON file outside example_workflows/ holds a copy of a shipped UI graph."""
+    ui_graphs = [wfcheck.load(p) for p in UI_FILES]
+    for dirpath, dirnames, filenames in os.walk(wfcheck.REPO):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("node_modules", "__pycache__")]
+        if os.path.abspath(dirpath) == os.path.abspath(wfcheck.UI_DIR):
+            continue
+        for f in filenames:
+            if not f.endswith(".json"):
+                continue
+            try:
+                data = wfcheck.load(os.path.join(dirpath, f))
+            except ValueError:
+                continue
+            assert data not in ui_graphs, f"a second UI copy of a shipped workflow: {os.path.join(dirpath, f)}"
 
 
 def test_files_are_what_the_builder_writes():
-    assert build_workflows.main(["--check"]) == 0, "run: .venv/bin/python tests/workflows/build_workflows.py"
-
-
-@pytest.mark.parametrize("path", UI_FILES, ids=IDS)
-def test_example_workflows_hold_the_same_graph(path):
-    assert wfcheck.load(path) == wfcheck.load(os.path.join(wfcheck.EXAMPLE_DIR, os.path.basename(path)))
+    assert build_workflows.main(["--check"]) == 0, "run: .venv/bin/python scripts/build_workflows.py"
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=IDS)

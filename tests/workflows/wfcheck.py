@@ -14,9 +14,8 @@ from typing import Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WF_DIR = os.path.join(REPO, "workflows")
-UI_DIR = os.path.join(WF_DIR, "ui")
+UI_DIR = os.path.join(REPO, "example_workflows")  # the UI files (newer hosts list them in their template browser)
 API_DIR = os.path.join(WF_DIR, "api")
-EXAMPLE_DIR = os.path.join(REPO, "example_workflows")
 INPUT_DIR = os.path.join(WF_DIR, "input")
 # Nodes that exist only in the front end (never sent to the server).
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}

@@ -1,27 +1,27 @@
-"""Writes the shipped workflows from one description per graph: the UI-format file (workflows/ui/<name>.json, what users
-drag in), its API-format twin (workflows/api/<name>.json, what generate.py runs), the same UI file in
-example_workflows/ (the template browser of newer hosts), and the two example input images (workflows/input/).
+"""Writes the shipped workflows from one description per graph: the UI-format file (example_workflows/<name>.json:
+what users drag in, and what newer hosts list in their template browser), its API-format twin
+(workflows/api/<name>.json, what generate.py runs), and the two example input images (workflows/input/).
 
-    .venv/bin/python tests/workflows/build_workflows.py          # rewrite the files
-    .venv/bin/python tests/workflows/build_workflows.py --check  # exit 1 when a committed file differs
+    .venv/bin/python scripts/build_workflows.py          # rewrite the files
+    .venv/bin/python scripts/build_workflows.py --check  # exit 1 when a committed file differs
 
 The slot and widget lists below are written by hand on purpose: tests/workflows/test_workflow_files.py checks every
-node, link and widget value against the INPUT_TYPES / RETURN_TYPES of a real host, and converts each UI file to the
-API format on its own to compare it with the twin.
+node, link and widget value against the INPUT_TYPES / RETURN_TYPES of a real host, converts each UI file to the
+API format on its own to compare it with the twin, and checks that the committed files are what this script writes.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WF_DIR = os.path.join(ROOT, "workflows")
-UI_DIR = os.path.join(WF_DIR, "ui")
+UI_DIR = os.path.join(ROOT, "example_workflows")  # the one UI copy: newer hosts serve this folder as templates
 API_DIR = os.path.join(WF_DIR, "api")
-EXAMPLE_DIR = os.path.join(ROOT, "example_workflows")
 INPUT_DIR = os.path.join(WF_DIR, "input")
 START_IMAGE = "dynamicrafter_example_start.png"
 END_IMAGE = "dynamicrafter_example_end.png"
@@ -211,39 +211,38 @@ def _exact_tail(g, loader, cond, prefix: str, steps: int = 50):
     g.connect(dec, "IMAGE", save, "images")
 
 
-def image_to_video() -> Graph:
-    g = Graph("dynamicrafter_512_image_to_video", "DynamiCrafter 512: image to video")
-    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_512, "Doubiiu/DynamiCrafter_512",
-          "\nDEFAULTS (512 model): 512x320, 16 frames, motion (fps input) 24, 50 DDIM steps, eta 1.0, cfg 7.5 "
-          "text / 7.5 image, guidance rescale 0.7; the file is written at 8 fps like the reference.")],
-          color=NOTE_COLOR)
-    loader, start, _, pos, neg, enc = _common(g, CKPT_512, "auto", PROMPT, end=False)
-    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=24, loop=False)
-    _exact_tail(g, loader, cond, "DynamiCrafter/i2v")
+def _exact_graph(name: str, title: str, ckpt: str, repo: str, note: str, variant: str, prompt: str, end: bool,
+                 motion: int, loop: bool, prefix: str) -> Graph:
+    """A graph that samples with DCN_Sampler and saves with DCN_SaveVideo, so it runs on every host."""
+    g = Graph(name, title)
+    g.add("Note", (30, 30), (370, 300), [_model_note(ckpt, repo, note)], color=NOTE_COLOR)
+    loader, start, end_id, pos, neg, enc = _common(g, ckpt, variant, prompt, end=end)
+    cond = _conditioning(g, loader, start, end_id, pos, neg, enc, motion=motion, loop=loop)
+    _exact_tail(g, loader, cond, prefix)
     return g
 
 
-def interpolation() -> Graph:
-    g = Graph("dynamicrafter_512_interpolation", "DynamiCrafter 512-interp: start + end image")
-    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_INTERP, "Doubiiu/DynamiCrafter_512_Interp",
-          "\nThe interpolation model (variant 512-interp) makes the frames between the start and the end image "
-          "(same size). Defaults: 512x320, 16 frames, motion 5, 50 steps, cfg 7.5 / 7.5, rescale 0.7, 8 fps.")],
-          color=NOTE_COLOR)
-    loader, start, end_id, pos, neg, enc = _common(g, CKPT_INTERP, "512-interp", PROMPT, end=True)
-    cond = _conditioning(g, loader, start, end_id, pos, neg, enc, motion=5, loop=False)
-    _exact_tail(g, loader, cond, "DynamiCrafter/interp")
-    return g
-
-
-def loop() -> Graph:
-    g = Graph("dynamicrafter_512_loop", "DynamiCrafter 512-interp: looping video")
-    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_INTERP, "Doubiiu/DynamiCrafter_512_Interp",
-          "\nLoop: the interpolation model ends the video on the start image again (loop = true). Defaults: "
-          "512x320, 16 frames, motion 5, 50 steps, cfg 7.5 / 7.5, rescale 0.7, 8 fps.")], color=NOTE_COLOR)
-    loader, start, _, pos, neg, enc = _common(g, CKPT_INTERP, "512-interp", LOOP_PROMPT, end=False)
-    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=5, loop=True)
-    _exact_tail(g, loader, cond, "DynamiCrafter/loop")
-    return g
+# The three graphs of _exact_graph: UI file name, title, model file, its Hugging Face repository, the note's text,
+# variant, prompt, end image, motion, loop, output prefix.
+EXACT_GRAPHS = {
+    "image_to_video": (
+        "dynamicrafter_512_image_to_video", "DynamiCrafter 512: image to video", CKPT_512, "Doubiiu/DynamiCrafter_512",
+        "\nDEFAULTS (512 model): 512x320, 16 frames, motion (fps input) 24, 50 DDIM steps, eta 1.0, cfg 7.5 "
+        "text / 7.5 image, guidance rescale 0.7; the file is written at 8 fps like the reference.",
+        "auto", PROMPT, False, 24, False, "DynamiCrafter/i2v"),
+    "interpolation": (
+        "dynamicrafter_512_interpolation", "DynamiCrafter 512-interp: start + end image", CKPT_INTERP,
+        "Doubiiu/DynamiCrafter_512_Interp",
+        "\nThe interpolation model (variant 512-interp) makes the frames between the start and the end image "
+        "(same size). Defaults: 512x320, 16 frames, motion 5, 50 steps, cfg 7.5 / 7.5, rescale 0.7, 8 fps.",
+        "512-interp", PROMPT, True, 5, False, "DynamiCrafter/interp"),
+    "loop": (
+        "dynamicrafter_512_loop", "DynamiCrafter 512-interp: looping video", CKPT_INTERP,
+        "Doubiiu/DynamiCrafter_512_Interp",
+        "\nLoop: the interpolation model ends the video on the start image again (loop = true). Defaults: "
+        "512x320, 16 frames, motion 5, 50 steps, cfg 7.5 / 7.5, rescale 0.7, 8 fps.",
+        "512-interp", LOOP_PROMPT, False, 5, True, "DynamiCrafter/loop"),
+}
 
 
 def advanced() -> Graph:
@@ -279,7 +278,8 @@ def advanced() -> Graph:
     return g
 
 
-GRAPHS = {"image_to_video": image_to_video, "interpolation": interpolation, "loop": loop, "advanced": advanced}
+GRAPHS = {**{kind: functools.partial(_exact_graph, *args) for kind, args in EXACT_GRAPHS.items()},
+          "advanced": advanced}
 
 
 def example_images() -> Dict[str, "object"]:
@@ -322,10 +322,8 @@ def outputs() -> Dict[str, str]:
     files = {}
     for build in GRAPHS.values():
         g = build()
-        ui = _dump(g.ui())
-        files[f"workflows/ui/{g.name}.json"] = ui
-        files[f"example_workflows/{g.name}.json"] = ui
-        files[f"workflows/api/{g.name}.json"] = _dump(g.api())
+        files[os.path.relpath(os.path.join(UI_DIR, g.name + ".json"), ROOT)] = _dump(g.ui())
+        files[os.path.relpath(os.path.join(API_DIR, g.name + ".json"), ROOT)] = _dump(g.api())
     return files
 
 

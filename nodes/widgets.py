@@ -1,0 +1,53 @@
+"""The widget declaration as the one source of a value's range and choices, for the inputs VALIDATE_INPUTS names.
+
+A host checks a widget value against its INPUT_TYPES entry (min / max, combo choices) before running a graph, except
+for the inputs that the node's VALIDATE_INPUTS takes as parameters: then the host leaves those checks to the node
+(choices on every host; min / max too on newer hosts, e.g. the 2025-10 one). So node classes keep VALIDATE_INPUTS for checks that
+span several inputs or need the file system only, and there call ``widget_problem`` first for the inputs they name.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+from ..model.errors import DynamiCrafterInputError
+
+_LISTED = 20  # longer choice lists (file names) are summarised, as the host does
+
+
+def _declarations(node_cls) -> dict:
+    spec = node_cls.INPUT_TYPES()
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def _out_of_range(name: str, kind: str, opts: dict, value) -> Union[bool, str]:
+    try:
+        number = int(value) if kind == "INT" else float(value)
+    except (TypeError, ValueError):
+        return str(DynamiCrafterInputError(name, f"a number ({kind})", repr(value), "enter a number"))
+    lo, hi = opts.get("min"), opts.get("max")
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        span = f"{lo} to {hi}" if lo is not None and hi is not None else (f"at least {lo}" if hi is None
+                                                                            else f"at most {hi}")
+        return str(DynamiCrafterInputError(name, span, repr(value), "set a value in the widget's range"))
+    return True
+
+
+def widget_problem(node_cls, **values) -> Union[bool, str]:
+    """True when every given value fits its widget declaration in ``node_cls.INPUT_TYPES()``, else a one-line message.
+
+    None stands for a value the host does not know at validation time (a linked input) and is not checked.
+    """
+    declared = _declarations(node_cls)
+    for name, value in values.items():
+        if value is None:
+            continue
+        kind, opts = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else {})
+        if isinstance(kind, (list, tuple)):
+            if value not in kind:
+                listed = list(kind) if len(kind) <= _LISTED else f"one of {len(kind)} names"
+                return str(DynamiCrafterInputError(name, f"one of {listed}", repr(value), "pick one from the list"))
+        elif kind in ("INT", "FLOAT"):
+            problem = _out_of_range(name, kind, opts, value)
+            if problem is not True:
+                return problem
+    return True
