@@ -3,6 +3,7 @@
 
     python bench/bench.py CASE [flags]              # CASE: forward | guided | sample | vae | parity
     python bench/bench.py ab CASE --a "FLAGS" --b "FLAGS" [common flags]   # alternate two settings, report B/A
+    (or ``python -m bench.bench ...`` from the repository root)
 
 Each case runs in a fresh worker process (so peak RSS belongs to that case only); the driver sends it one
 "run" per repeat and collects the wall time and the peak memory of every run. ``ab`` keeps two workers alive and
@@ -24,10 +25,27 @@ import time
 from typing import Any, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, "", "bench"):
+    # Run as a script or as ``-m bench.bench``: import the pack under its fixed name (as train.py and the tests do),
+    # so the relative imports below reach model/ like every other module of the pack.
+    sys.path.insert(0, ROOT)
+    import _bootstrap  # noqa: E402
+
+    __package__ = _bootstrap.register() + ".bench"
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ..model import config, sampler, unet, vae, variants  # noqa: E402
+from ..model.dtypes import DTYPES as _DTYPES, FP8_DTYPES as _FP8_DTYPES  # noqa: E402
+from . import ops  # noqa: E402
+from .variants import (ATTENTION_FUNCTIONS, set_attention, set_inplace, set_reference_layout,  # noqa: E402
+                       set_temporal_conv)
+
 BENCH_VERSION = 1
 CASES = ("forward", "guided", "sample", "vae", "parity")
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-WEIGHT_DTYPES = dict(DTYPES, fp8_e4m3fn="float8_e4m3fn", fp8_e5m2="float8_e5m2")
+DTYPES = _DTYPES                                                              # compute: fp32, fp16, bf16
+WEIGHT_DTYPES = {**_DTYPES, **_FP8_DTYPES}                                    # storage: also fp8 where torch has it
 # Settings that change the model in memory; A/B sides that agree on these may share one worker (--ab-mode auto).
 WORKER_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "GLIBC_TUNABLES", "OMP_NUM_THREADS")   # recorded per side
 MODEL_KEYS = ("config", "dtype", "weights", "device", "compile", "threads", "seed", "malloc", "onednn_cache")
@@ -120,8 +138,6 @@ def normalize(s: Dict[str, Any]) -> Dict[str, Any]:
 # Machine and memory
 # =================================================================================================================
 def machine_info() -> Dict[str, Any]:
-    import torch
-
     info: Dict[str, Any] = {"cpu_model": platform.processor() or "unknown", "logical_cpus": os.cpu_count()}
     try:
         with open("/proc/cpuinfo") as f:
@@ -156,8 +172,6 @@ def machine_info() -> Dict[str, Any]:
 
 
 def _cpu_capability() -> str:
-    import torch
-
     try:
         return torch.backends.cpu.get_cpu_capability()
     except Exception:  # noqa: BLE001
@@ -192,18 +206,7 @@ def mib(kb: Optional[int]) -> Optional[float]:
 # =================================================================================================================
 # Worker: builds the model(s) once, then runs the case on request
 # =================================================================================================================
-def _import_pack():
-    sys.path.insert(0, ROOT)
-    import _bootstrap  # noqa: E402
-
-    return _bootstrap.register()
-
-
 def unet_config(name: str):
-    import importlib
-
-    pkg = _import_pack()
-    variants = importlib.import_module(pkg + ".model.variants")
     if name == "tiny":
         return variants.get_variant("512", tiny=True).unet
     if name == "mid":
@@ -214,9 +217,6 @@ def unet_config(name: str):
 
 
 def vae_config(name: str):
-    import importlib
-
-    vae = importlib.import_module(_import_pack() + ".model.vae")
     if name == "tiny":
         return vae.TINY_VAE
     if name == "mid":
@@ -227,9 +227,6 @@ def vae_config(name: str):
 def init_random_(model, seed: int) -> None:
     """Deterministic random weights, the same values for every storage dtype: N(0, 1/fan_in) for matrices and
     convs, 1 for norm scales, 0 for biases (activations stay O(1) through the depth)."""
-    import torch
-    from torch import nn
-
     norm_scales = {id(m.weight) for m in model.modules()
                    if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and getattr(m, "weight", None) is not None}
     with torch.no_grad():
@@ -250,13 +247,10 @@ def init_random_(model, seed: int) -> None:
 
 class Worker:
     def __init__(self, s: Dict[str, Any]):
-        import torch
-
         self.torch = torch
         if s.get("threads"):
             torch.set_num_threads(int(s["threads"]))
         torch.set_grad_enabled(False)
-        self.pkg = _import_pack()
         self.s = s
         self.dev = torch.device(s["device"])
         self.cuda = self.dev.type == "cuda"
@@ -273,38 +267,33 @@ class Worker:
 
     # ---- model -----------------------------------------------------------------------------------------------
     def build(self):
-        import importlib
-
-        torch, s = self.torch, self.s
-        compute = getattr(torch, DTYPES[s["dtype"]])
-        storage = getattr(torch, WEIGHT_DTYPES[s["weights"]])
-        ops_mod = importlib.import_module(self.pkg + ".model.ops")
-        fp8 = storage in ops_mod.FP8_DTYPES
+        s = self.s
+        compute = DTYPES[s["dtype"]]
+        storage = WEIGHT_DTYPES[s["weights"]]
+        fp8 = storage in ops.FP8_DTYPES
         cast = storage != compute
         if s["case"] == "vae":
-            vae = importlib.import_module(self.pkg + ".model.vae")
             with torch.device("meta"):
                 m = vae.AutoencoderKL(vae_config(s["config"]), dtype=compute if fp8 else storage,
-                                      operations=ops_mod.cast_operations if cast else None)
+                                      operations=ops.cast_operations if cast else None)
             m = m.to_empty(device=self.dev)
             init_random_(m, s["seed"])
             m.dtype = compute
             if fp8:
-                ops_mod.store_weights_(m, storage, compute)
+                ops.store_weights_(m, storage, compute)
             m.set_channels_last(s["channels_last"] == "on")
             return m.eval()
-        unet = importlib.import_module(self.pkg + ".model.unet")
         if s["case"] == "parity":
             return None
         cfg = unet_config(s["config"])
         with torch.device("meta"):
             m = unet.UNetModel(cfg, dtype=compute if fp8 else storage, compute_dtype=compute,
-                               operations=ops_mod.cast_operations if cast else None,
-                               attention=unet.ATTENTION_FUNCTIONS[s["attention"]])
+                               operations=ops.cast_operations if cast else None,
+                               attention=ATTENTION_FUNCTIONS[s["attention"]])
         m = m.to_empty(device=self.dev)
         init_random_(m, s["seed"])
         if fp8:
-            ops_mod.store_weights_(m, storage, compute)
+            ops.store_weights_(m, storage, compute)
         m.eval()
         self.unet_module = m
         self.apply_switches(s)
@@ -313,15 +302,12 @@ class Worker:
         return m
 
     def apply_switches(self, s: Dict[str, Any]) -> None:
-        """Runtime switches (no rebuild): attention kernel, layouts, prefix sharing, channels-last."""
-        import importlib
-
-        unet = importlib.import_module(self.pkg + ".model.unet")
+        """Runtime switches (no rebuild): attention kernel, layouts, prefix sharing, channels-last (bench/variants.py)."""
         m = self.unet_module
-        m.set_attention(unet.ATTENTION_FUNCTIONS[s["attention"]])
-        m.set_reference_layout(s["reference_layout"] == "on")
-        m.set_temporal_conv2d(s["temporal_conv"] == "conv2d")
-        unet.INPLACE["on"] = s["inplace"] == "on"
+        set_attention(m, ATTENTION_FUNCTIONS[s["attention"]])
+        set_reference_layout(m, s["reference_layout"] == "on")
+        set_temporal_conv(m, s["temporal_conv"])
+        set_inplace(s["inplace"] == "on")
         m.set_ff_chunking(int(s["ff_chunk_mb"] * 2 ** 20))
         if s["reference_layout"] != "on":
             m.share_branch_prefix = s["prefix"] == "on"
@@ -388,14 +374,11 @@ class Worker:
         return s
 
     def run_once(self, s_side: Dict[str, Any]):
-        import importlib
-
         torch = self.torch
         if self.state is None or self.state[0] != dict(self.s, **{k: v for k, v in s_side.items()
                                                                     if k not in MODEL_KEYS}):
             self.prepare(s_side)
         s, inp = self.state
-        sampler = importlib.import_module(self.pkg + ".model.sampler")
         reset_peak_rss()
         if self.cuda:
             torch.cuda.synchronize()
@@ -413,7 +396,6 @@ class Worker:
             parts = dict(zip(branches, raw.float().chunk(K)))
             out = sampler.rescale_guidance(sampler.combine_guidance(parts, 7.5, 5.0), parts["cond"], 0.7)
         elif s["case"] == "sample":
-            variants = importlib.import_module(self.pkg + ".model.variants")
             sched = variants.get_variant("512").schedule
             gen = torch.Generator(device=self.dev).manual_seed(s["seed"] + 2)
             out = sampler.ddim_sample(self.denoiser(s, inp), inp["x"].float(), sched, s["steps"], eta=1.0,
@@ -422,12 +404,11 @@ class Worker:
             if s["kv_cache"] == "on":
                 self.unet_module.clear_context_cache()                       # the caller clears after sampling
         elif s["case"] == "vae":
-            vae_mod = importlib.import_module(self.pkg + ".model.vae")
             chunk = s["vae_chunk"]
             if chunk is None and s["vae_cap_mb"]:
                 chunk = self.model.frames_for_memory_cap(int(s["vae_cap_mb"] * 2 ** 20), *inp["z"].shape[-2:])
             self.vae_chunk_used = chunk or 0
-            out = vae_mod.decode_latent(self.model, inp["z"], chunk_frames=chunk)
+            out = vae.decode_latent(self.model, inp["z"], chunk_frames=chunk)
         else:
             raise ValueError(s["case"])
         if self.cuda:
@@ -603,8 +584,6 @@ def run_ab(sa: Dict[str, Any], sb: Dict[str, Any], mode: str, quiet: bool) -> Di
             wa.ask({"cmd": "save", "path": pa})
             wb.run(sb)
             wb.ask({"cmd": "save", "path": pb})
-            import torch
-
             ya, yb = torch.load(pa, weights_only=True), torch.load(pb, weights_only=True)
             d = (ya - yb).abs()
             diff = {"max_abs": float(d.max()), "max_rel_to_absmax": float(d.max() / ya.abs().max().clamp(min=1e-12))}
@@ -626,18 +605,20 @@ def run_ab(sa: Dict[str, Any], sb: Dict[str, Any], mode: str, quiet: bool) -> Di
 # =================================================================================================================
 # Parity case: low-precision UNet vs the float32 fixtures (no timing)
 # =================================================================================================================
-def run_parity(s: Dict[str, Any]) -> Dict[str, Any]:
-    import importlib
+def default_fixture_set(root: str) -> str:
+    """The first set (by name) under a fixtures root that has a UNet forward record (``unet_forward.json``)."""
+    names = sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, "unet_forward.json"))) \
+        if os.path.isdir(root) else []
+    if not names:
+        raise SystemExit(f"no parity fixture set with unet_forward.json under {root}: pass --fixtures DIR")
+    return os.path.join(root, names[0])
 
-    import torch
+
+def run_parity(s: Dict[str, Any]) -> Dict[str, Any]:
     from safetensors.torch import load_file
 
-    pkg = _import_pack()
-    unet = importlib.import_module(pkg + ".model.unet")
-    config = importlib.import_module(pkg + ".model.config")
-    ops_mod = importlib.import_module(pkg + ".model.ops")
-    folder = s["fixtures"] or os.environ.get("PARITY_FIXTURES_SET") or os.path.join(
-        os.environ.get("PARITY_FIXTURES", os.path.join(ROOT, "..", "shared", "fixtures", "parity")), "reference")
+    folder = s["fixtures"] or os.environ.get("PARITY_FIXTURES_SET") or default_fixture_set(
+        os.environ.get("PARITY_FIXTURES", os.path.join(ROOT, "..", "shared", "fixtures", "parity")))
     meta = json.load(open(os.path.join(folder, "unet_forward.json")))
     sd = {}
     for f in meta["weights_files"]:
@@ -645,18 +626,18 @@ def run_parity(s: Dict[str, Any]) -> Dict[str, Any]:
     sd = {k[len("model.diffusion_model."):]: v for k, v in sd.items()}
     fx = load_file(os.path.join(folder, "unet_forward.safetensors"))
     cfg = config.UNetConfig.from_dict(meta["unet_config"])
-    compute = getattr(torch, DTYPES[s["dtype"]])
-    storage = getattr(torch, WEIGHT_DTYPES[s["weights"]])
-    fp8 = storage in ops_mod.FP8_DTYPES
+    compute = DTYPES[s["dtype"]]
+    storage = WEIGHT_DTYPES[s["weights"]]
+    fp8 = storage in ops.FP8_DTYPES
     cast = storage != compute
 
     def make(dtype, store, cast_ops):
-        m = unet.UNetModel(cfg, operations=ops_mod.cast_operations if cast_ops else None,
-                           attention=unet.ATTENTION_FUNCTIONS[s["attention"]]).eval()
+        m = unet.UNetModel(cfg, operations=ops.cast_operations if cast_ops else None,
+                           attention=ATTENTION_FUNCTIONS[s["attention"]]).eval()
         m.load_state_dict(sd, strict=True)
-        if store in ops_mod.FP8_DTYPES:
+        if store in ops.FP8_DTYPES:
             m.to(dtype)
-            ops_mod.store_weights_(m, store, dtype)
+            ops.store_weights_(m, store, dtype)
         else:
             m.to(store)
         m.dtype = dtype
@@ -694,8 +675,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         worker_main()
         return {}
     args = build_parser().parse_args(argv)
-    import torch  # noqa: F401  (machine info)
-
     t0 = time.time()
     load_before = list(os.getloadavg())
     result: Dict[str, Any] = {"bench_version": BENCH_VERSION, "command": "python bench/bench.py " + shlex.join(argv),

@@ -207,7 +207,8 @@ def model_sigmas(
     cfg: ScheduleConfig, buffers: Dict[str, torch.Tensor] | None = None,
     terminal_alpha_cumprod: float = ZERO_SNR_TERMINAL_ALPHA_CUMPROD,
 ) -> torch.Tensor:
-    """Per-timestep ``sigma_t = sqrt(1-ac_t)/(sqrt(ac_t)*s_t)``, so that x_t / (sqrt(ac_t) s_t) = x0 + sigma_t eps.
+    """Per-timestep ``sigma_t = sqrt(1-ac_t)/(sqrt(ac_t)*s_t)`` (dynamic rescale as a noise schedule, see the
+    formulas at the end of this file).
 
     s_t = scale_arr[t] with dynamic rescale, else 1. Computed in float64 from the float32 buffers the sampler uses and
     returned as float32, ascending in t. Where ac_t is 0 (t = T-1 with zero terminal SNR, sigma = inf) ac_t is replaced
@@ -229,3 +230,62 @@ def model_sigmas(
     else:
         s = torch.ones(T, dtype=torch.float64)
     return (sqrt_1m / (sqrt_ac * s)).to(torch.float32)
+
+
+# ================================================================================================================
+# Dynamic rescale as a noise schedule (the host's model_sampling formulas; nodes/sampling.py wraps them)
+# ================================================================================================================
+# With x_t = sqrt(ac_t) s_t x0 + sqrt(1-ac_t) eps, the host's variable x = x_t / (sqrt(ac_t) s_t) = x0 + sigma_t eps
+# (sigma_t of ``model_sigmas``). For a sigma and the factor s of its nearest timestep, ac = 1 / (1 + sigma^2 s^2).
+# With s = 1 these are the host's own EPS / V_PREDICTION formulas.
+def sigma_view(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Per-sample sigma [B] (or a scalar) broadcastable against an ``ndim``-dimensional [B, ...] tensor."""
+    if sigma.ndim == 0 or sigma.numel() == 1:
+        return sigma.reshape(())
+    return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1))
+
+
+def sigma_to_t(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
+    """Nearest table timestep of each sigma (closest log sigma), shaped like ``sigma``."""
+    ls = sigma.float().clamp(min=1e-30).log().to(log_sigmas.device)
+    return (ls.reshape(-1)[None] - log_sigmas[:, None]).abs().argmin(dim=0).reshape(sigma.shape)
+
+
+def rescale_at(sigma: torch.Tensor, log_sigmas: torch.Tensor, scales: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Dynamic-rescale factor s_t of each sigma's nearest timestep, in sigma's dtype/device, viewed for ``ndim``."""
+    s = scales[sigma_to_t(sigma, log_sigmas)].to(device=sigma.device, dtype=sigma.dtype)
+    return sigma_view(s, ndim)
+
+
+def input_scale(sigma: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """x_t / x = sqrt(ac) s = s / sqrt(1 + sigma^2 s^2) (sigma, s already viewed)."""
+    return s / (1.0 + (sigma * s) ** 2) ** 0.5
+
+
+def denoised_from_v(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """v-prediction: x0 = x / q - v sigma / sqrt(q), q = 1 + sigma^2 s^2 (= (sqrt(ac) x_t - sqrt(1-ac) v) / s)."""
+    q = 1.0 + (sigma * s) ** 2
+    return x / q - v * sigma / q ** 0.5
+
+
+def v_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``denoised_from_v``: v = (x / q - x0) sqrt(q) / sigma."""
+    q = 1.0 + (sigma * s) ** 2
+    return (x / q - denoised) * q ** 0.5 / sigma
+
+
+def denoised_from_eps(x: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """eps-prediction: x0 = x - eps sigma (s cancels)."""
+    return x - eps * sigma
+
+
+def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``denoised_from_eps``: eps = (x - x0) / sigma."""
+    return (x - denoised) / sigma
+
+
+def start_noise(noise: torch.Tensor, sigma: torch.Tensor, s: torch.Tensor, latent: torch.Tensor | None,
+                from_pure_noise: bool) -> torch.Tensor:
+    """Initial x: noise / input_scale from pure noise (reference DDIM starts from x_t ~ N(0, I)), else latent + sigma noise."""
+    noise = noise / input_scale(sigma, s) if from_pure_noise else noise * sigma
+    return noise if latent is None else noise + latent

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import comfy.model_management
 
+from ..model.conditioning import concat_latent
 from ..model.config import Variant
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
@@ -155,13 +156,10 @@ def build_conditioning(positive, negative, image_embeds, vae, start_image, width
     if n:
         notes.append(n)
     lat = _vae_latent(vae, start_fit)                                      # [1, 4, h, w]
-    if end is None:
-        concat = lat.repeat(frames, 1, 1, 1)                               # [T, 4, h, w]
-    else:
-        end_fit, _ = fit_image(end, width, height)
-        concat = torch.zeros((frames,) + tuple(lat.shape[1:]), dtype=lat.dtype)
-        concat[0] = lat[0]
-        concat[-1] = lat[0] if loop else _vae_latent(vae, end_fit)[0]
+    last = None
+    if end is not None:
+        last = lat if loop else _vae_latent(vae, fit_image(end, width, height)[0])   # [1, 4, h, w]
+    concat = concat_latent(lat, frames, last)[0].transpose(0, 1).contiguous()      # [T, 4, h, w]
     fs = motion if motion > 0 else variant.default_motion
     lo, hi = variant.motion_range
     if not lo <= fs <= hi:

@@ -1,24 +1,22 @@
 """Image encode: CLIP_VISION + P + IMAGE -> image tokens for the conditional and the unconditional branches.
 
-Reference preprocessing (fixtures README "Embedder"): the image in [-1, 1] is squashed (not cropped) to 224x224 with
-a bicubic, antialiased, align_corners resize (kornia), mapped to [0, 1] and normalised with the CLIP mean/std; the
-tokens are the last transformer layer, 257 x 1280 for ViT-H, without ``ln_post``. The unconditional tokens are those
-of an all-zero image in [-1, 1], i.e. mid-grey.
+Reference preprocessing (fixtures README "Embedder"; ``model.conditioning.clip_preprocess``, which the trainer uses
+too): the image in [-1, 1] is squashed (not cropped) to 224x224 with kornia's antialiased bicubic resize, mapped to
+[0, 1] and normalised with the CLIP mean/std; the tokens are the last transformer layer, 257 x 1280 for ViT-H,
+without ``ln_post``. The unconditional tokens are those of an all-zero image in [-1, 1], i.e. mid-grey.
 """
 from __future__ import annotations
 
 from typing import List, Tuple
 
 import torch
-import torch.nn.functional as F
 
 import comfy.model_management
 
+from ..model.conditioning import CLIP_MEAN, CLIP_STD, clip_preprocess
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _KNOWN_VISION = {1024: "a ViT-L/14 image encoder (the SD1.5/SDXL-style clip_vision)",
                  1664: "a ViT-bigG/14 image encoder", 768: "a ViT-B image encoder", 1152: "a SigLIP image encoder",
                  1280: "the OpenCLIP ViT-H/14 image encoder"}
@@ -41,19 +39,8 @@ def to_rgb(image: torch.Tensor, what: str) -> Tuple[torch.Tensor, List[str]]:
 
 
 def clip_pixels(image_01: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """IMAGE [B, H, W, 3] in [0, 1] -> CLIP pixel values [B, 3, size, size] with the reference's squash resize."""
-    x = image_01.movedim(-1, 1).float() * 2.0 - 1.0                         # [B, 3, H, W] in [-1, 1]
-    if tuple(x.shape[-2:]) != (size, size):
-        try:
-            from kornia.geometry.transform import resize
-            x = resize(x, (size, size), interpolation="bicubic", align_corners=True, antialias=True)
-        except ImportError:  # pragma: no cover - both hosts require kornia
-            logger.warning("kornia missing: torch bicubic resize instead of the reference's kornia resize")
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True, antialias=True)
-    x = (x + 1.0) / 2.0
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """IMAGE [B, H, W, 3] in [0, 1] -> CLIP pixel values [B, 3, size, size] (model/conditioning.py's preprocessing)."""
+    return clip_preprocess(image_01.movedim(-1, 1).float() * 2.0 - 1.0, size)  # [B, 3, H, W] in [-1, 1]
 
 
 def image_size_of(clip_vision) -> int:

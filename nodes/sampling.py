@@ -1,17 +1,11 @@
 """Sampling inside the host: the pack's ``model_sampling``, the exact reference DDIM through ``BaseModel.apply_model``,
 and (on hosts that have ``comfy.samplers.CFGGuider``) a dual-CFG guider with the reference guidance rescale.
 
-model_sampling (dynamic rescale as a noise schedule): with x_t = sqrt(ac_t) s_t x0 + sqrt(1-ac_t) eps, the host's variable is
-x = x_t / (sqrt(ac_t) s_t) = x0 + sigma_t eps with sigma_t = sqrt(1-ac_t) / (sqrt(ac_t) s_t). For any sigma and the
-dynamic-rescale factor s of its nearest timestep, ac = 1 / (1 + sigma^2 s^2), so
-
-    model input     x_t = x * s / sqrt(1 + sigma^2 s^2)
-    v-prediction    denoised = x / (1 + sigma^2 s^2) - v * sigma / sqrt(1 + sigma^2 s^2)   (= (sqrt(ac) x_t - sqrt(1-ac) v) / s)
-    eps-prediction  denoised = x - eps * sigma
-
-and an Euler step between two table sigmas is the reference DDIM eta=0 step with the pred_x0 *= s_prev/s_t
-rescale. With s = 1 these are the host's own EPS / V_PREDICTION formulas. The zero-SNR terminal step (ac = 0,
-sigma = inf) uses the host's terminal ac = 4.9e-8 (``schedule.model_sigmas``).
+model_sampling: dynamic rescale as a noise schedule, x = x_t / (sqrt(ac_t) s_t) = x0 + sigma_t eps; the formulas
+(model input, v / eps denoised and their inverses, start noise) are the pure functions of model/schedule.py, and an
+Euler step between two table sigmas is the reference DDIM eta=0 step with the pred_x0 *= s_prev/s_t rescale. With
+s = 1 they are the host's own EPS / V_PREDICTION formulas. The zero-SNR terminal step (ac = 0, sigma = inf) uses the
+host's terminal ac = 4.9e-8 (``schedule.model_sigmas``).
 """
 from __future__ import annotations
 
@@ -28,7 +22,10 @@ from ..model.config import ScheduleConfig
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.sampler import combine_guidance, ddim_sample, guidance_branches, rescale_guidance
-from ..model.schedule import ddim_timesteps, model_buffers, model_sigmas, scale_arr
+from ..model.schedule import (
+    ddim_timesteps, denoised_from_eps, denoised_from_v, eps_from_denoised, input_scale, model_buffers, model_sigmas,
+    rescale_at, scale_arr, sigma_to_t, sigma_view, start_noise, v_from_denoised,
+)
 from . import compat
 
 BRANCH_CONDS = {"cond": "positive", "uc": "negative", "uc_img": "image_only"}
@@ -38,14 +35,9 @@ SPACINGS = ["auto", "uniform_trailing", "uniform"]
 # ================================================================================================================
 # model_sampling
 # ================================================================================================================
-def _view(sigma: torch.Tensor, ndim: int) -> torch.Tensor:
-    if sigma.ndim == 0 or sigma.numel() == 1:
-        return sigma.reshape(())
-    return sigma.reshape(sigma.shape[:1] + (1,) * (ndim - 1))
-
-
 class _DynamiCrafterSampling:
-    """Mixin over the host's ModelSamplingDiscrete: the table holds the rescaled sigmas, ``dc_scale`` s_t."""
+    """Mixin over the host's ModelSamplingDiscrete: the table holds the rescaled sigmas, ``dc_scale`` s_t; the
+    formulas are model/schedule.py's (dynamic rescale as a noise schedule)."""
 
     def _setup_dc(self, cfg: ScheduleConfig) -> None:
         buffers = model_buffers(cfg)
@@ -59,52 +51,41 @@ class _DynamiCrafterSampling:
         self.num_timesteps = n
         self.zsnr = bool(cfg.rescale_betas_zero_snr)
 
-    # -- the factor s of the nearest table timestep --------------------------------------------------------------
     def dc_index(self, sigma: torch.Tensor) -> torch.Tensor:
-        ls = sigma.float().clamp(min=1e-30).log().to(self.log_sigmas.device)
-        return (ls.reshape(-1)[None] - self.log_sigmas[:, None]).abs().argmin(dim=0).reshape(sigma.shape)
+        """Nearest table timestep of each sigma."""
+        return sigma_to_t(sigma, self.log_sigmas)
 
     def _s(self, sigma: torch.Tensor, ndim: int) -> torch.Tensor:
-        s = self.dc_scale[self.dc_index(sigma)].to(device=sigma.device, dtype=sigma.dtype)
-        return _view(s, ndim)
+        return rescale_at(sigma, self.log_sigmas, self.dc_scale, ndim)
 
     def input_scale(self, sigma: torch.Tensor, ndim: int = 1) -> torch.Tensor:
         """x_t / x = sqrt(ac) s = s / sqrt(1 + sigma^2 s^2)."""
-        s = self._s(sigma, ndim)
-        sg = _view(sigma, ndim)
-        return s / (1.0 + (sg * s) ** 2) ** 0.5
+        return input_scale(sigma_view(sigma, ndim), self._s(sigma, ndim))
 
     # -- host interface -------------------------------------------------------------------------------------------
     def calculate_input(self, sigma, noise):
         return noise * self.input_scale(sigma, noise.ndim)
 
     def calculate_denoised(self, sigma, model_output, model_input):
-        sg = _view(sigma, model_output.ndim)
+        sg = sigma_view(sigma, model_output.ndim)
         if self.dc_eps:
-            return model_input - model_output * sg
-        s = self._s(sigma, model_output.ndim)
-        q = 1.0 + (sg * s) ** 2
-        return model_input / q - model_output * sg / q ** 0.5
+            return denoised_from_eps(model_input, model_output, sg)
+        return denoised_from_v(model_input, model_output, sg, self._s(sigma, model_output.ndim))
 
     def model_output_from_denoised(self, sigma, denoised, model_input):
         """Inverse of ``calculate_denoised``: the v (or eps) that gives ``denoised`` at ``sigma``."""
-        sg = _view(sigma, denoised.ndim)
+        sg = sigma_view(sigma, denoised.ndim)
         if self.dc_eps:
-            return (model_input - denoised) / sg
-        s = self._s(sigma, denoised.ndim)
-        q = 1.0 + (sg * s) ** 2
-        return (model_input / q - denoised) * q ** 0.5 / sg
+            return eps_from_denoised(model_input, denoised, sg)
+        return v_from_denoised(model_input, denoised, sg, self._s(sigma, denoised.ndim))
 
     def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
         """Start of sampling. From sigma_max, or from any sigma on an empty latent (the reference DDIM starts
         its first timestep from x_t ~ N(0, I) whatever the spacing, e.g. t=801 for the 256 model), the model's
         variable is the noise itself: x = noise / input_scale. Otherwise (img2img) x = latent + sigma * noise."""
-        empty = latent_image is None or not bool(torch.count_nonzero(latent_image))
-        if max_denoise or empty:
-            noise = noise / self.input_scale(sigma, noise.ndim)
-        else:
-            noise = noise * _view(sigma, noise.ndim)
-        return noise if latent_image is None else noise + latent_image
+        pure = max_denoise or latent_image is None or not bool(torch.count_nonzero(latent_image))
+        s = self._s(sigma, noise.ndim) if pure else None
+        return start_noise(noise, sigma_view(sigma, noise.ndim), s, latent_image, pure)
 
     def inverse_noise_scaling(self, sigma, latent):
         return latent

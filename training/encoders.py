@@ -20,13 +20,11 @@ import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..model.conditioning import CLIP_SIZE, clip_preprocess
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
-
-CLIP_SIZE = 224
 
 TINY_CLIP = dict(embed_dim=32, vision=dict(layers=2, width=48, head_width=24, patch_size=14, image_size=224),
                  text=dict(width=64, heads=2, layers=2))
@@ -87,24 +85,21 @@ class TextEncoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """open_clip visual tower, last-layer tokens without ln_post: images [B, 3, H, W] in [-1, 1] -> [B, 257, width]."""
+    """open_clip visual tower, last-layer tokens without ln_post: images [B, 3, H, W] in [-1, 1] -> [B, 257, width].
+
+    The images go through ``model.conditioning.clip_preprocess``, the same preprocessing as the nodes (inference).
+    """
 
     def __init__(self, clip: nn.Module):
         super().__init__()
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
         self.visual = clip.visual
-        self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)
         self.width = clip.visual.conv1.weight.shape[0]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         vis = self.visual
         dt = vis.conv1.weight.dtype
-        x = F.interpolate(images.float(), size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", align_corners=True,
-                          antialias=True)
-        x = (((x + 1.0) / 2.0 - self.mean) / self.std).to(dt)                              # [B, 3, 224, 224]
+        x = clip_preprocess(images, CLIP_SIZE).to(dt)                                      # [B, 3, 224, 224]
         x = vis.conv1(x).flatten(2).transpose(1, 2)                                       # [B, grid^2, W]
         cls = vis.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + vis.positional_embedding.to(x.dtype)             # [B, 257, W]

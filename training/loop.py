@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 
+from ..model.conditioning import concat_latent
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.variants import get_variant
@@ -415,13 +416,11 @@ class Trainer:
         z0 = sample_posterior(mean, std, post_noise)                           # posterior sample, scaled latent
         concat = None
         if self.stage.concat:
-            b, c, T = z0.shape[:3]
             if self.interp:                                                  # start + end frame, zeros between
-                concat = torch.zeros_like(z0)
-                concat[:, :, 0], concat[:, :, -1] = z0[:, :, 0], z0[:, :, -1]
+                concat = concat_latent(z0[:, :, 0], z0.shape[2], z0[:, :, -1])
             else:                                                            # conditioning frame over all frames
                 ci = batch["cond_index"].to(dev)
-                concat = z0[torch.arange(b, device=dev), :, ci][:, :, None].expand(b, c, T, *z0.shape[3:])
+                concat = concat_latent(z0[torch.arange(z0.shape[0], device=dev), :, ci], z0.shape[2])
         fs = batch["fs"].to(dev)
         net = self.ddp_model
 

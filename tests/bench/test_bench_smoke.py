@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from comfyui_dynamicrafter.tests.fixtures import fixture_sets, fixtures_root, set_ids
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench", "bench.py")
 SMALL = ["--config", "mid", "--height", "64", "--width", "64", "--frames", "2", "--warmup", "0", "--repeats", "1",
@@ -72,13 +74,29 @@ def test_vae_case_chunked(tmp_path):
     assert r["vae_chunk_frames"] == 1 and "activation_peak_mb" in r["memory"]
 
 
-def test_parity_case_if_fixtures(tmp_path):
-    fixtures = os.path.join(REPO, "..", "shared", "fixtures", "parity", "reference")
-    if not os.path.isdir(fixtures):
-        pytest.skip("no parity fixtures beside the repo")
+def _unet_sets():
+    """Fixture sets (tests/fixtures.py: $PARITY_FIXTURES or ../shared/fixtures/parity) with a UNet forward record."""
+    return [p for p in fixture_sets() if (p / "unet_forward.json").is_file()]
+
+
+@pytest.mark.parametrize("fixture_set", _unet_sets() or [None], ids=set_ids(_unet_sets()) or ["none"])
+def test_parity_case_if_fixtures(tmp_path, fixture_set):
+    if fixture_set is None:
+        pytest.skip(f"no parity fixture set with unet_forward.json under {fixtures_root()}")
     out = tmp_path / "p.json"
-    proc = subprocess.run([sys.executable, BENCH, "parity", "--dtype", "bf16", "--quiet", "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, BENCH, "parity", "--dtype", "bf16", "--fixtures", str(fixture_set),
+                           "--quiet", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
+    assert r["fixtures"] == os.path.abspath(fixture_set)
     assert r["calls"] and 0 <= r["max_rel_to_absmax"] < 0.25
+
+
+def test_parity_default_set_is_found():
+    """Without --fixtures the bench takes the first set under the fixtures root, whatever its name."""
+    sets = _unet_sets()
+    if not sets:
+        pytest.skip(f"no parity fixture set with unet_forward.json under {fixtures_root()}")
+    from comfyui_dynamicrafter.bench import bench
+
+    assert bench.default_fixture_set(str(fixtures_root())) == str(sets[0])

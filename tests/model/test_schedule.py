@@ -198,3 +198,40 @@ def test_bad_arguments_raise(call):
     with pytest.raises(DynamiCrafterInputError) as e:
         call()
     assert "\n" not in str(e.value) and "expected" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dynamic rescale as a noise schedule (the pure functions the host's model_sampling wraps)
+# ---------------------------------------------------------------------------------------------------------------------
+def test_rescaled_sigma_formulas_are_the_reference_v_step():
+    """At a table sigma: x_t = input_scale * x, and denoised_from_v = (sqrt(ac) x_t - sqrt(1-ac) v) / s (reference
+    v-prediction with the dynamic-rescale pred_x0 / s); the inverses round-trip."""
+    from comfyui_dynamicrafter.model.schedule import (denoised_from_eps, denoised_from_v, eps_from_denoised,
+                                                      input_scale, rescale_at, sigma_to_t, sigma_view, start_noise,
+                                                      v_from_denoised)
+    from comfyui_dynamicrafter.model.variants import get_variant
+
+    cfg = get_variant("512").schedule
+    buf = model_buffers(cfg)
+    sig = model_sigmas(cfg, buf)
+    scales = scale_arr(cfg)[: cfg.timesteps]
+    g = torch.Generator().manual_seed(0)
+    for t in (0, 19, 399, 400, 500, 979):
+        sigma = sig[t:t + 1].repeat(2)
+        assert torch.equal(sigma_to_t(sigma, sig.log()), torch.tensor([t, t]))
+        s = rescale_at(sigma, sig.log(), scales, 4)
+        assert s.shape == (2, 1, 1, 1) and float(s[0]) == float(scales[t])
+        sg = sigma_view(sigma, 4)
+        x, v = torch.randn(2, 2, 4, 3, 3, generator=g).double()
+        ac = buf["alphas_cumprod"][t].double()
+        x_t = x * input_scale(sg.double(), s.double())
+        torch.testing.assert_close(x_t, x * ac.sqrt() * scales[t].double(), rtol=1e-6, atol=1e-6)
+        den = denoised_from_v(x, v, sg.double(), s.double())
+        want = pred_x0_eps_from_v(x_t, v, ac.sqrt(), (1 - ac).sqrt())[0] / scales[t].double()
+        torch.testing.assert_close(den, want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(v_from_denoised(x, den, sg.double(), s.double()), v, rtol=1e-9, atol=1e-9)
+        e = denoised_from_eps(x, v, sg.double())
+        torch.testing.assert_close(eps_from_denoised(x, e, sg.double()), v, rtol=1e-9, atol=1e-9)
+        noise = torch.randn(2, 4, 3, 3, generator=g)
+        assert torch.equal(start_noise(noise, sg, s, None, True), noise / input_scale(sg, s))
+        assert torch.equal(start_noise(noise, sg, None, x[0].float(), False), noise * sg + x[0].float())

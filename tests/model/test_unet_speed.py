@@ -1,11 +1,11 @@
-"""The UNet's speed/memory switches are exact reorganisations: each one against the plain path."""
+"""The UNet's speed/memory techniques are exact reorganisations: each one against the plain path. (The benchmark's
+baselines, bench/variants.py, and its cast-on-use layers are checked in tests/bench/test_variants.py.)"""
 import dataclasses
 
 import pytest
 import torch
 
-from comfyui_dynamicrafter.model.ops import cast_operations, store_weights_
-from comfyui_dynamicrafter.model.unet import UNetModel, explicit_attention, sdpa_attention
+from comfyui_dynamicrafter.model.unet import UNetModel
 from comfyui_dynamicrafter.model.variants import get_variant
 
 TOL = dict(atol=2e-5, rtol=2e-5)
@@ -139,43 +139,6 @@ def test_context_cache_keeps_separate_branch_contexts():
     hook.remove()
 
 
-def test_explicit_attention_equals_sdpa():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(5, n, 64, generator=g) for n in (33, 17, 17))
-    torch.testing.assert_close(explicit_attention(q, k, v, 4), sdpa_attention(q, k, v, 4), **TOL)
-    m = _model()
-    x, t, ctx, fs = _inputs()
-    with torch.no_grad():
-        a = m(x, t, ctx, fs)
-        m.set_attention(explicit_attention)
-        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
-
-
-@pytest.mark.parametrize("per_frame", [True, False])
-def test_reference_layout_equals_folded(per_frame):
-    m = _model()
-    x, t, ctx, fs = _inputs(per_frame=per_frame)
-    with torch.no_grad():
-        a = m(x, t, ctx, fs)
-        m.set_reference_layout(True)
-        assert not m.share_branch_prefix
-        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
-        m.set_reference_layout(False)
-        assert m.share_branch_prefix
-
-
-def test_temporal_conv2d_equals_conv3d():
-    m = _model()
-    x, t, ctx, fs = _inputs()
-    with torch.no_grad():
-        a = m(x, t, ctx, fs)
-        m.set_temporal_conv2d(False)
-        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
-        m.set_channels_last(True)
-        m.set_temporal_conv2d(True)
-        torch.testing.assert_close(m(x, t, ctx, fs), a, **TOL)
-
-
 def test_ff_chunking_equals_plain():
     m = _model()
     x, t, ctx, fs = _inputs()
@@ -211,32 +174,3 @@ def test_low_precision_compute_runs_close(dtype):
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
     rel = (y - ref).abs().max() / ref.abs().max()
     assert rel < 0.1, rel
-
-
-@pytest.mark.parametrize("storage", ["bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"])
-def test_cast_on_use_storage(storage):
-    storage = getattr(torch, storage, None)
-    if storage is None:
-        pytest.skip("dtype not in this torch")
-    ref_m = _model()
-    m = _model(operations=cast_operations, compute_dtype=torch.bfloat16)
-    m.load_state_dict(ref_m.state_dict())
-    x, t, ctx, fs = _inputs()
-    with torch.no_grad():
-        ref = ref_m(x, t, ctx, fs)
-        store_weights_(m, storage, compute_dtype=torch.bfloat16)
-        assert m.input_blocks[0][0].weight.dtype == storage
-        y = m(x, t, ctx, fs)
-    assert torch.isfinite(y).all()
-    rel = (y - ref).abs().max() / ref.abs().max()
-    assert rel < (0.5 if storage == torch.float8_e5m2 else 0.2), rel   # e5m2 keeps 2 mantissa bits
-    assert set(m.state_dict()) == set(ref_m.state_dict())
-
-
-def test_cast_ops_same_dtype_is_exact():
-    ref_m = _model()
-    m = _model(operations=cast_operations)
-    m.load_state_dict(ref_m.state_dict())
-    x, t, ctx, fs = _inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(m(x, t, ctx, fs), ref_m(x, t, ctx, fs), atol=0, rtol=0)

@@ -1,4 +1,4 @@
-"""Cast-on-use layers: weights stored in one dtype (bf16, fp16, fp8), computed in the input's dtype.
+"""Cast-on-use layers (benchmark only): weights stored in one dtype (bf16, fp16, fp8), computed in the input's dtype.
 
 ``cast_operations`` is an ``operations`` namespace for ``UNetModel`` / ``Resampler`` / ``AutoencoderKL`` (the same
 hook a host uses for its own manual-cast ops). Each layer casts its weight and bias to the input's dtype and device
@@ -8,6 +8,9 @@ in ``forward``; nothing else changes, so with storage dtype == compute dtype it 
 (``float8_e4m3fn`` / ``float8_e5m2``) keeps one float32 scale per output channel (max |w| of the row -> the format's
 max) as a non-persistent attribute, so small rows keep their precision; state-dict keys are unchanged. Biases and norm
 parameters stay in the compute dtype when the storage dtype is fp8 (they are a rounding error of the size).
+
+Inside ComfyUI the host's own manual-cast ops play this part; the benchmark uses these to measure storage dtypes
+without a host. A (k,1,1) Conv3d runs as the UNet's ``temporal_conv2d``, as a plain Conv3d does in the UNet.
 """
 from __future__ import annotations
 
@@ -18,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FP8_DTYPES = tuple(d for d in (getattr(torch, "float8_e4m3fn", None), getattr(torch, "float8_e5m2", None)) if d)
+from ..model import dtypes
+from ..model.unet import temporal_conv2d
+
+FP8_DTYPES = tuple(dtypes.FP8_DTYPES.values())
 
 
 def _cast(t: Optional[torch.Tensor], like: torch.Tensor, scale=None) -> Optional[torch.Tensor]:
@@ -61,7 +67,15 @@ class Conv2d(CastWeights, nn.Conv2d):
 class Conv3d(CastWeights, nn.Conv3d):
     def forward(self, x):
         w, b = self._wb(x)
+        if _is_temporal(self) and x.dim() == 5:
+            return temporal_conv2d(x, w, b, self.padding[0])
         return self._conv_forward(x, w, b)
+
+
+def _is_temporal(conv: nn.Conv3d) -> bool:
+    """A (k,1,1) kernel with unit stride/dilation, no groups and no spatial padding: the UNet's temporal convs."""
+    return (conv.kernel_size[1:] == (1, 1) and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1)
+            and conv.groups == 1 and tuple(conv.padding[1:]) == (0, 0) and conv.padding_mode == "zeros")
 
 
 class GroupNorm(CastWeights, nn.GroupNorm):
