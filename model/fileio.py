@@ -177,7 +177,8 @@ def write_errors(path: str, what: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Listing:
-    """Files found under a root (relative paths, '/'-separated, sorted) and what the walk skipped."""
+    """Files found under a root (relative paths joined with os.sep, like the hosts' lists; sorted) and what the walk
+    skipped."""
 
     files: List[str]
     loops: List[str]          # links back to a folder above them: what makes os.walk(followlinks=True) endless
@@ -236,7 +237,7 @@ def walk_files(root: str, extensions: Optional[Iterable[str]] = None, max_depth:
                     out.truncated = out.truncated or f"folders deeper than {max_depth} levels"
                 else:
                     seen.add(key)
-                    subdirs.append((entry.path, relpath + "/", above + (key,)))
+                    subdirs.append((entry.path, relpath + os.sep, above + (key,)))
             elif exts is None or os.path.splitext(entry.name)[1].lower() in exts:
                 out.files.append(relpath)
         stack.extend(reversed(subdirs))

@@ -24,9 +24,11 @@ import folder_paths
 
 from ..model import adapters as ad
 from ..model.errors import DynamiCrafterInputError
+from ..model.guards import check_state_dict_finite
 from ..model.log import logger
 from . import compat
 from .loader import ImageProjector
+from .widgets import check_numbers
 
 ADAPTER_FOLDER = "dynamicrafter_adapters"
 ADAPTER_EXTENSIONS = (".safetensors",)
@@ -123,6 +125,8 @@ def apply_adapter(model, image_proj, adapter_name: str, strength: float) -> Tupl
         raise DynamiCrafterInputError(label, err.expected, err.found, err.todo) from None
     shapes = ad.model_shapes(model.model.diffusion_model, image_proj.model)
     info = ad.validate_adapter(tensors, meta, variant, shapes, name=label)
+    check_state_dict_finite(tensors, label, "the adapter was saved from a diverged training run: export an earlier "
+                                            "step's adapter (or lower the learning rate and train again)")
     full_keys = list(info.full_keys)
     lora, full = unet_patches(tensors, info, full_keys)
     has_p = any(k.startswith(ad.P_PREFIX) for k in tensors)
@@ -180,6 +184,7 @@ class DCN_ApplyAdapter:
                    "DynamiCrafter model; refuses adapters of another variant or P shape before patching.")
 
     def apply(self, model, image_proj, adapter_name, strength_model=1.0):
+        check_numbers(type(self), strength_model=strength_model)
         m, p, summary = apply_adapter(model, image_proj, adapter_name, float(strength_model))
         return {"ui": {"text": [summary]}, "result": (m, p)}
 

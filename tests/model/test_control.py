@@ -69,3 +69,44 @@ def test_check_shapes_before_any_block_runs():
         C.from_host({"output": [None] * 5}, 4)
     with pytest.raises(DynamiCrafterInputError, match=r"unknown control kinds \['extra'\]"):
         C.from_host({"extra": []}, 4)
+
+
+def _tiny_unet():
+    from comfyui_dynamicrafter.model.unet import UNetModel
+    from comfyui_dynamicrafter.model.variants import get_variant
+
+    torch.manual_seed(0)
+    unet = UNetModel(get_variant("512", tiny=True).unet).eval()
+    for p in unet.parameters():  # zero-init output layers would hide a residual: draw everything
+        p.data = torch.randn_like(p) * 0.05
+    return unet
+
+
+def test_unet_forward_adds_residuals_per_frame():
+    unet = _tiny_unet()
+    cfg = unet.cfg
+    b, t, s = 3, 2, 8                                    # three guidance branches of one step, two frames
+    x = torch.randn(1, cfg.in_channels, t, s, s).repeat(b, 1, 1, 1, 1)
+    ctx = torch.randn(b, 77 + t * cfg.image_tokens_per_frame, cfg.context_dim)
+    ts = torch.full((b,), 500)
+    shapes, hooks = [], []
+    for blk in unet.input_blocks:
+        hooks.append(blk.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape))))
+    with torch.no_grad():
+        plain = unet(x, ts, ctx)
+    for h in hooks:
+        h.remove()
+    rows = b * t
+    zeros = {"output": [torch.zeros(rows, *sh[1:]) for sh in shapes], "middle": [], "input": []}
+    with torch.no_grad():
+        assert torch.allclose(unet(x, ts, ctx, control=zeros), plain, atol=1e-5)  # prefix sharing off: float noise
+        # a residual on frame 1 of branch 2 only, at the deepest skip: that frame of that branch changes, no other
+        r = torch.zeros(rows, *shapes[-1][1:])
+        r[2 * t + 1] = 1.0
+        one = {"output": [None] * (len(shapes) - 1) + [r]}
+        out = unet(x, ts, ctx, control=one)
+    changed = (out - plain).abs().amax(dim=(1, 3, 4))    # [b, t]
+    assert changed[2, 1] > 1e-3 and float(changed[:2].max()) < 1e-4  # other branches untouched
+    with pytest.raises(DynamiCrafterInputError, match="output residual for block 3"):
+        bad = {"output": [None] * (len(shapes) - 1) + [torch.zeros(rows, 320, 4, 4)]}
+        unet(x, ts, ctx, control=bad)
