@@ -21,6 +21,7 @@ import folder_paths
 
 from ..model.errors import DynamiCrafterInputError
 from ..model.fileio import atomic_path
+from ..model.guards import check_image_finite
 from ..model.log import logger
 
 FORMATS = ["mp4", "webp", "gif"]
@@ -205,6 +206,7 @@ class DCN_SaveVideo:
     DESCRIPTION = "Saves the video frames as mp4 (H.264), animated WebP or GIF in the output folder."
 
     def save(self, images, filename_prefix, format, fps, crf, prompt=None, extra_pnginfo=None):
+        check_image_finite(images, "images")  # a NaN video is refused, never saved as black frames
         ui, _ = save_video(images, filename_prefix, format, fps, crf, prompt, extra_pnginfo)
         return {"ui": ui}
 

@@ -219,6 +219,17 @@ def test_nan_adapter_strength_refused(host, adapters):
     assert "strength_model" in text and "finite" in text, text
 
 
+def test_run_too_big_for_the_device_refused_before_sampling(host, dc):
+    """Finding 3: the allowed 8192x8192 ended in a raw 34 GB allocation error after the model load."""
+    prefix = f"{PREFIX}_mem_{next(_tick)}"
+    g = _video_graph(prefix)
+    g["6"]["inputs"].update(width=8192, height=8192, frames=16)
+    res, text = _run_refused(host, g, prefix)
+    assert text.startswith("width/height/frames: expected a run that fits in") and "8192x8192 x 16 frames needs at " \
+        "least" in text, text
+    assert str(res.error["node_id"]) == "6"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # conditioning of another variant
 # ---------------------------------------------------------------------------------------------------------------------
