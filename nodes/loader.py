@@ -33,6 +33,7 @@ from ..model.checkpoint import detect_variant, open_checkpoint, validate_checkpo
 from ..model.config import Variant
 from ..model.fileio import atomic_file
 from ..model.errors import DynamiCrafterInputError
+from ..model.guards import check_state_dict_finite
 from ..model.log import logger
 from ..model.resampler import Resampler
 from ..model.variants import get_variant, variant_names
@@ -262,6 +263,9 @@ def load_checkpoint(path: str, variant: str = "auto", weight_dtype: str = "defau
         vision = {k: ck.tensor(full) for k, full in ck.parts["image_encoder"].items()}
         vae_sd = {k: ck.tensor(full) for k, full in ck.parts["vae"].items()}
         name = ck.name
+        for part, sd in (("unet", unet_sd), ("image_proj", proj_sd), ("text_encoder", text),
+                         ("image_encoder", vision), ("vae", vae_sd)):  # one reduction per tensor, before any build
+            check_state_dict_finite(((ck.parts[part][k], t) for k, t in sd.items()), f"ckpt_name '{name}'")
     model = build_model(v, unet_sd, _DTYPES.get(weight_dtype))
     del unet_sd
     projector = ImageProjector(v, proj_sd)

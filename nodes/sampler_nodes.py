@@ -6,7 +6,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.sampler import MODES
 from . import compat
 from .sampling import SPACINGS, DynamiCrafterGuider, reference_sigmas, resolve_spacing, sample_exact
-from .widgets import widget_problem
+from .widgets import check_numbers, widget_problem
 
 _CFG = {"min": 0.0, "max": 30.0, "step": 0.1}
 
@@ -66,6 +66,8 @@ class DCN_Sampler:
 
     def sample(self, model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
                guidance_rescale, spacing, mode):
+        check_numbers(type(self), steps=steps, cfg_text=cfg_text, cfg_image=cfg_image, eta=eta,
+                      guidance_rescale=guidance_rescale)
         _check_model(model)
         return (sample_exact(model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
                              guidance_rescale, spacing, mode),)
@@ -118,6 +120,7 @@ class DCN_Guider:
     DESCRIPTION = "DynamiCrafter's dual CFG for the host's samplers (use with DCN_Sigmas and euler for DDIM)."
 
     def guider(self, model, positive, image_only, negative, cfg_text, cfg_image, guidance_rescale, mode):
+        check_numbers(type(self), cfg_text=cfg_text, cfg_image=cfg_image, guidance_rescale=guidance_rescale)
         _check_model(model)
         g = DynamiCrafterGuider(model)
         g.set_conds(positive, image_only, negative)

@@ -26,7 +26,7 @@ from ..model.schedule import (
     ddim_timesteps, denoised_from_eps, denoised_from_v, eps_from_denoised, input_scale, model_buffers, model_sigmas,
     rescale_at, scale_arr, sigma_to_t, sigma_view, start_noise, v_from_denoised,
 )
-from . import compat
+from . import compat, control
 
 BRANCH_CONDS = {"cond": "positive", "uc": "negative", "uc_img": "image_only"}
 SPACINGS = ["auto", "uniform_trailing", "uniform"]
@@ -152,7 +152,7 @@ def _branch_conds(base, conditioning, noise, device, prompt_type: str, seed: int
     out = {}
     for k, c in conds[0]["model_conds"].items():
         out[k] = c.process_cond(batch_size=t, device=device, area=(h, w, 0, 0))
-    return out
+    return out, control.branch_control(conds)
 
 
 def _cat_conds(per_branch, device):
@@ -189,8 +189,13 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     compat.load_models([model], model.memory_required([len(names) * frames, ch, h, w]))
     device = model.load_device
     ms = base.model_sampling
-    prepared = {n: _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device, BRANCH_CONDS[n], seed)
-                for n in names}
+    prepared, controls = {}, {}
+    for n in names:
+        prepared[n], controls[n] = _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device,
+                                                 BRANCH_CONDS[n], seed)
+    control_models = control.prepare(model, controls)
+    if control_models:
+        compat.load_models(control_models)
     batched = _cat_conds([prepared[n] for n in names], device)
     topts_base = dict(model.model_options.get("transformer_options", {}))
     wrapper = model.model_options.get("model_function_wrapper")
@@ -208,6 +213,10 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
         topts = dict(topts_base, dcn_output_sink=sink, cond_or_uncond=[names.index(b) for b in branches],
                      sigmas=sigma[:1])
         c = dict(batched, transformer_options=topts)
+        if control_models:
+            residuals = control.step_control(controls, branches, xk, sigma, batched, frames, topts)
+            if residuals is not None:
+                c["control"] = residuals
         if wrapper is not None:
             wrapper(base.apply_model, {"input": xk, "timestep": sigma, "c": c,
                                        "cond_or_uncond": topts["cond_or_uncond"]})
@@ -231,9 +240,12 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     unet = base.diffusion_model
     # the conds are the same every step: their text/image K/V are projected once per run (exact; freed after it)
     with unet.context_cache() if hasattr(unet, "context_cache") else contextlib.nullcontext():
-        out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
-                          cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
-                          callback=callback)
+        try:
+            out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
+                              cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
+                              callback=callback)
+        finally:
+            control.cleanup(controls)
     video = out[0].transpose(0, 1)                                         # [t, 4, h, w] model space
     video = base.process_latent_out(video.float()).to(comfy.model_management.intermediate_device())
     result = dict(latent)
