@@ -16,6 +16,12 @@ from typing import Dict, Optional, Tuple
 
 from .errors import DynamiCrafterInputError
 
+# Ranges of the numbers a run takes, host-free: the nodes declare their widgets with them and generate.py checks
+# its arguments against them before a host starts.
+RANGES = {
+    "width": (0, 8192), "height": (0, 8192), "frames": (2, 64), "motion": (0, 60), "steps": (1, 1000),
+    "cfg": (0.0, 30.0), "eta": (0.0, 1.0), "guidance_rescale": (0.0, 1.0), "fps": (1.0, 120.0), "crf": (0, 51),
+}
 MAX_PIXELS_ENV = "DYNAMICRAFTER_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000  # a 48 MP phone photo (8000x6000) passes; decoded as float32 it is 0.6 GB
 MEMORY_CHECK_ENV = "DYNAMICRAFTER_MEMORY_CHECK"

@@ -48,7 +48,38 @@ def _folders() -> List[str]:
 
 
 def list_adapters() -> List[str]:
-    return compat.list_files(_folders(), ADAPTER_EXTENSIONS)
+    names = compat.list_files(_folders(), ADAPTER_EXTENSIONS)
+    warn_adapters_in_loras(names)
+    return names
+
+
+_said: Dict[Tuple[str, float], bool] = {}
+
+
+def warn_adapters_in_loras(names: List[str]) -> None:
+    """Name, once per file version, a DynamiCrafter adapter in ``models/loras`` that ComfyUI's own LoRA loaders list
+    but cannot apply (its keys are the adapter's own, which they do not map): it works only through this node. The
+    trainer's kohya-key copies of LoRA-only adapters are what the stock loaders apply, and are not named."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in names:
+        path = compat.find_file(["loras"], name) if "loras" in folder_paths.folder_names_and_paths else None
+        if path is None:
+            continue
+        try:
+            key = (path, os.path.getmtime(path))
+            if key in _said:
+                continue
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                kohya = any(k.startswith("lora_unet_") for k in f.keys())  # the stock loaders' LoRA naming
+        except (OSError, SafetensorError):
+            continue
+        _said[key] = meta.get(ad.META_FORMAT) is not None and not kohya
+        if _said[key]:
+            logger.warning("models/loras/%s is a DynamiCrafter adapter: ComfyUI's LoRA loaders list it but find none "
+                           "of its keys and change nothing; apply it with DynamiCrafter Apply Adapter (the trainer "
+                           "also writes a kohya-key copy of a LoRA-only adapter, which the stock loaders apply)", name)
 
 
 def adapter_path(name: str) -> str:

@@ -19,14 +19,14 @@ import comfy.model_management
 from ..model.conditioning import concat_latent
 from ..model.config import Variant
 from ..model.errors import DynamiCrafterInputError
-from ..model.limits import available_memory, check_run_memory, estimate_run_bytes
+from ..model.limits import RANGES, available_memory, check_run_memory, estimate_run_bytes
 from ..model.log import logger
 from .encode import to_rgb
 from .native import COND_KEY, KNOWN_TEXT_ENCODERS
 from .widgets import widget_problem
 
-MAX_SIZE = 8192
-MAX_FRAMES = 64
+MAX_SIZE = RANGES["width"][1]
+MAX_FRAMES = RANGES["frames"][1]
 
 
 def size_multiple(variant: Variant) -> int:

@@ -3,12 +3,13 @@ with ``comfy.samplers.CFGGuider``) the dual-CFG guider with the reference guidan
 from __future__ import annotations
 
 from ..model.errors import DynamiCrafterInputError
+from ..model.limits import RANGES
 from ..model.sampler import MODES
 from . import compat
 from .sampling import SPACINGS, DynamiCrafterGuider, reference_sigmas, resolve_spacing, sample_exact
 from .widgets import check_numbers, widget_problem
 
-_CFG = {"min": 0.0, "max": 30.0, "step": 0.1}
+_CFG = {"min": RANGES["cfg"][0], "max": RANGES["cfg"][1], "step": 0.1}
 
 
 def _check_model(model):

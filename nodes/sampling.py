@@ -152,7 +152,7 @@ def _branch_conds(base, conditioning, noise, device, prompt_type: str, seed: int
     out = {}
     for k, c in conds[0]["model_conds"].items():
         out[k] = c.process_cond(batch_size=t, device=device, area=(h, w, 0, 0))
-    return out, control.branch_control(conds)
+    return out
 
 
 def _cat_conds(per_branch, device):
@@ -189,10 +189,9 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     compat.load_models([model], model.memory_required([len(names) * frames, ch, h, w]))
     device = model.load_device
     ms = base.model_sampling
-    prepared, controls = {}, {}
-    for n in names:
-        prepared[n], controls[n] = _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device,
-                                                 BRANCH_CONDS[n], seed)
+    prepared = {n: _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device, BRANCH_CONDS[n], seed)
+                for n in names}
+    controls = {n: control.branch_control(compat.convert_cond(conds[BRANCH_CONDS[n]])) for n in names}
     control_models = control.prepare(model, controls)
     if control_models:
         compat.load_models(control_models)

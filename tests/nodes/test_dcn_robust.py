@@ -230,6 +230,30 @@ def test_run_too_big_for_the_device_refused_before_sampling(host, dc):
     assert str(res.error["node_id"]) == "6"
 
 
+def test_adapter_in_loras_is_named_where_stock_loaders_ignore_it(host, adapters, tmp_path, caplog):
+    """Finding 5: an adapter in models/loras is listed by the stock LoRA loaders and silently does nothing there."""
+    import folder_paths
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    src = os.path.join(folder_paths.folder_names_and_paths["dynamicrafter_adapters"][0][-1], OK_ADAPTER)
+    os.symlink(src, loras / "dc_native_in_loras.safetensors")
+    folder_paths.add_model_folder_path("loras", str(loras))
+    host.refresh_models()
+    # the stock loader really changes nothing with it (what the warning is about)
+    g = S.add_exact_sampler(S.conditioning_graph(), steps=2, decode=False, prefix=f"{PREFIX}_lo_{next(_tick)}")
+    plain = _sampled(host, g)
+    g["41"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name":
+                                                               "dc_native_in_loras.safetensors", "strength_model": 1.0}}
+    g["7"]["inputs"]["model"] = ["41", 0]
+    assert torch.equal(_sampled(host, g), plain)
+    with caplog.at_level("WARNING", logger="DynamiCrafter"):
+        names = host.node_class_mappings["DCN_ApplyAdapter"].INPUT_TYPES()["required"]["adapter_name"][0]
+    assert "dc_native_in_loras.safetensors" in names
+    said = [r.getMessage() for r in caplog.records if "dc_native_in_loras" in r.getMessage()]
+    assert len(said) == 1 and "ComfyUI's LoRA loaders list it but find none of its keys" in said[0], said
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # conditioning of another variant
 # ---------------------------------------------------------------------------------------------------------------------
@@ -331,3 +355,19 @@ def test_symlink_loops_in_model_folder_list_at_once(host, dc):
         for p in loops:
             os.remove(p)
         host.refresh_models()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one table of ranges: what generate.py checks before a host starts is what the widgets declare
+# ---------------------------------------------------------------------------------------------------------------------
+def test_cli_ranges_are_the_widgets_ranges(host):
+    from comfyui_dynamicrafter.model.limits import RANGES
+
+    ncm = host.node_class_mappings
+    where = {"width": "DCN_Conditioning", "height": "DCN_Conditioning", "frames": "DCN_Conditioning",
+             "motion": "DCN_Conditioning", "steps": "DCN_Sampler", "cfg": ("DCN_Sampler", "cfg_text"),
+             "eta": "DCN_Sampler", "guidance_rescale": "DCN_Sampler", "fps": "DCN_SaveVideo", "crf": "DCN_SaveVideo"}
+    for name, (lo, hi) in RANGES.items():
+        node, widget = where[name] if isinstance(where[name], tuple) else (where[name], name)
+        opts = ncm[node].INPUT_TYPES()["required"][widget][1]
+        assert (opts["min"], opts["max"]) == (lo, hi), (name, opts)
