@@ -26,17 +26,17 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .checkpoint import META_VARIANT, PART_PREFIX
 from .errors import DynamiCrafterInputError
 
 FORMAT = "1"
-UNET_PREFIX = "model.diffusion_model."
-P_PREFIX = "image_proj_model."
+UNET_PREFIX = PART_PREFIX["unet"]
+P_PREFIX = PART_PREFIX["image_proj"]
 LORA_DOWN = ".lora_down.weight"
 LORA_UP = ".lora_up.weight"
 LORA_ALPHA = ".alpha"
 
 META_FORMAT = "dynamicrafter.adapter.format"
-META_VARIANT = "dynamicrafter.variant"
 META_STAGE = "dynamicrafter.adapter.stage"
 META_GROUPS = "dynamicrafter.adapter.groups"
 META_STEP = "dynamicrafter.adapter.step"

@@ -1,4 +1,4 @@
-"""Safe checkpoint I/O for DynamiCrafter: open, split by prefix, detect the variant, validate, load, convert.
+"""Safe checkpoint I/O for DynamiCrafter: open a file, normalise its keys, split them by part, write safetensors.
 
 Reading is safe by construction: ``.safetensors`` through ``safetensors.safe_open`` (header first, tensors on demand);
 pickle files (``.ckpt``/``.pt``/``.pth``/``.bin``) only through ``torch.load(weights_only=True)``, memory-mapped when
@@ -15,25 +15,11 @@ File layouts understood (each one is built and read in tests/model/test_checkpoi
   (bare P keys such as ``layers.0`` are too generic to claim);
 - old 256 files storing ``framestride_embed.*`` for ``fps_embedding.*`` (renamed on load, as the reference does).
 
-Weights cannot tell 512, 1024 and 512-interp apart; the variant comes from this pack's metadata
-(``dynamicrafter.variant``), else the caller's choice, else a file-name hint, else 512, and the reason is always
-returned and logged. Files this module writes (``convert_checkpoint``) carry the official prefixes and that metadata.
+What the file is (family, variant, registry config) is decided in ``detect.py``; other models are recognised in
+``formats.py``; ``converter.py`` writes converted files with the official prefixes and this pack's metadata.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run as a file (python model/checkpoint.py ...): enter as the package
-    import os as _os
-    import runpy as _runpy
-    import sys as _sys
-
-    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
-    import _bootstrap
-
-    _runpy.run_module(f"{_bootstrap.register()}.model.checkpoint", run_name="__main__", alter_sys=True)
-    raise SystemExit(0)
-
-import argparse
-import functools
 import json
 import math
 import os
@@ -42,16 +28,13 @@ import re
 import struct
 import sys
 import zipfile
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .config import Variant
-from .fileio import atomic_file
+from .dtypes import dtype_from_name
 from .errors import DynamiCrafterInputError
-from .log import logger
-from .variants import VARIANTS, get_variant, variant_names
+from .fileio import atomic_file
 
 # ----------------------------------------------------------------------------------------------------------------
 # Layout facts
@@ -63,6 +46,10 @@ META_FORMAT = "dynamicrafter.format_version"
 META_SOURCE = "dynamicrafter.source"
 META_PARTS = "dynamicrafter.parts"
 META_DTYPE = "dynamicrafter.dtype"
+# The registry config the weights are built with when it is not the real one (model/variants.py SMALL_CONFIGS),
+# e.g. "tiny" for the random-weight files of model/tiny.py; absent for real checkpoints.
+META_CONFIG = "dynamicrafter.config"
+META_TINY = "dynamicrafter.tiny"  # a human note on tiny files (older tiny files carry only this one)
 
 SAFETENSORS_EXTS = (".safetensors", ".sft")
 PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
@@ -99,21 +86,6 @@ _UNET_TOP = frozenset({"input_blocks", "middle_block", "output_blocks", "init_at
                        "fps_embedding", "framestride_embed", "out"})
 _DEEPSPEED_WRAPPER = "_forward_module."  # 16 characters: what the reference's key[16:] removes
 
-FAMILIES = ("256", "512-family", "tooncrafter")
-FAMILY_VARIANTS: Dict[str, Tuple[str, ...]] = {
-    "256": ("256",),
-    "512-family": ("512", "1024", "512-interp"),
-    # ToonCrafter's UNet is the 512 architecture run in interpolation mode (its inference config, loop/interp).
-    "tooncrafter": ("512-interp",),
-}
-_FAMILY_DEFAULT = {"256": "256", "512-family": "512", "tooncrafter": "512-interp"}
-
-_DTYPE_NAMES = {
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-}
-_SHORT_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 _ST_CODES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -132,20 +104,19 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _first(items: Sequence[str], n: int = 3) -> str:
+def first_few(items: Sequence[str], n: int = 3) -> str:
+    """The first ``n`` names and how many more, for one-line messages."""
     items = list(items)
     shown = ", ".join(items[:n])
     return shown + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
+
 def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
-    """``None`` | torch dtype | "fp16"/"bf16"/"fp32" (and long names) -> torch dtype or None."""
+    """``None`` | torch dtype | "fp16"/"bf16"/"fp32" (and long names, model/dtypes.py) -> torch dtype or None."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    key = str(dtype).lower().replace("torch.", "")
-    if key not in _DTYPE_NAMES:
-        raise DynamiCrafterInputError("dtype", "one of fp16, bf16, fp32", repr(dtype), "pick one of those")
-    return _DTYPE_NAMES[key]
+    return dtype_from_name(str(dtype).replace("torch.", ""))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,7 +176,7 @@ def _unwrap_pickle(obj: Any, name: str) -> Tuple[Dict[str, torch.Tensor], bool, 
     return flat, deepspeed, notes
 
 
-def _normalize_keys(keys: Sequence[str], deepspeed: bool,
+def normalize_keys(keys: Sequence[str], deepspeed: bool,
                     what: str = "checkpoint") -> Tuple[Dict[str, str], List[str], bool]:
     """Original file keys -> {normalized key: original key}, notes, had_old_framestride_name."""
     notes: List[str] = []
@@ -323,7 +294,7 @@ class CheckpointFile:
             self.notes += notes
             orig_keys = list(self._tensors)
         what = f"checkpoint '{self.name}'"
-        self.keys, notes, self.old_framestride_name = _normalize_keys(orig_keys, deepspeed, what)
+        self.keys, notes, self.old_framestride_name = normalize_keys(orig_keys, deepspeed, what)
         self.notes += notes
         self.parts, notes = split_keys(self.keys, what)
         self.notes += notes
@@ -415,505 +386,6 @@ def open_checkpoint(path: Union[str, os.PathLike]) -> CheckpointFile:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Detection predicates (on key names; work on full or part-stripped keys)
-# ----------------------------------------------------------------------------------------------------------------
-def _shape_of(keys, suffix: str) -> Optional[Shape]:
-    if not isinstance(keys, Mapping):
-        return None
-    for k, v in keys.items():
-        if k.endswith(suffix):
-            shape = v["shape"] if isinstance(v, Mapping) else v
-            return tuple(shape) if shape is not None else None
-    return None
-
-
-def is_dynamicrafter_unet(keys: Iterable[str]) -> bool:
-    """All three DynamiCrafter UNet markers: temporal conv (``temopral_conv``, sic), ``init_attn``, image K/V ``to_k_ip``."""
-    conv = init = ip = False
-    for k in keys:
-        conv = conv or ".temopral_conv." in k
-        init = init or k.startswith("init_attn.") or ".init_attn." in k
-        ip = ip or ".to_k_ip." in k
-    return conv and init and ip
-
-
-def has_learnable_alpha(keys: Iterable[str]) -> bool:
-    """The 256 model's learnable image-attention gates ``...attn2.alpha`` (16 of them)."""
-    return any(k.endswith("attn2.alpha") for k in keys)
-
-
-def has_old_framestride_name(keys: Iterable[str]) -> bool:
-    """Old 256 files name the motion embedding ``framestride_embed`` (reference renames it to ``fps_embedding``)."""
-    return any("framestride_embed" in k for k in keys)
-
-
-def is_tooncrafter(keys: Iterable[str]) -> bool:
-    """ToonCrafter's dual-reference VAE decoder (``AutoencoderKL_Dualref``): ``decoder.attn_refinement.*`` keys.
-
-    Diff of the ToonCrafter and 512 manifests: +148 ``first_stage_model.decoder.*`` keys (``attn_refinement``,
-    ``time_stack``, ``mix_factor``, ``conv_out.time_mix_conv``). Only ``attn_refinement`` is unique to it: SVD's
-    temporal decoder has the other three.
-    """
-    return any(("decoder.attn_refinement." in k) for k in keys)
-
-
-def _temporal(keys: Iterable[str]) -> bool:
-    return any(m in k for k in keys for m in (".temopral_conv.", ".time_stack.", "time_mixer", "motion_modules."))
-
-
-def looks_like_svd(keys: Iterable[str]) -> bool:
-    """Stable Video Diffusion: VideoUNet ``time_stack`` / ``time_mixer`` blocks inside the diffusion model."""
-    return any("diffusion_model." in k and (".time_stack." in k or ".time_mixer." in k) for k in keys)
-
-
-def looks_like_sdxl(keys) -> bool:
-    """SDXL: ``conditioner.embedders`` text encoders, ``label_emb``, cross-attention width 2048, no temporal layers."""
-    keys_l = list(keys)
-    if _temporal(keys_l):
-        return False
-    if any(k.startswith("conditioner.embedders.") for k in keys_l) and any(".label_emb." in f".{k}" for k in keys_l):
-        return True
-    shape = _shape_of(keys, "transformer_blocks.0.attn2.to_k.weight")
-    return bool(shape and shape[-1] == 2048)
-
-
-def looks_like_sd15(keys) -> bool:
-    """SD 1.x: CLIP-L text encoder (``cond_stage_model.transformer.``) or cross-attention width 768, no temporal."""
-    keys_l = list(keys)
-    if _temporal(keys_l) or looks_like_sdxl(keys):
-        return False
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys_l):
-        return True
-    shape = _shape_of(keys, "transformer_blocks.0.attn2.to_k.weight")
-    return bool(shape and shape[-1] == 768)
-
-
-def looks_like_sd2(keys) -> bool:
-    """SD 2.x: UNet without temporal layers and without image K/V, cross-attention width 1024."""
-    keys_l = list(keys)
-    if _temporal(keys_l) or looks_like_sdxl(keys) or looks_like_sd15(keys):
-        return False
-    has_unet = any(k.startswith(("model.diffusion_model.input_blocks.", "input_blocks.")) for k in keys_l)
-    return has_unet and not any(".to_k_ip." in k for k in keys_l)
-
-
-def looks_like_videocrafter(keys: Iterable[str]) -> bool:
-    """VideoCrafter text-to-video: the same temporal UNet (``temopral_conv``) but no image K/V (``to_k_ip``)."""
-    keys_l = list(keys)
-    return any(".temopral_conv." in k for k in keys_l) and not any(".to_k_ip." in k for k in keys_l)
-
-
-def looks_like_animatediff(keys: Iterable[str]) -> bool:
-    """An AnimateDiff motion module (``motion_modules.``)."""
-    return any("motion_modules." in k for k in keys)
-
-
-def looks_like_diffusers(keys: Iterable[str]) -> bool:
-    """A diffusers-format UNet (``down_blocks.`` / ``conv_in.weight`` at top level)."""
-    keys_l = list(keys)
-    return any(k.startswith(("down_blocks.", "mid_block.", "up_blocks.")) for k in keys_l) or "conv_in.weight" in keys_l
-
-
-def looks_like_vae_only(keys: Iterable[str]) -> bool:
-    """A stand-alone VAE (encoder/decoder keys, nothing else)."""
-    keys_l = list(keys)
-    return bool(keys_l) and all(k.split(".", 1)[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv",
-                                                       "first_stage_model") for k in keys_l)
-
-
-def looks_like_clip(keys: Iterable[str]) -> bool:
-    """A stand-alone CLIP text or vision tower."""
-    keys_l = list(keys)
-    return bool(keys_l) and all(k.startswith(("text_model.", "vision_model.", "visual.", "transformer.", "model.",
-                                              "logit_scale", "text_projection", "positional_embedding",
-                                              "token_embedding", "ln_final", "visual_projection"))
-                                for k in keys_l) and not any("diffusion_model" in k for k in keys_l)
-
-
-_FOREIGN = (
-    (looks_like_svd, "a Stable Video Diffusion checkpoint (time_stack/time_mixer blocks)"),
-    (looks_like_sdxl, "an SDXL image checkpoint (conditioner.embedders, label_emb, cross-attention width 2048)"),
-    (looks_like_sd15, "a Stable Diffusion 1.x image checkpoint (CLIP-L text encoder, cross-attention width 768)"),
-    (looks_like_animatediff, "an AnimateDiff motion module (motion_modules.*)"),
-    (looks_like_videocrafter, "a VideoCrafter text-to-video UNet (temporal layers but no image K/V 'to_k_ip')"),
-    (looks_like_sd2, "a Stable Diffusion 2.x image checkpoint (no temporal layers, no image K/V)"),
-    (looks_like_diffusers, "a diffusers-format UNet (down_blocks/up_blocks)"),
-    (looks_like_vae_only, "a VAE alone"),
-    (looks_like_clip, "a CLIP text or vision encoder alone"),
-)
-
-
-def describe_foreign(keys) -> Optional[str]:
-    """What a non-DynamiCrafter key set looks like, or None if unrecognised."""
-    for pred, text in _FOREIGN:
-        if pred(keys):
-            return text
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Variant decision
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Detection:
-    """What a checkpoint is: ``family`` (by keys), the registry ``variant`` to build, and why (``reason``)."""
-
-    family: str
-    variant: str
-    reason: str
-    decided_by: str  # "keys" | "metadata" | "argument" | "filename" | "default"
-
-
-def _hint_from_name(name: str) -> List[str]:
-    stem = os.path.splitext(name)[0].lower()
-    tokens = [t for t in re.split(r"[^a-z0-9]+", stem) if t]
-    hits = []
-    if any(("interp" in t) or ("loop" in t) or ("toon" in t) for t in tokens):
-        hits.append("512-interp")
-    for size in ("1024", "256"):
-        if any(t == size or re.fullmatch(rf"[a-z]*{size}[a-z]*", t) for t in tokens):
-            hits.append(size)
-    if not hits and any(t == "512" or re.fullmatch(r"[a-z]*512[a-z]*", t) for t in tokens):
-        hits.append("512")
-    return hits
-
-
-def variant_hint_from_filename(filename: Optional[str]) -> Tuple[Optional[str], str]:
-    """A variant suggested by the file name, else by its folder (the official files are all ``model.ckpt`` in
-    folders such as ``DynamiCrafter_1024``): tokens '1024', '512', '256', 'interp'/'loop'/'toon'. Returns the
-    variant (None when there is no hint or the hints disagree) and a note saying which."""
-    if not filename:
-        return None, "no file name"
-    base = os.path.basename(filename)
-    folder = os.path.basename(os.path.dirname(filename)) if os.path.dirname(filename) else ""
-    for label, name in (("file name", base), ("folder name", folder)):
-        hits = _hint_from_name(name) if name else []
-        if len(hits) == 1:
-            return hits[0], f"the {label} '{name}' suggests {hits[0]}"
-        if len(hits) > 1:
-            return None, f"the {label} '{name}' suggests several variants {hits}"
-    return None, f"neither the file name '{base}' nor its folder gives a hint"
-
-
-def _variant_name(variant: Union[None, str, Variant]) -> Optional[str]:
-    if variant is None:
-        return None
-    if isinstance(variant, Variant):
-        return variant.name
-    name = str(variant).strip()
-    if name.lower() in ("", "auto"):
-        return None
-    if name not in VARIANTS:
-        raise DynamiCrafterInputError(
-            "variant", f"one of {variant_names()} (or 'auto')", repr(name), "pick one of the listed variant names"
-        )
-    return name
-
-
-def _decide(parts: Dict[str, Dict[str, str]], flat: Mapping[str, Any], metadata: Mapping[str, str],
-            variant: Union[None, str, Variant], filename: Optional[str], old_name: bool, what: str) -> Detection:
-    unet = parts["unet"]
-    if not unet or not is_dynamicrafter_unet(unet):
-        looks = describe_foreign(flat)
-        found = looks or f"{len(flat)} keys starting {_first(sorted(flat))}"
-        raise DynamiCrafterInputError(
-            what,
-            "a DynamiCrafter checkpoint (UNet with 'temopral_conv', 'init_attn' and image K/V 'to_k_ip', plus "
-            "'image_proj_model.*')",
-            found,
-            "this file is not a DynamiCrafter model: pick the DynamiCrafter model.ckpt (Hugging Face "
-            "Doubiiu/DynamiCrafter_512, _1024, _512_Interp) or a pruned DynamiCrafter .safetensors"
-            + ("; load SD/SDXL/SVD files with the host's own loaders" if looks else ""),
-        )
-    explicit = _variant_name(variant)
-    alpha = has_learnable_alpha(unet)
-    toon = is_tooncrafter(parts["vae"])
-    n_alpha = sum(k.endswith("attn2.alpha") for k in unet)
-    if alpha or old_name:
-        family = "256"
-        evidence = ("keys say 256: " + ", ".join(
-            ([f"{n_alpha} learnable 'attn2.alpha' gates"] if alpha else [])
-            + (["old name 'framestride_embed'"] if old_name else [])))
-    elif toon:
-        family = "tooncrafter"
-        n = sum("decoder.attn_refinement." in k for k in parts["vae"])
-        evidence = f"keys say ToonCrafter: dual-reference VAE decoder ({n} 'decoder.attn_refinement' keys)"
-    else:
-        family = "512-family"
-        evidence = "keys say 512-family: no 'attn2.alpha' gates" + (
-            " and no ToonCrafter decoder keys" if parts["vae"] else "")
-
-    meta_variant = metadata.get(META_VARIANT) or None
-    meta_family = metadata.get(META_FAMILY) or None
-    if meta_variant is not None and meta_variant not in VARIANTS:
-        raise DynamiCrafterInputError(
-            what, f"metadata '{META_VARIANT}' among {variant_names()}", repr(meta_variant),
-            "the file was written by a newer or different tool; choose the variant explicitly or reconvert it",
-        )
-    if meta_family is not None:
-        if meta_family not in FAMILIES:
-            raise DynamiCrafterInputError(what, f"metadata '{META_FAMILY}' among {list(FAMILIES)}",
-                                          repr(meta_family), "reconvert the file with this pack")
-        if meta_family == "tooncrafter" and family == "512-family" and not parts["vae"]:
-            family = "tooncrafter"
-            evidence = "metadata says ToonCrafter (pruned file without the VAE, keys as 512-family)"
-        elif meta_family != family:
-            raise DynamiCrafterInputError(
-                what, f"metadata family '{meta_family}' to match the weights", evidence,
-                "the file's metadata is wrong: reconvert it from the original checkpoint",
-            )
-
-    allowed = FAMILY_VARIANTS[family]
-    if explicit is not None and explicit not in allowed:
-        why = evidence + (" (the 256 model has 16)" if explicit == "256" and family == "512-family" else "")
-        raise DynamiCrafterInputError(
-            f"variant for {what}", f"one of {list(allowed)} for this file, since the {why}",
-            f"'{explicit}' chosen explicitly",
-            f"choose 'auto' or one of {list(allowed)}, or pick the checkpoint file of the {explicit} model",
-        )
-    if meta_variant is not None and meta_variant not in allowed:
-        raise DynamiCrafterInputError(
-            what, f"metadata variant among {list(allowed)} ({evidence})", f"'{meta_variant}'",
-            "the file's metadata is wrong: reconvert it from the original checkpoint",
-        )
-    if meta_variant is not None and explicit is not None and explicit != meta_variant:
-        raise DynamiCrafterInputError(
-            f"variant for {what}", f"'{meta_variant}' (the file's metadata '{META_VARIANT}', written at conversion)",
-            f"'{explicit}' chosen explicitly",
-            f"choose 'auto' or '{meta_variant}', or reconvert the original file with --variant {explicit}",
-        )
-
-    if len(allowed) == 1:
-        chosen, by = allowed[0], "keys"
-        why = f"variant '{chosen}' from the keys"
-        if family == "tooncrafter":
-            why += " (ToonCrafter runs as the 512 interpolation model)"
-    elif meta_variant is not None:
-        chosen, by = meta_variant, "metadata"
-        why = f"variant '{chosen}' from the file's metadata '{META_VARIANT}' (written by the converter)"
-    elif explicit is not None:
-        chosen, by = explicit, "argument"
-        why = f"variant '{chosen}' as chosen explicitly"
-    else:
-        hint, note = variant_hint_from_filename(filename)
-        if hint is not None and hint in allowed:
-            chosen, by = hint, "filename"
-            why = f"variant '{chosen}' because {note} (no metadata, no explicit choice)"
-        else:
-            chosen, by = _FAMILY_DEFAULT[family], "default"
-            why = (f"variant '{chosen}' by default: the weights of 512, 1024 and 512-interp are identical in layout "
-                   f"and there was no metadata, no explicit choice, and {note}; choose the variant if this is the "
-                   f"1024 or interpolation model")
-    return Detection(family=family, variant=chosen, reason=f"{why}; {evidence}", decided_by=by)
-
-
-def detect_variant(keys: Union[CheckpointFile, Mapping[str, Any], Iterable[str]],
-                   metadata: Optional[Mapping[str, str]] = None, variant: Union[None, str, Variant] = None,
-                   filename: Optional[str] = None) -> Detection:
-    """Family and variant of a checkpoint from its keys (a CheckpointFile, key->shape mapping or key list).
-
-    Order for the 512 family: metadata > explicit ``variant`` > file-name hint > 512. An explicit choice or
-    metadata that contradicts the keys is refused. Logs and returns the reason.
-    """
-    if isinstance(keys, CheckpointFile):
-        ck = keys
-        parts, flat, old = ck.parts, ck.shapes(), ck.old_framestride_name
-        metadata = ck.metadata if metadata is None else metadata
-        filename = ck.path if filename is None else filename
-        what = f"checkpoint '{ck.name}'"
-    else:
-        flat = dict(keys) if isinstance(keys, Mapping) else {k: None for k in keys}
-        norm, _, old = _normalize_keys(list(flat), deepspeed=False)
-        flat = {n: flat[o] for n, o in norm.items()}
-        parts, _ = split_keys(flat)
-        what = f"checkpoint '{os.path.basename(filename)}'" if filename else "checkpoint"
-    det = _decide(parts, flat, metadata or {}, variant, filename, old, what)
-    logger.info("%s: %s", what, det.reason)
-    return det
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Validation against the model (built on the meta device)
-# ----------------------------------------------------------------------------------------------------------------
-def _unet_cls():
-    from .unet import UNetModel
-
-    return UNetModel
-
-
-def _resampler_cls():
-    from .resampler import Resampler
-
-    return Resampler
-
-
-@functools.lru_cache(maxsize=16)
-def _expected_shapes(kind: str, cfg) -> Dict[str, Shape]:
-    ctor = _unet_cls() if kind == "unet" else _resampler_cls()
-    with torch.device("meta"):
-        model = ctor(cfg, device="meta")
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def expected_shapes(variant: Union[str, Variant]) -> Dict[str, Dict[str, Shape]]:
-    """{"unet": {key: shape}, "image_proj": {key: shape}} the variant's modules expect (meta-device build)."""
-    v = variant if isinstance(variant, Variant) else get_variant(variant)
-    return {"unet": dict(_expected_shapes("unet", v.unet)),
-            "image_proj": dict(_expected_shapes("image_proj", v.resampler))}
-
-
-def check_part(found: Mapping[str, Shape], expected: Mapping[str, Shape], what: str, label: str,
-               variant_name: str) -> None:
-    """Raise ONE line naming the first missing / unexpected keys and the first wrong shape, if any."""
-    prefix = PART_PREFIX.get(label, "")
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = [(k, tuple(found[k]), tuple(expected[k])) for k in expected
-             if k in found and tuple(found[k]) != tuple(expected[k])]
-    if not (missing or unexpected or wrong):
-        return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing ({_first([prefix + k for k in missing])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_first([prefix + k for k in unexpected])})")
-    if wrong:
-        k, fs, es = wrong[0]
-        problems.append(f"{len(wrong)} of wrong shape, first {prefix}{k} {list(fs)} where the model has {list(es)}")
-    if not found:
-        todo = (f"the file holds no {label} weights ('{prefix}*'); use a full DynamiCrafter checkpoint or one "
-                "converted with parts unet,image_proj")
-    else:
-        todo = (f"use the original DynamiCrafter checkpoint of the {variant_name} model (or reconvert it); if you "
-                "chose the variant yourself, check that choice")
-    raise DynamiCrafterInputError(
-        what, f"the {len(expected)} {label} weights of the {variant_name} model", "; ".join(problems), todo
-    )
-
-
-def validate_checkpoint(ck: CheckpointFile, variant: Variant, parts: Sequence[str] = ("unet", "image_proj")) -> None:
-    """Compare the file's UNet / P keys and shapes with the modules of ``variant`` before any tensor is read."""
-    what = f"checkpoint '{ck.name}'"
-    for part in parts:
-        cfg = variant.unet if part == "unet" else variant.resampler
-        check_part(ck.part_shapes(part), _expected_shapes(part, cfg), what, part, variant.name)
-    for part in parts:
-        bad = sorted({str(ck.dtype(f)) for f in ck.parts[part].values()
-                      if not (isinstance(ck.dtype(f), torch.dtype) and ck.dtype(f).is_floating_point)})
-        if bad:
-            raise DynamiCrafterInputError(
-                what, f"floating-point {part} weights (fp32/fp16/bf16)", f"storage dtypes {bad}",
-                "quantized files are not supported: use an fp16/bf16/fp32 checkpoint",
-            )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading into modules
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class LoadedCheckpoint:
-    """A DynamiCrafter checkpoint loaded into modules.
-
-    ``unet`` / ``image_proj``: the UNetModel and Resampler (eval mode) with the file's weights (strict).
-    ``other``: the requested other parts as state dicts with their prefix removed ("vae", "text_encoder",
-    "image_encoder", "schedule", "rest"), in their storage dtype on the CPU.
-    ``part_counts``: how many keys each part has in the file. ``metadata``: the safetensors header metadata.
-    """
-
-    variant: Variant
-    family: str
-    reason: str
-    decided_by: str
-    unet: torch.nn.Module
-    image_proj: torch.nn.Module
-    other: Dict[str, Dict[str, torch.Tensor]]
-    part_counts: Dict[str, int]
-    metadata: Dict[str, str]
-    path: str
-    format: str
-    storage_dtype: Optional[torch.dtype]
-    dtype: torch.dtype
-    notes: List[str] = field(default_factory=list)
-
-
-def _materialize(ck: CheckpointFile, part: str, ctor, cfg, dtype, device, kwargs) -> torch.nn.Module:
-    with torch.device("meta"):
-        model = ctor(cfg, dtype=dtype, device="meta", **kwargs)
-    expected = model.state_dict()
-    sd: Dict[str, torch.Tensor] = {}
-    for key, ref in expected.items():
-        t = ck.tensor(ck.parts[part][key])
-        target = ref.dtype if t.is_floating_point() else t.dtype
-        sd[key] = t.to(device=device, dtype=target)  # no copy when dtype and device already match
-        del t
-    del expected
-    model.load_state_dict(sd, strict=True, assign=True)
-    del sd
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left:  # a module with non-persistent buffers would need them rebuilt: a bug here, not bad input
-        raise RuntimeError(f"{type(model).__name__} still has meta tensors after loading: {left[:5]}")
-    return model.eval()
-
-
-def load_dynamicrafter(path: Union[str, os.PathLike], variant: Union[None, str, Variant] = None,
-                       dtype: Union[None, str, torch.dtype] = None, device: Union[str, torch.device] = "cpu",
-                       operations=None, attention: Optional[Callable] = None,
-                       other_parts: Iterable[str] = ()) -> LoadedCheckpoint:
-    """Open, detect, validate, then load a DynamiCrafter checkpoint into UNetModel + Resampler (strict, assign).
-
-    ``variant``: None/"auto", a registry name, or a Variant (e.g. a tiny one for tests; its name must suit the
-    keys). ``dtype``: compute dtype (None = the UNet's storage dtype); tensors are converted one at a time, so the
-    peak is the model plus one tensor. ``other_parts``: which other parts to return as state dicts.
-    """
-    other_parts = tuple(other_parts)
-    for p in other_parts:
-        if p not in PARTS[2:]:
-            raise DynamiCrafterInputError("other_parts", f"names among {list(PARTS[2:])}", repr(p), "fix the name")
-    want = resolve_dtype(dtype)
-    with open_checkpoint(path) as ck:
-        det = detect_variant(ck, variant=variant)
-        v = variant if isinstance(variant, Variant) else get_variant(det.variant)
-        validate_checkpoint(ck, v)
-        storage = ck.storage_dtype("unet")
-        compute = want or storage or torch.float32
-        logger.info("checkpoint '%s': loading %s (%s, stored %s, compute %s) on %s", ck.name, v.name, ck.format,
-                    storage, compute, device)
-        kwargs = {"operations": operations}
-        unet_kwargs = dict(kwargs, **({"attention": attention} if attention is not None else {}))
-        unet = _materialize(ck, "unet", _unet_cls(), v.unet, compute, device, unet_kwargs)
-        proj = _materialize(ck, "image_proj", _resampler_cls(), v.resampler, compute, device, kwargs)
-        other = {p: {k: ck.tensor(full) for k, full in ck.parts[p].items()} for p in other_parts}
-        result = LoadedCheckpoint(
-            variant=v, family=det.family, reason=det.reason, decided_by=det.decided_by, unet=unet,
-            image_proj=proj, other=other, part_counts={p: len(ck.parts[p]) for p in PARTS},
-            metadata=dict(ck.metadata), path=ck.path, format=ck.format, storage_dtype=storage, dtype=compute,
-            notes=list(ck.notes),
-        )
-    return result
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What ``inspect_checkpoint`` reports without reading any tensor."""
-
-    detection: Detection
-    path: str
-    format: str
-    part_counts: Dict[str, int]
-    storage_dtype: Optional[torch.dtype]
-    metadata: Dict[str, str]
-    notes: Tuple[str, ...]
-
-
-def inspect_checkpoint(path: Union[str, os.PathLike], variant: Union[None, str, Variant] = None) -> CheckpointInfo:
-    """Detection, part sizes and storage dtype of a checkpoint, from its header / mmap only."""
-    with open_checkpoint(path) as ck:
-        det = detect_variant(ck, variant=variant)
-        return CheckpointInfo(det, ck.path, ck.format, {p: len(ck.parts[p]) for p in PARTS},
-                              ck.storage_dtype("unet"), dict(ck.metadata), tuple(ck.notes))
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Writing (streamed safetensors, atomic)
 # ----------------------------------------------------------------------------------------------------------------
 def write_safetensors(path: Union[str, os.PathLike], items: Sequence[Tuple[str, Shape, torch.dtype]],
@@ -954,119 +426,3 @@ def write_safetensors(path: Union[str, os.PathLike], items: Sequence[Tuple[str, 
             del t
     return os.path.getsize(path)
 
-
-@dataclass(frozen=True)
-class ConvertResult:
-    path: str
-    detection: Detection
-    parts: Tuple[str, ...]
-    tensors: int
-    bytes: int
-    metadata: Dict[str, str]
-
-
-def _parse_parts(parts: Union[str, Iterable[str]]) -> Tuple[str, ...]:
-    if isinstance(parts, str):
-        parts = PARTS if parts.strip().lower() == "all" else [p.strip() for p in parts.split(",") if p.strip()]
-    parts = tuple(parts)
-    bad = [p for p in parts if p not in PARTS]
-    if bad or not parts:
-        raise DynamiCrafterInputError("parts", f"names among {list(PARTS)} or 'all'", repr(bad or parts),
-                                      "fix the list, e.g. unet,image_proj")
-    return tuple(p for p in PARTS if p in parts)
-
-
-def convert_checkpoint(src: Union[str, os.PathLike], dst: Union[str, os.PathLike],
-                       variant: Union[None, str, Variant] = None, dtype: Union[str, torch.dtype] = "fp16",
-                       parts: Union[str, Iterable[str]] = ("unet", "image_proj"),
-                       overwrite: bool = False) -> ConvertResult:
-    """Write ``src`` as a ``.safetensors`` with the official prefixes and this pack's metadata (variant, family,
-    source file name, format version, parts, dtype), streamed one tensor at a time and atomically.
-
-    The UNet and P are validated against the variant's modules first. Floating weights are cast to ``dtype``;
-    the schedule buffers are always stored in float32. Old ``framestride_embed`` names are written renamed.
-    """
-    target = resolve_dtype(dtype)
-    if target not in _SHORT_DTYPE:
-        raise DynamiCrafterInputError("dtype", "fp16, bf16 or fp32", repr(dtype), "pick one of those")
-    parts = _parse_parts(parts)
-    dst = os.fspath(dst)
-    if not dst.lower().endswith(SAFETENSORS_EXTS):
-        raise DynamiCrafterInputError("convert destination", "a .safetensors path", repr(dst), "rename the output")
-    if os.path.exists(dst):
-        if os.path.exists(src) and os.path.samefile(src, dst):
-            raise DynamiCrafterInputError("convert destination", "a new file", "the source file itself",
-                                          "write to another name")
-        if not overwrite:
-            raise DynamiCrafterInputError("convert destination", "a path that does not exist yet", repr(dst),
-                                          "remove it or pass overwrite=True (--overwrite)")
-    with open_checkpoint(src) as ck:
-        det = detect_variant(ck, variant=variant)
-        v = variant if isinstance(variant, Variant) else get_variant(det.variant)
-        validate_checkpoint(ck, v, [p for p in ("unet", "image_proj") if p in parts])
-        names: Dict[str, str] = {}  # output name -> normalized key in ck
-        items = []
-        for part in parts:
-            for key, full in ck.parts[part].items():
-                out = PART_PREFIX[part] + key
-                dt = ck.dtype(full)
-                if not isinstance(dt, torch.dtype):
-                    raise DynamiCrafterInputError(f"checkpoint '{ck.name}'", "ordinary tensor dtypes",
-                                                  f"{full}: {dt}", "convert from an fp16/bf16/fp32 file")
-                if part == "schedule":
-                    dt = torch.float32
-                elif dt.is_floating_point:
-                    dt = target
-                names[out] = full
-                items.append((out, ck.shape(full), dt))
-        meta = {
-            META_FORMAT: FORMAT_VERSION, META_VARIANT: det.variant, META_FAMILY: det.family,
-            META_SOURCE: ck.name, META_PARTS: ",".join(parts), META_DTYPE: _SHORT_DTYPE[target], "format": "pt",
-        }
-        logger.info("convert '%s' -> '%s': %s, parts %s, %s", ck.name, os.path.basename(dst), det.variant,
-                    ",".join(parts), _SHORT_DTYPE[target])
-        size = write_safetensors(dst, items, lambda name: ck.tensor(names[name]), meta)
-    return ConvertResult(dst, det, parts, len(items), size, meta)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------------
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m comfyui_dynamicrafter.model.checkpoint {inspect,convert} ...``"""
-    ap = argparse.ArgumentParser(prog="python -m comfyui_dynamicrafter.model.checkpoint",
-                                 description="Inspect or convert DynamiCrafter checkpoints (safe loading only).")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    pi = sub.add_parser("inspect", help="show the detected variant and the parts of a checkpoint")
-    pi.add_argument("path")
-    pi.add_argument("--variant", default=None, help=f"one of {variant_names()} or auto")
-    pc = sub.add_parser("convert", help="write a .safetensors with metadata (variant, source, parts)")
-    pc.add_argument("src")
-    pc.add_argument("dst")
-    pc.add_argument("--variant", default=None, help=f"one of {variant_names()} or auto")
-    pc.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
-    pc.add_argument("--parts", default="unet,image_proj", help=f"comma list of {list(PARTS)} or 'all'")
-    pc.add_argument("--overwrite", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        if args.cmd == "inspect":
-            info = inspect_checkpoint(args.path, args.variant)
-            print(f"{info.path}: {info.format}, family {info.detection.family}, variant {info.detection.variant} "
-                  f"({info.detection.decided_by})")
-            print(f"reason: {info.detection.reason}")
-            print("parts: " + ", ".join(f"{p}={n}" for p, n in info.part_counts.items() if n))
-            print(f"storage dtype: {info.storage_dtype}; metadata: {info.metadata or '{}'}")
-            for note in info.notes:
-                print(f"note: {note}")
-        else:
-            res = convert_checkpoint(args.src, args.dst, args.variant, args.dtype, args.parts, args.overwrite)
-            print(f"wrote {res.path}: {res.tensors} tensors, {res.bytes / 2**30:.2f} GiB, variant "
-                  f"{res.detection.variant} ({res.detection.decided_by}); {res.detection.reason}")
-    except DynamiCrafterInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

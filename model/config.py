@@ -112,6 +112,7 @@ class Variant:
     motion_input: str  # "fps" or "frame_stride"
     default_motion: int
     motion_range: Tuple[int, int]
+    frames: int = 16  # frames per clip at inference (the reference's video_length)
     timestep_spacing: str = "uniform_trailing"
     guidance_rescale: float = 0.7
     interp: bool = False

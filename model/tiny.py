@@ -1,8 +1,9 @@
 """Tiny random-weight DynamiCrafter checkpoints in the real key layout: the pipeline check of ``generate.py --tiny``
 and the stand-ins the tests load through the same code path as the real files.
 
-- UNet + P: ``get_variant(v, tiny=True, clip_dim=...)`` (same flags as the real variants) under the official
-  prefixes ``model.diffusion_model.`` / ``image_proj_model.``.
+- UNet + P: the registry's small config ``tiny`` of the variant (model/variants.py SMALL_CONFIGS: same flags as the
+  real variants) under the official prefixes ``model.diffusion_model.`` / ``image_proj_model.``; the file's
+  metadata names the config (``dynamicrafter.config``), which is how the loader knows what to build.
 - Text / image encoders: OpenCLIP towers in the real key layout (``cond_stage_model.model.*``,
   ``embedder.model.visual.*``) but tiny (width 64, 3 text / 2 vision layers, the real 49408-token vocabulary,
   77 positions, patch 14 at 224 px); the loader derives encoder configs from tensor shapes, as for ViT-H.
@@ -16,14 +17,17 @@ from typing import Dict, Optional
 
 import torch
 
+from .checkpoint import META_CONFIG, META_FAMILY, META_TINY, META_VARIANT
+from .detect import family_of
 from .resampler import Resampler
 from .unet import UNetModel
-from .variants import get_variant
+from .variants import SMALL_CONFIGS, get_variant
 
-TEXT_WIDTH = 64
-VISION_WIDTH = 64
+# The towers' widths are those the tiny config's UNet (text context) and P (image tokens) read.
+TEXT_WIDTH = SMALL_CONFIGS["tiny"]["unet"]["context_dim"]
+VISION_WIDTH = SMALL_CONFIGS["tiny"]["resampler"]["embedding_dim"]
 VOCAB = 49408
-TINY_METADATA = {"dynamicrafter.tiny": "random weights: a pipeline check, not a model"}
+TINY_METADATA = {META_CONFIG: "tiny", META_TINY: "random weights: a pipeline check, not a model"}
 
 
 def init_tensor(name: str, shape, gen: torch.Generator) -> torch.Tensor:
@@ -90,9 +94,10 @@ def vae_shapes() -> Dict[str, tuple]:
     return {"first_stage_model." + k: tuple(t.shape) for k, t in vae.state_dict().items()}
 
 
-def unet_and_p(variant: str, clip_dim: int, seed: int) -> Dict[str, torch.Tensor]:
-    """The tiny UNet and P of ``variant`` under the checkpoint prefixes, every tensor re-drawn (no zero-init path)."""
-    v = get_variant(variant, tiny=True, clip_dim=clip_dim)
+def unet_and_p(variant: str, seed: int, config: str = "tiny") -> Dict[str, torch.Tensor]:
+    """The UNet and P of ``variant`` in the small ``config`` under the checkpoint prefixes, every tensor re-drawn
+    (no zero-init path)."""
+    v = get_variant(variant, tiny=config)
     with torch.device("meta"):
         unet, p = UNetModel(v.unet), Resampler(v.resampler)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -107,17 +112,20 @@ def unet_and_p(variant: str, clip_dim: int, seed: int) -> Dict[str, torch.Tensor
 
 def full_checkpoint(variant: str = "512", seed: int = 10) -> Dict[str, torch.Tensor]:
     """One runnable tiny file: UNet + P, text and image towers, real-size fp16 VAE."""
-    sd = unet_and_p(variant, VISION_WIDTH, seed=seed)
+    sd = unet_and_p(variant, seed=seed)
     sd.update(random_tensors(text_tower_shapes(), seed=seed + 1))
     sd.update(random_tensors(vision_tower_shapes(), seed=seed + 2))
     sd.update(random_tensors(vae_shapes(), seed=seed + 3, dtype=torch.float16))
     return sd
 
 
-def variant_metadata(variant: Optional[str]) -> Dict[str, str]:
-    """The pack's safetensors metadata naming the variant (how converted files say which of the 512 family)."""
+def variant_metadata(variant: Optional[str], config: Optional[str] = "tiny") -> Dict[str, str]:
+    """The pack's safetensors metadata: the variant (how converted files say which of the 512 family; None leaves it
+    to the keys) and the small registry config the weights are built with (None for none)."""
     meta = {"format": "pt"}
     if variant is not None:
-        meta["dynamicrafter.variant"] = variant
-        meta["dynamicrafter.family"] = "256" if variant == "256" else "512-family"
+        meta[META_VARIANT] = variant
+        meta[META_FAMILY] = family_of(variant)
+    if config is not None:
+        meta.update({META_CONFIG: config, META_TINY: TINY_METADATA[META_TINY]})
     return meta

@@ -333,14 +333,5 @@ def decode_latent(vae: AutoencoderKL, latents: torch.Tensor, chunk_frames: Optio
     return vae.decode(latents / scale_factor, chunk_frames=chunk_frames)
 
 
-def vae_config_from_dict(d) -> VAEConfig:
-    names = {f.name for f in dataclasses.fields(VAEConfig)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise DynamiCrafterInputError("VAEConfig", f"keys among {sorted(names)}", f"unknown keys {unknown}",
-                                      "remove or rename them")
-    return VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-__all__ = ["AutoencoderKL", "VAEConfig", "TINY_VAE", "SCALE_FACTOR", "encode_latent", "decode_latent", "sample_posterior",
-           "vae_config_from_dict"]
+__all__ = ["AutoencoderKL", "VAEConfig", "TINY_VAE", "SCALE_FACTOR", "encode_latent", "decode_latent",
+           "sample_posterior"]

@@ -1,14 +1,14 @@
-"""Registry of named DynamiCrafter variants: the real configs and tiny test configs built from the same code.
+"""Registry of named DynamiCrafter variants (architecture, schedule, inference defaults) and of the small configs
+built from them by the same code.
 
 Real values come from the reference `configs/inference_{256,512,1024}_v1.0.yaml` and
-`configs/training_512_v1.0/config_interp.yaml` of the official repository. A tiny variant shrinks only widths and
-depths; every flag, the schedule and the inference defaults stay those of the real variant, so tests run the same
-code path as real weights.
+`configs/training_512_v1.0/config_interp.yaml`; the inference defaults (size, frames, motion value and range,
+timestep spacing, guidance rescale) from the reference `scripts/run.sh`. Hosts and CLIs read their defaults here.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List
+from typing import Dict, List, Union
 
 from .config import ResamplerConfig, ScheduleConfig, UNetConfig, Variant
 from .errors import DynamiCrafterInputError
@@ -53,21 +53,31 @@ VARIANTS: Dict[str, Variant] = {
 }
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tiny variants (tests): same flags, small widths. Image tokens stay 16 per frame (the UNet hard-codes it).
+# Small configs: the same variants with small widths and depths; every flag, the schedule and the inference defaults
+# stay those of the real variant, so they run the same code path. A file built with one names it in its metadata
+# ('dynamicrafter.config', model/checkpoint.py META_CONFIG); the loader never guesses one from the shapes.
+# Image tokens stay 16 per frame (the UNet hard-codes it).
 # ----------------------------------------------------------------------------------------------------------------
-TINY_UNET = dict(
+_TINY_UNET = dict(
     model_channels=32, attention_resolutions=(1,), num_res_blocks=1, channel_mult=(1, 2),
     num_head_channels=8, context_dim=64, temporal_length=16,
 )
-TINY_RESAMPLER = dict(dim=48, depth=2, dim_head=8, heads=4, output_dim=64, ff_mult=2)
+_TINY_RESAMPLER = dict(dim=48, depth=2, dim_head=8, heads=4, output_dim=64, ff_mult=2)
+SMALL_CONFIGS: Dict[str, Dict[str, dict]] = {
+    # model/tiny.py's random-weight files (generate.py --tiny, the tests) and the trainer's `tiny: true`:
+    # P reads the 64-wide tokens of the tiny image tower (model/tiny.py VISION_WIDTH).
+    "tiny": dict(unet=_TINY_UNET, resampler=dict(_TINY_RESAMPLER, embedding_dim=64)),
+    # the same with P reading 48-wide tokens: the tests' stand-in for a model paired with another image encoder
+    "tiny-clip48": dict(unet=_TINY_UNET, resampler=dict(_TINY_RESAMPLER, embedding_dim=48)),
+}
 
 
 def variant_names() -> List[str]:
     return list(VARIANTS)
 
 
-def get_variant(name: str, tiny: bool = False, clip_dim: int | None = None) -> Variant:
-    """Return the registered variant ``name``; ``tiny`` shrinks it for tests (``clip_dim`` sets P's input width)."""
+def get_variant(name: str, tiny: Union[bool, str] = False) -> Variant:
+    """The registered variant ``name``; ``tiny``: True or a SMALL_CONFIGS name builds it in that small config."""
     if name not in VARIANTS:
         raise DynamiCrafterInputError(
             "variant", f"one of {variant_names()}", repr(name), "pick one of the listed variant names"
@@ -75,13 +85,14 @@ def get_variant(name: str, tiny: bool = False, clip_dim: int | None = None) -> V
     v = VARIANTS[name]
     if not tiny:
         return v
-    res = dict(TINY_RESAMPLER)
-    if clip_dim is not None:
-        res["embedding_dim"] = clip_dim
+    config = "tiny" if tiny is True else str(tiny)
+    if config not in SMALL_CONFIGS:
+        raise DynamiCrafterInputError("config", f"one of {list(SMALL_CONFIGS)}", repr(config),
+                                      "reconvert the file or pick one of the listed configs")
+    small = SMALL_CONFIGS[config]
     return dataclasses.replace(
         v,
-        name=v.name,
-        unet=dataclasses.replace(v.unet, **TINY_UNET),
-        resampler=dataclasses.replace(v.resampler, **res),
-        extra={"tiny": True},
+        unet=dataclasses.replace(v.unet, **small["unet"]),
+        resampler=dataclasses.replace(v.resampler, **small["resampler"]),
+        extra={"config": config},
     )

@@ -21,6 +21,8 @@ from ..model.fileio import walk_files
 from ..model.log import logger
 
 MODEL_FOLDER = "dynamicrafter"
+# Model folders the 2024 hosts know under older names (current hosts map these through folder_paths.map_legacy).
+LEGACY_FOLDER_NAMES = {"diffusion_models": "unet", "text_encoders": "clip"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -29,11 +31,10 @@ MODEL_FOLDER = "dynamicrafter"
 def _folder_key(name: str) -> Optional[str]:
     """The folder_paths key of a model folder on this host ("diffusion_models" is "unet" on 2024 hosts)."""
     fnp = folder_paths.folder_names_and_paths
-    legacy = {"diffusion_models": "unet", "text_encoders": "clip"}
     if name in fnp:
         return name
-    if name in legacy and legacy[name] in fnp:
-        return legacy[name]
+    if LEGACY_FOLDER_NAMES.get(name) in fnp:
+        return LEGACY_FOLDER_NAMES[name]
     return None
 
 

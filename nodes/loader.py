@@ -3,7 +3,7 @@ checkpoint also CLIP, CLIP_VISION and VAE built with the host's own classes.
 
 Text and image encoder configs are derived from the tensor shapes (width, depth, MLP width, positions, patch size),
 so the same code builds the real OpenCLIP ViT-H towers (it then gives exactly the host's ``sd2_clip_config.json`` /
-``clip_vision_config_h.json``) and the tiny ones in the tests.
+``clip_vision_config_h.json``) and the small ones of the registry's small configs.
 """
 from __future__ import annotations
 
@@ -29,21 +29,20 @@ import comfy.supported_models_base
 import comfy.utils
 import folder_paths
 
-from ..model.checkpoint import detect_variant, open_checkpoint, validate_checkpoint
+from ..model.checkpoint import open_checkpoint
 from ..model.config import Variant
-from ..model.fileio import atomic_file
+from ..model.detect import detect_variant, file_variant, validate_checkpoint
+from ..model.dtypes import FP8_DTYPES, compute_dtype_names, dtype_from_name
 from ..model.errors import DynamiCrafterInputError
+from ..model.fileio import atomic_file
 from ..model.guards import check_state_dict_finite
 from ..model.log import logger
 from ..model.resampler import Resampler
-from ..model.variants import get_variant, variant_names
+from ..model.variants import variant_names
 from . import compat
 from .native import build_model
 
-WEIGHT_DTYPES = ["default", "fp32", "fp16", "bf16"] + compat.fp8_dtypes()
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-for _n in compat.fp8_dtypes():
-    _DTYPES[_n] = getattr(torch, "float8_" + _n[4:])
+WEIGHT_DTYPES = ["default"] + compute_dtype_names() + list(FP8_DTYPES)
 # Attention heads per width of the known OpenCLIP / OpenAI towers (heads are not visible in tensor shapes).
 _TEXT_HEADS = {1024: 16, 768: 12, 1280: 20}
 _VISION_HEADS = {1280: 16, 1024: 16, 768: 12, 1664: 16}
@@ -220,25 +219,6 @@ def build_clip_vision(part: Dict[str, torch.Tensor]):
 # ================================================================================================================
 # the loader function
 # ================================================================================================================
-def _variant_for(ck, name: str) -> Variant:
-    """The registry variant whose modules match the file: the real one, or its tiny test version."""
-    real = get_variant(name)
-    try:
-        validate_checkpoint(ck, real)
-        return real
-    except DynamiCrafterInputError as err:
-        proj = ck.parts["image_proj"].get("proj_in.weight")
-        if proj is not None:
-            tiny = get_variant(name, tiny=True, clip_dim=ck.shape(proj)[1])
-            try:
-                validate_checkpoint(ck, tiny)
-                logger.info("checkpoint '%s': tiny test configuration of variant %s", ck.name, name)
-                return tiny
-            except DynamiCrafterInputError:
-                pass
-        raise err
-
-
 @dataclass
 class Loaded:
     model: object
@@ -256,7 +236,8 @@ def load_checkpoint(path: str, variant: str = "auto", weight_dtype: str = "defau
                                       "pick one of the listed dtypes")
     with open_checkpoint(path) as ck:
         det = detect_variant(ck, variant=None if variant == "auto" else variant)
-        v = _variant_for(ck, det.variant)
+        v = file_variant(det)
+        validate_checkpoint(ck, v)
         unet_sd = {k: ck.tensor(full) for k, full in ck.parts["unet"].items()}
         proj_sd = {k: ck.tensor(full).float() for k, full in ck.parts["image_proj"].items()}
         text = {k: ck.tensor(full) for k, full in ck.parts["text_encoder"].items()}
@@ -266,7 +247,8 @@ def load_checkpoint(path: str, variant: str = "auto", weight_dtype: str = "defau
         for part, sd in (("unet", unet_sd), ("image_proj", proj_sd), ("text_encoder", text),
                          ("image_encoder", vision), ("vae", vae_sd)):  # one reduction per tensor, before any build
             check_state_dict_finite(((ck.parts[part][k], t) for k, t in sd.items()), f"ckpt_name '{name}'")
-    model = build_model(v, unet_sd, _DTYPES.get(weight_dtype))
+    storage = None if weight_dtype == "default" else dtype_from_name(weight_dtype, what="weight_dtype", allow_fp8=True)
+    model = build_model(v, unet_sd, storage)
     del unet_sd
     projector = ImageProjector(v, proj_sd)
     clip = build_text_encoder(text) if text else None
@@ -278,8 +260,6 @@ def load_checkpoint(path: str, variant: str = "auto", weight_dtype: str = "defau
             + (f" Also loaded from the file: {', '.join(parts)}." if parts else "")
             + (f" Not in the file (outputs are empty; use the host's loaders): {', '.join(missing)}."
                if missing else ""))
-    if v.extra.get("tiny"):
-        info += " Tiny test configuration."
     logger.info("%s", info)
     return Loaded(model, projector, clip, clip_vision, vae, info)
 

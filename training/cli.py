@@ -194,11 +194,10 @@ def _precompute(cfg: TrainConfig) -> int:
     t.cfg = cfg
     t._setup_distributed()
     from ..model.variants import get_variant
-    from .encoders import TINY_CLIP
     from .stages import get_stage, stage_variant
 
     t.stage = get_stage(cfg.stage)
-    base = get_variant(cfg.variant, tiny=cfg.tiny, clip_dim=TINY_CLIP["vision"]["width"] if cfg.tiny else None)
+    base = get_variant(cfg.variant, tiny=cfg.tiny)
     t.variant = stage_variant(base, t.stage, cfg.unet_overrides, cfg.resampler_overrides, cfg.schedule_overrides)
     t.frames = cfg.frames if t.stage.video else 1
     t.height, t.width = cfg.height or t.variant.height, cfg.width or t.variant.width

@@ -13,6 +13,7 @@ import torch
 
 from ..model import adapters as ad
 from ..model import checkpoint as ckpt
+from ..model.detect import family_of
 from ..model.log import logger
 from .stages import DiffusionModel
 
@@ -91,7 +92,9 @@ def export_merged(model: DiffusionModel, trained: Mapping[str, torch.Tensor], va
             ckpt.META_DTYPE: dtype, ckpt.META_FORMAT: ckpt.FORMAT_VERSION, "format": "pt"}
     if model.unet.cfg.in_channels == 8:  # a DynamiCrafter model: the pack's loader reads the variant from here
         meta[ckpt.META_VARIANT] = variant.name
-        meta[ckpt.META_FAMILY] = "256" if variant.name == "256" else "512-family"
+        meta[ckpt.META_FAMILY] = family_of(variant.name)
+        if variant.extra.get("config"):  # a small registry config (tiny runs): the loader builds that one
+            meta[ckpt.META_CONFIG] = variant.extra["config"]
     target = _DTYPES[dtype]
     items = [(k, tuple(v.shape), torch.float32 if k in ckpt.SCHEDULE_KEYS else
               (target if v.is_floating_point() else v.dtype)) for k, v in state.items()]
@@ -129,14 +132,13 @@ def export_from_checkpoint(checkpoint: str, out_path: str, merged_path: Optional
     """``train.py export``: adapter (and merged checkpoint) from a training checkpoint, without training."""
     from ..model.variants import get_variant
     from .config import TrainConfig
-    from .encoders import TINY_CLIP
     from .stages import build_model, get_stage, stage_variant
     from .state import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     stage = get_stage(cfg.stage)
-    base = get_variant(cfg.variant, tiny=cfg.tiny, clip_dim=TINY_CLIP["vision"]["width"] if cfg.tiny else None)
+    base = get_variant(cfg.variant, tiny=cfg.tiny)
     variant = stage_variant(base, stage, cfg.unet_overrides, cfg.resampler_overrides, cfg.schedule_overrides,
                             cfg.unet_dropout)
     out = {"adapter": export_adapter_from_state(state, variant, out_path, use_ema, dtype)}

@@ -72,9 +72,7 @@ class Trainer:
                 torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed + self.rank)   # dropout's RNG (a resume restores the saved state instead)
         self.stage = get_stage(cfg.stage)
-        from .encoders import TINY_CLIP
-
-        base = get_variant(cfg.variant, tiny=cfg.tiny, clip_dim=TINY_CLIP["vision"]["width"] if cfg.tiny else None)
+        base = get_variant(cfg.variant, tiny=cfg.tiny)
         self.variant = stage_variant(base, self.stage, cfg.unet_overrides, cfg.resampler_overrides,
                                      cfg.schedule_overrides, cfg.unet_dropout)
         v = self.variant

@@ -11,6 +11,7 @@ Everything else uses tiny variants from the same registry (same key structure, s
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import pickle
@@ -26,10 +27,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from comfyui_dynamicrafter.model import checkpoint as ck
+from comfyui_dynamicrafter.model import converter as conv
+from comfyui_dynamicrafter.model import detect as det
+from comfyui_dynamicrafter.model import formats as fmt
 from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
 from comfyui_dynamicrafter.model.resampler import Resampler
 from comfyui_dynamicrafter.model.unet import UNetModel
 from comfyui_dynamicrafter.model.variants import get_variant, variant_names
+from comfyui_dynamicrafter.tests.model import loading
 
 try:  # torch >= 2.6: lets the fixture skip zip CRCs (test speed only)
     from torch.utils.serialization import config as _save_config
@@ -189,7 +194,7 @@ def _check_real(res, full, dtype):
 
 @pytest.mark.slow
 def test_real_size_ckpt_loads_strictly_with_default_variant(full512):
-    res = ck.load_dynamicrafter(full512.ckpt, other_parts=("vae", "schedule"))
+    res = loading.load_dynamicrafter(full512.ckpt, other_parts=("vae", "schedule"))
     assert (res.family, res.variant.name, res.decided_by) == ("512-family", "512", "default")
     assert "by default" in res.reason and "no 'attn2.alpha'" in res.reason
     assert res.format == "pickle" and res.storage_dtype == torch.float16
@@ -202,7 +207,7 @@ def test_real_size_ckpt_loads_strictly_with_default_variant(full512):
 
 @pytest.mark.slow
 def test_real_size_safetensors_loads_strictly_with_explicit_variant(full512):
-    res = ck.load_dynamicrafter(full512.st, variant="1024")
+    res = loading.load_dynamicrafter(full512.st, variant="1024")
     assert (res.family, res.variant.name, res.decided_by) == ("512-family", "1024", "argument")
     assert res.variant.schedule.base_scale == 0.3 and res.format == "safetensors"
     _check_real(res, full512, torch.float16)
@@ -211,9 +216,9 @@ def test_real_size_safetensors_loads_strictly_with_explicit_variant(full512):
 @pytest.mark.slow
 def test_real_size_refusals_read_no_tensor(full512, monkeypatch):
     reads = ReadCounter(monkeypatch)
-    msg = refused(ck.load_dynamicrafter, full512.ckpt, variant="256")
+    msg = refused(loading.load_dynamicrafter, full512.ckpt, variant="256")
     assert "'256' chosen explicitly" in msg and "attn2.alpha" in msg and "the 256 model has 16" in msg
-    msg = refused(ck.load_dynamicrafter, full512.st, variant="4096")
+    msg = refused(loading.load_dynamicrafter, full512.st, variant="4096")
     assert all(n in msg for n in variant_names())
     assert reads.n == 0
 
@@ -221,7 +226,7 @@ def test_real_size_refusals_read_no_tensor(full512, monkeypatch):
 @pytest.fixture(scope="session")
 def converted_bf16(full512):
     dst = full512.folder / "dc_pruned_bf16.safetensors"
-    res = ck.convert_checkpoint(full512.ckpt, dst, variant="1024", dtype="bf16")
+    res = conv.convert_checkpoint(full512.ckpt, dst, variant="1024", dtype="bf16")
     yield res
     dst.unlink(missing_ok=True)
 
@@ -240,7 +245,7 @@ def test_real_size_convert_bf16_roundtrip_metadata_decides(full512, converted_bf
     assert meta[ck.META_PARTS] == "unet,image_proj" and meta[ck.META_DTYPE] == "bf16"
     assert keys == {k for k in full512.keys if k.startswith((U, P))}
 
-    loaded = ck.load_dynamicrafter(res.path)  # no argument, no hint in the name: the metadata decides
+    loaded = loading.load_dynamicrafter(res.path)  # no argument, no hint in the name: the metadata decides
     assert (loaded.variant.name, loaded.decided_by) == ("1024", "metadata")
     assert "metadata" in loaded.reason and loaded.storage_dtype == torch.bfloat16
     _check_real_pruned = dict(loaded.part_counts)
@@ -251,7 +256,7 @@ def test_real_size_convert_bf16_roundtrip_metadata_decides(full512, converted_bf
         got = u[k[len(U):]] if k.startswith(U) else loaded.image_proj.state_dict()[k[len(P):]]
         assert torch.equal(got, full512.tiler.expected(k).to(torch.bfloat16)), k
     del loaded, u
-    msg = refused(ck.load_dynamicrafter, res.path, variant="512")
+    msg = refused(loading.load_dynamicrafter, res.path, variant="512")
     assert "metadata" in msg and "'1024'" in msg and "reconvert" in msg
 
 
@@ -264,44 +269,44 @@ def test_detection_of_real_key_sets():
     old256 = {k.replace("fps_embedding", "framestride_embed"): s for k, s in k256.items()}
     toon = manifest_keys("manifest_tooncrafter_inference_512_v1.0.json")
 
-    assert ck.has_old_framestride_name(old256) and ck.has_learnable_alpha(old256)
-    d = ck.detect_variant(old256)
+    assert fmt.has_old_framestride_name(old256) and fmt.has_learnable_alpha(old256)
+    d = det.detect_variant(old256)
     assert (d.family, d.variant, d.decided_by) == ("256", "256", "keys")
     assert "16 learnable 'attn2.alpha'" in d.reason and "framestride_embed" in d.reason
-    d = ck.detect_variant(k256, filename="dynamicrafter_1024.ckpt")  # a file-name hint never beats the keys
+    d = det.detect_variant(k256, filename="dynamicrafter_1024.ckpt")  # a file-name hint never beats the keys
     assert d.variant == "256"
 
     extra = sorted(set(toon) - set(k512))
     assert len(extra) == 148 and all(k.startswith("first_stage_model.decoder.") for k in extra)
-    assert ck.is_tooncrafter(toon) and not ck.is_tooncrafter(k512)
-    d = ck.detect_variant(toon)
+    assert fmt.is_tooncrafter(toon) and not fmt.is_tooncrafter(k512)
+    d = det.detect_variant(toon)
     assert (d.family, d.variant) == ("tooncrafter", "512-interp") and "ToonCrafter" in d.reason
-    msg = refused(ck.detect_variant, toon, variant="1024")
+    msg = refused(det.detect_variant, toon, variant="1024")
     assert "ToonCrafter" in msg and "512-interp" in msg
 
-    assert ck.is_dynamicrafter_unet(k512) and not ck.has_learnable_alpha(k512)
+    assert fmt.is_dynamicrafter_unet(k512) and not fmt.has_learnable_alpha(k512)
     for name, want, by in (("model.ckpt", "512", "default"), ("dynamicrafter_1024_v1.ckpt", "1024", "filename"),
                            ("dynamicrafter_512_interp_fp16.safetensors", "512-interp", "filename"),
                            ("DynamiCrafter_1024/model.ckpt", "1024", "filename"),
                            ("tooncrafter_512_interp-fp16.safetensors", "512-interp", "filename")):
-        d = ck.detect_variant(k512, filename=name)
+        d = det.detect_variant(k512, filename=name)
         assert (d.variant, d.decided_by) == (want, by), name
-    d = ck.detect_variant(k512, filename="model.ckpt")
+    d = det.detect_variant(k512, filename="model.ckpt")
     assert "by default" in d.reason and "choose the variant" in d.reason
-    d = ck.detect_variant(k512, filename="dc_1024_interp.ckpt")  # disagreeing hints are not guessed
+    d = det.detect_variant(k512, filename="dc_1024_interp.ckpt")  # disagreeing hints are not guessed
     assert (d.variant, d.decided_by) == ("512", "default") and "several variants" in d.reason
 
     meta = {ck.META_VARIANT: "512-interp"}
-    d = ck.detect_variant(k512, metadata=meta, filename="x_1024.ckpt")  # metadata beats a hint
+    d = det.detect_variant(k512, metadata=meta, filename="x_1024.ckpt")  # metadata beats a hint
     assert (d.variant, d.decided_by) == ("512-interp", "metadata")
-    d = ck.detect_variant(k512, variant="1024", filename="x_interp.ckpt")  # an explicit choice beats a hint
+    d = det.detect_variant(k512, variant="1024", filename="x_interp.ckpt")  # an explicit choice beats a hint
     assert (d.variant, d.decided_by) == ("1024", "argument")
-    assert ck.detect_variant(k512, variant="auto").decided_by == "default"
-    msg = refused(ck.detect_variant, k512, metadata=meta, variant="1024")
+    assert det.detect_variant(k512, variant="auto").decided_by == "default"
+    msg = refused(det.detect_variant, k512, metadata=meta, variant="1024")
     assert "'512-interp'" in msg and "'1024' chosen explicitly" in msg
-    msg = refused(ck.detect_variant, k512, metadata={ck.META_VARIANT: "256"})
+    msg = refused(det.detect_variant, k512, metadata={ck.META_VARIANT: "256"})
     assert "metadata" in msg and "reconvert" in msg
-    msg = refused(ck.detect_variant, k256, variant="512")
+    msg = refused(det.detect_variant, k256, variant="512")
     assert "'512' chosen explicitly" in msg and "attn2.alpha" in msg
 
 
@@ -314,7 +319,7 @@ def test_tiny_256_old_name_alpha_loads(tmp_path):
     assert any("framestride_embed" in k for k in sd)
     path = tmp_path / "dc.ckpt"
     torch.save({"state_dict": sd}, path)
-    res = ck.load_dynamicrafter(path, variant=v)
+    res = loading.load_dynamicrafter(path, variant=v)
     assert (res.family, res.variant.name, res.decided_by) == ("256", "256", "keys")
     assert any("framestride_embed" in n for n in res.notes)
     assert_loaded(res, sd)
@@ -334,7 +339,7 @@ def test_tiny_wrapped_layouts_load(tmp_path, layout):
         obj = sd
     path = tmp_path / "w.pt"
     torch.save(obj, path)
-    res = ck.load_dynamicrafter(path, variant=v, other_parts=("schedule",))
+    res = loading.load_dynamicrafter(path, variant=v, other_parts=("schedule",))
     assert_loaded(res, sd)
     assert torch.equal(res.other["schedule"]["betas"], sd["betas"])
     if layout == "deepspeed":
@@ -352,7 +357,7 @@ def test_tiny_pruned_safetensors_layouts_and_dtypes(tmp_path, layout, store, com
     out = {(unet_prefix + k[len(U):]) if k.startswith(U) else (p_prefix + k[len(P):]): t for k, t in sd.items()}
     path = tmp_path / "pruned.safetensors"
     save_file(out, str(path))
-    res = ck.load_dynamicrafter(path, variant=v, dtype=compute)
+    res = loading.load_dynamicrafter(path, variant=v, dtype=compute)
     assert res.storage_dtype == store and res.dtype == (compute or store)
     assert {p.dtype for p in res.unet.parameters()} == {compute or store}
     assert_loaded(res, sd, dtype=compute or store)
@@ -365,10 +370,10 @@ def test_tiny_tooncrafter_file(tmp_path):
     v, sd = tiny_state("512-interp", seed=3, vae_keys=vae)
     path = tmp_path / "toon.safetensors"
     save_file(sd, str(path))
-    res = ck.load_dynamicrafter(path, variant=v, other_parts=("vae",))
+    res = loading.load_dynamicrafter(path, variant=v, other_parts=("vae",))
     assert (res.family, res.variant.name, res.decided_by) == ("tooncrafter", "512-interp", "keys")
     assert set(res.other["vae"]) == {k[len("first_stage_model."):] for k in vae}
-    msg = refused(ck.load_dynamicrafter, path, variant=get_variant("512", tiny=True))
+    msg = refused(loading.load_dynamicrafter, path, variant=get_variant("512", tiny=True))
     assert "ToonCrafter" in msg
 
 
@@ -381,15 +386,15 @@ def test_tiny_convert_metadata_decides_the_variant(tmp_path, name):
     src = tmp_path / "model.ckpt"
     torch.save({"state_dict": sd}, src)
     dst = tmp_path / "converted.safetensors"
-    res = ck.convert_checkpoint(src, dst, variant=v, dtype="fp16", parts="all")
+    res = conv.convert_checkpoint(src, dst, variant=v, dtype="fp16", parts="all")
     assert res.metadata[ck.META_VARIANT] == name and res.metadata[ck.META_PARTS].startswith("unet,image_proj")
-    info = ck.inspect_checkpoint(dst)
+    info = conv.inspect_checkpoint(dst)
     assert (info.detection.variant, info.detection.decided_by) == (name, "metadata")
     assert info.storage_dtype == torch.float16 and info.part_counts["schedule"] == 1
     with safe_open(str(dst), framework="pt") as f:
         assert f.get_slice("betas").get_dtype() == "F32"  # schedule buffers stay float32
         assert set(f.keys()) == set(sd)
-    res2 = ck.load_dynamicrafter(dst, variant=get_variant(name, tiny=True), dtype="fp32")
+    res2 = loading.load_dynamicrafter(dst, variant=get_variant(name, tiny=True), dtype="fp32")
     assert res2.decided_by == "metadata"
     for k in (U + "out.2.weight", P + "latents"):
         got = (res2.unet if k.startswith(U) else res2.image_proj).state_dict()[k.split(".", 2)[-1] if k.startswith(U)
@@ -403,7 +408,7 @@ def test_convert_is_atomic_and_refuses_overwrite(tmp_path, monkeypatch):
     torch.save({"state_dict": sd}, src)
     dst = tmp_path / "out.safetensors"
     dst.write_bytes(b"previous content")
-    msg = refused(ck.convert_checkpoint, src, dst, variant=v)
+    msg = refused(conv.convert_checkpoint, src, dst, variant=v)
     assert "does not exist yet" in msg and "overwrite" in msg
 
     calls = {"n": 0}
@@ -417,32 +422,41 @@ def test_convert_is_atomic_and_refuses_overwrite(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ck.CheckpointFile, "tensor", failing)
     with pytest.raises(OSError):
-        ck.convert_checkpoint(src, dst, variant=v, overwrite=True)
+        conv.convert_checkpoint(src, dst, variant=v, overwrite=True)
     assert dst.read_bytes() == b"previous content"
     assert sorted(os.listdir(tmp_path)) == ["out.safetensors", "src.ckpt"]
     monkeypatch.setattr(ck.CheckpointFile, "tensor", orig)
-    ck.convert_checkpoint(src, dst, variant=v, overwrite=True)
-    assert ck.inspect_checkpoint(dst).detection.variant == "512"
-    msg = refused(ck.convert_checkpoint, src, src.with_suffix(".ckpt2"), variant=v)
+    conv.convert_checkpoint(src, dst, variant=v, overwrite=True)
+    assert conv.inspect_checkpoint(dst).detection.variant == "512"
+    msg = refused(conv.convert_checkpoint, src, src.with_suffix(".ckpt2"), variant=v)
     assert ".safetensors" in msg
 
 
+def _convert_cli():
+    """The top-level convert.py, imported as a module."""
+    spec = importlib.util.spec_from_file_location("dc_convert_cli", REPO / "convert.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
 def test_cli_convert_inspect_and_error(tmp_path, capsys):
+    cli = _convert_cli()
     v, sd = tiny_state("1024", seed=6)
     src = tmp_path / "model.ckpt"
     torch.save({"state_dict": sd}, src)
     # The CLI builds registry (real-size) variants, so it can convert/validate only real files; inspect reads
     # headers only and works on any file. Convert through the API, then inspect through the CLI.
     dst = tmp_path / "tiny.safetensors"
-    ck.convert_checkpoint(src, dst, variant=v)
-    assert ck.main(["inspect", str(dst)]) == 0
+    conv.convert_checkpoint(src, dst, variant=v)
+    assert cli.main(["inspect", str(dst)]) == 0
     out = capsys.readouterr().out
     assert "variant 1024 (metadata)" in out and "unet=" in out
-    assert ck.main(["convert", str(src), str(dst), "--variant", "1024"]) == 2
+    assert cli.main(["convert", str(src), str(dst), "--variant", "1024"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "overwrite" in err
     # Run as a file, the way a user would call it from the pack folder.
-    proc = subprocess.run([sys.executable, str(REPO / "model" / "checkpoint.py"), "inspect", str(dst)],
+    proc = subprocess.run([sys.executable, str(REPO / "convert.py"), "inspect", str(dst)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "variant 1024 (metadata)" in proc.stdout
@@ -467,7 +481,7 @@ def test_truncated_file(small_files, kind, monkeypatch):
     data = src.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
     reads = ReadCounter(monkeypatch)
-    msg = refused(ck.load_dynamicrafter, bad, variant=small_files.v)
+    msg = refused(loading.load_dynamicrafter, bad, variant=small_files.v)
     assert "'cut." in msg and "incomplete or damaged" in msg and "download it again" in msg
     assert reads.n == 0
 
@@ -481,7 +495,7 @@ def test_corrupt_safetensors_header(small_files, monkeypatch):
     bad2.write_bytes(bytes(data))
     reads = ReadCounter(monkeypatch)
     for bad in (bad1, bad2):
-        msg = refused(ck.load_dynamicrafter, bad, variant=small_files.v)
+        msg = refused(loading.load_dynamicrafter, bad, variant=small_files.v)
         assert "a complete .safetensors file" in msg and "damaged" in msg and "download it again" in msg
     assert reads.n == 0
 
@@ -509,11 +523,11 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, fmt, monkeypatch):
             pickle.dump(payload, f, protocol=2)
     assert not marker.exists()
     reads = ReadCounter(monkeypatch)
-    for fn in (ck.load_dynamicrafter, ck.inspect_checkpoint):
+    for fn in (loading.load_dynamicrafter, conv.inspect_checkpoint):
         msg = refused(fn, path)
         assert "refused" in msg and "posix.system" in msg and "nothing was executed" in msg
         assert ".safetensors" in msg
-    msg = refused(ck.convert_checkpoint, path, tmp_path / "out.safetensors")
+    msg = refused(conv.convert_checkpoint, path, tmp_path / "out.safetensors")
     assert "refused" in msg
     assert not marker.exists(), "the pickle's code ran"
     assert reads.n == 0 and not (tmp_path / "out.safetensors").exists()
@@ -542,11 +556,11 @@ def _sdxl_keys():
 @pytest.mark.parametrize("kind,looks", [("sd15", "Stable Diffusion 1.x"), ("sdxl", "SDXL")])
 def test_image_model_given_as_dynamicrafter(tmp_path, kind, looks, monkeypatch):
     keys = _sd15_keys() if kind == "sd15" else _sdxl_keys()
-    assert (ck.looks_like_sd15 if kind == "sd15" else ck.looks_like_sdxl)({k: t.shape for k, t in keys.items()})
+    assert (fmt.looks_like_sd15 if kind == "sd15" else fmt.looks_like_sdxl)({k: t.shape for k, t in keys.items()})
     path = tmp_path / f"{kind}.safetensors"
     save_file(keys, str(path))
     reads = ReadCounter(monkeypatch)
-    msg = refused(ck.load_dynamicrafter, path)
+    msg = refused(loading.load_dynamicrafter, path)
     assert f"found {'an' if kind == 'sdxl' else 'a'} {looks}" in msg
     assert "not a DynamiCrafter model" in msg and "temopral_conv" in msg and "model.ckpt" in msg
     assert "host's own loaders" in msg
@@ -563,7 +577,7 @@ def test_missing_and_unexpected_keys_are_named(small_files, monkeypatch):
     path = small_files.dir / "holes.safetensors"
     save_file(sd, str(path))
     reads = ReadCounter(monkeypatch)
-    msg = refused(ck.load_dynamicrafter, path, variant=small_files.v)
+    msg = refused(loading.load_dynamicrafter, path, variant=small_files.v)
     assert "4 missing (" + ", ".join(gone[:3]) + ", ... (+1 more))" in msg
     assert f"2 unexpected ({U}extra_block.weight, {U}zz_other.bias)" in msg
     assert "the 478 unet weights of the 512 model" in msg.replace(
@@ -580,7 +594,7 @@ def test_wrong_shape_is_named(small_files, monkeypatch):
     path = small_files.dir / "shape.safetensors"
     save_file(sd, str(path))
     reads = ReadCounter(monkeypatch)
-    msg = refused(ck.load_dynamicrafter, path, variant=small_files.v)
+    msg = refused(loading.load_dynamicrafter, path, variant=small_files.v)
     bad = [good[0], good[1] + 1] + good[2:]
     assert f"1 of wrong shape, first {k} {bad} where the model has {good}" in msg
     assert reads.n == 0
@@ -591,23 +605,23 @@ def test_missing_image_proj_and_other_refusals(small_files, monkeypatch):
     sd = {k: t for k, t in small_files.sd.items() if not k.startswith(P)}
     path = small_files.dir / "unet_only.safetensors"
     save_file(sd, str(path))
-    msg = refused(ck.load_dynamicrafter, path, variant=small_files.v)
+    msg = refused(loading.load_dynamicrafter, path, variant=small_files.v)
     assert "holds no image_proj weights ('image_proj_model.*')" in msg
 
-    msg = refused(ck.load_dynamicrafter, small_files.st, variant="2048")
+    msg = refused(loading.load_dynamicrafter, small_files.st, variant="2048")
     assert "found '2048'" in msg and all(f"'{n}'" in msg for n in variant_names())
-    msg = refused(ck.load_dynamicrafter, small_files.st, variant="256")
+    msg = refused(loading.load_dynamicrafter, small_files.st, variant="256")
     assert "'256' chosen explicitly" in msg and "attn2.alpha" in msg
-    msg = refused(ck.load_dynamicrafter, small_files.dir / "nope.safetensors")
+    msg = refused(loading.load_dynamicrafter, small_files.dir / "nope.safetensors")
     assert "nothing at" in msg
     gguf = small_files.dir / "m.gguf"
     gguf.write_bytes(b"GGUF" + b"\0" * 64)
-    msg = refused(ck.load_dynamicrafter, gguf)
+    msg = refused(loading.load_dynamicrafter, gguf)
     assert "extension '.gguf'" in msg
     notsd = small_files.dir / "list.pt"
     torch.save([1, 2, 3], notsd)
-    msg = refused(ck.load_dynamicrafter, notsd)
+    msg = refused(loading.load_dynamicrafter, notsd)
     assert "a state dict of tensors" in msg
-    msg = refused(ck.load_dynamicrafter, small_files.st, variant=small_files.v, dtype="fp8")
-    assert "fp16, bf16, fp32" in msg
+    msg = refused(loading.load_dynamicrafter, small_files.st, variant=small_files.v, dtype="fp8")
+    assert "fp32, fp16, bf16" in msg
     assert reads.n == 0

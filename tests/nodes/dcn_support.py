@@ -8,10 +8,10 @@ from typing import Dict, Optional
 
 import torch
 
-from comfyui_dynamicrafter.model.checkpoint import load_dynamicrafter
 from comfyui_dynamicrafter.model.sampler import ddim_sample
 from comfyui_dynamicrafter.model.schedule import ddim_timesteps, model_buffers, scale_arr
 from comfyui_dynamicrafter.model.variants import get_variant
+from comfyui_dynamicrafter.tests.model.loading import load_dynamicrafter
 from comfyui_dynamicrafter.tests.nodes import tinyckpt
 
 SIZE = 64          # px; the tiny UNet (2 levels) needs multiples of 16, the real one 64
@@ -110,11 +110,11 @@ def add_decode(g: dict, latent, prefix: str) -> dict:
 # the reference computation
 # ---------------------------------------------------------------------------------------------------------------------
 class Reference:
-    """model/'s UNet (plain PyTorch SDPA attention, loaded by model/checkpoint from the test file) over the exact
+    """model/'s UNet (plain PyTorch SDPA attention, loaded by tests/model/loading.py from the test file) over the exact
     conditioning tensors the graph produced (DCN_Conditioning's outputs, read from the executor's cache)."""
 
     def __init__(self, ckpt_path: str, conditioning_outputs, variant: str = "512"):
-        v = get_variant(variant, tiny=True, clip_dim=tinyckpt.VISION_WIDTH)
+        v = get_variant(variant, tiny=True)
         self.variant = v
         self.unet = load_dynamicrafter(ckpt_path, variant=v, dtype=torch.float32).unet.eval()
         pos, img_only, neg, latent = (o[0] for o in conditioning_outputs)

@@ -82,11 +82,11 @@ def adapters(host, dc, tmp_path_factory):
     csv, _ = synth.make_video_dataset(str(work / "videos"), n_clips=2, n_frames=8, height=16, width=24)
     ck = tinyckpt.checkpoints()
     # 1. the custom-adapter case on the graph's own checkpoint: LoRA on the attention projections + image K/V + P
-    #    (P of the tiny node-test checkpoint takes 64-wide CLIP tokens; the trainer's tiny default is 48)
-    a = _train(str(work / "run_a"), csv, ck["full"], groups=["lora", "image_kv", "P"], lora_rank=4, lora_alpha=8.0,
-               resampler_overrides={"embedding_dim": 64})
+    #    (the trainer's tiny config is the tiny checkpoint's: P takes 64-wide CLIP tokens)
+    a = _train(str(work / "run_a"), csv, ck["full"], groups=["lora", "image_kv", "P"], lora_rank=4, lora_alpha=8.0)
     # 2. P only, from a checkpoint whose P takes 48-wide CLIP tokens: the "another P shape" adapter
-    b = _train(str(work / "run_b"), csv, ck["other_encoders"], groups=["P"], max_steps=1)
+    b = _train(str(work / "run_b"), csv, ck["other_encoders"], groups=["P"], max_steps=1,
+               resampler_overrides={"embedding_dim": 48})
     tensors, meta = ad.read_adapter(a)
     save_file(tensors, os.path.join(folders["dynamicrafter_adapters"], ADAPTER), metadata=meta)
     save_file(load_file(b), os.path.join(folders["dynamicrafter_adapters"], OTHER_P),
@@ -241,7 +241,7 @@ def test_256_image_kv_adapter_sets_its_alpha_gates(host, dc, adapters, tmp_path,
     ck = tinyckpt.checkpoints()
     csv, _ = synth.make_video_dataset(str(tmp_path / "videos"), n_clips=1, n_frames=8, height=16, width=24)
     path = _train(str(tmp_path / "run"), csv, ck["v256"], variant="256", groups=["image_kv"], max_steps=1,
-                  resampler_overrides={"embedding_dim": 64}, export_dtype="fp32")
+                  export_dtype="fp32")
     tensors, _ = ad.read_adapter(path)
     gates = [k for k in tensors if k.endswith("attn2.alpha")]
     assert gates and not ad.lora_modules(tensors)

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from comfyui_dynamicrafter.model.tiny import (VISION_WIDTH, full_checkpoint, random_tensors, text_tower_shapes,
-                                              unet_and_p, variant_metadata, vision_tower_shapes)
+from comfyui_dynamicrafter.model.tiny import (full_checkpoint, random_tensors, text_tower_shapes, unet_and_p,
+                                              variant_metadata, vision_tower_shapes)
+from comfyui_dynamicrafter.model.variants import SMALL_CONFIGS
 from comfyui_dynamicrafter.tests.fixtures import fixtures_root
 
 
@@ -24,8 +25,8 @@ def manifest_path() -> Path:
     return fixtures_root().parent / "checkpoint_layout" / "manifest_inference_512_v1.0.json"
 
 
-def _save(path: Path, tensors: Dict[str, torch.Tensor], variant: Optional[str]) -> str:
-    save_file(tensors, str(path), metadata=variant_metadata(variant))
+def _save(path: Path, tensors: Dict[str, torch.Tensor], variant: Optional[str], config: Optional[str] = "tiny") -> str:
+    save_file(tensors, str(path), metadata=variant_metadata(variant, config))
     return str(path)
 
 
@@ -36,8 +37,10 @@ def checkpoints(root: Optional[str] = None) -> Dict[str, str]:
     - ``full``: 512 tiny UNet + P + text + image encoder + real-size VAE (one file is enough to run)
     - ``interp``: 512-interp tiny UNet + P only (pruned layout, metadata variant)
     - ``v256``: 256 tiny UNet (eps-prediction, learnable ``attn2.alpha`` gates, no metadata: the keys say 256) + P
-    - ``other_encoders``: 512 tiny UNet + P (clip_dim 48) with 48-wide text and image towers, no VAE: the
-      "wrong encoder" cases (the stand-ins of SD1.5's 768-dim text encoder and a ViT-L clip_vision)
+    - ``other_encoders``: 512 UNet + P in the small config ``tiny-clip48`` (P reads 48-wide tokens) with 48-wide
+      text and image towers, no VAE: the "wrong encoder" cases (the stand-ins of SD1.5's 768-dim text encoder and
+      a ViT-L clip_vision)
+    Every DynamiCrafter file names its small config in its metadata, as model/tiny.py writes it.
     - ``sd15``: a few keys of an SD1.5 image checkpoint (not DynamiCrafter)
     """
     root = Path(root or tempfile.mkdtemp(prefix="dc-tiny-ckpt-"))
@@ -45,17 +48,18 @@ def checkpoints(root: Optional[str] = None) -> Dict[str, str]:
     out = {}
     full = full_checkpoint("512", seed=10)
     out["full"] = _save(root / "dc_tiny_full.safetensors", full, "512")
-    interp = unet_and_p("512-interp", VISION_WIDTH, seed=20)
+    interp = unet_and_p("512-interp", seed=20)
     out["interp"] = _save(root / "dc_tiny_interp.safetensors", interp, "512-interp")
-    out["v256"] = _save(root / "dc_tiny_256.safetensors", unet_and_p("256", VISION_WIDTH, seed=40), None)
-    other = unet_and_p("512", 48, seed=30)
-    other.update(random_tensors(text_tower_shapes(width=48), seed=31))
-    other.update(random_tensors(vision_tower_shapes(width=48), seed=32))
-    out["other_encoders"] = _save(root / "dc_tiny_other_encoders.safetensors", other, "512")
+    out["v256"] = _save(root / "dc_tiny_256.safetensors", unet_and_p("256", seed=40), None)
+    other = unet_and_p("512", seed=30, config="tiny-clip48")
+    width = SMALL_CONFIGS["tiny-clip48"]["resampler"]["embedding_dim"]
+    other.update(random_tensors(text_tower_shapes(width=width), seed=31))
+    other.update(random_tensors(vision_tower_shapes(width=width), seed=32))
+    out["other_encoders"] = _save(root / "dc_tiny_other_encoders.safetensors", other, "512", "tiny-clip48")
     sd15 = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
             "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(320, 768),
             "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(16, 768)}
-    out["sd15"] = _save(root / "sd15_pruned.safetensors", sd15, None)
+    out["sd15"] = _save(root / "sd15_pruned.safetensors", sd15, None, None)
     return out
 
 

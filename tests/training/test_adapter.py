@@ -10,13 +10,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from comfyui_dynamicrafter.model import adapters as ad
-from comfyui_dynamicrafter.model.checkpoint import load_dynamicrafter
 from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
 from comfyui_dynamicrafter.model.resampler import Resampler
 from comfyui_dynamicrafter.model.unet import UNetModel
 from comfyui_dynamicrafter.model.variants import get_variant
+from comfyui_dynamicrafter.tests.model.loading import load_dynamicrafter
 from comfyui_dynamicrafter.training.config import TrainConfig
-from comfyui_dynamicrafter.training.encoders import TINY_CLIP
 from comfyui_dynamicrafter.training.loop import train
 from comfyui_dynamicrafter.training.stages import get_stage, stage_variant
 
@@ -26,7 +25,7 @@ OVR = dict(unet_overrides={"temporal_length": 4}, resampler_overrides={"video_le
 
 
 def _variant(name="512", **res):
-    base = get_variant(name, tiny=True, clip_dim=TINY_CLIP["vision"]["width"])
+    base = get_variant(name, tiny=True)
     v = stage_variant(base, get_stage("finetune"), OVR["unet_overrides"], dict(OVR["resampler_overrides"], **res))
     return v
 
@@ -126,8 +125,9 @@ def test_merged_checkpoint_equals_base_plus_adapter(trained):
     x = torch.randn(1, 8, 4, 8, 12)
     ctx = torch.randn(1, 77 + 64, 64)
     t = torch.tensor([500])
+    tokens = torch.randn(1, 257, trained["variant"].resampler.embedding_dim)   # CLIP image tokens P reads
     with torch.no_grad():
-        y_base = trained["unet"].eval()(x, t, torch.cat([ctx[:, :77], trained["proj"](torch.randn(1, 257, 48))], 1))
+        y_base = trained["unet"].eval()(x, t, torch.cat([ctx[:, :77], trained["proj"](tokens)], 1))
         loaded.unet.eval()
-        y_new = loaded.unet(x, t, torch.cat([ctx[:, :77], trained["proj"](torch.randn(1, 257, 48))], 1))
+        y_new = loaded.unet(x, t, torch.cat([ctx[:, :77], trained["proj"](tokens)], 1))
     assert not torch.allclose(y_base, y_new)                                           # the adapter changes the output

@@ -14,7 +14,6 @@ from comfyui_dynamicrafter.model.resampler import Resampler
 from comfyui_dynamicrafter.model.unet import UNetModel
 from comfyui_dynamicrafter.model.variants import get_variant
 from comfyui_dynamicrafter.training.config import TrainConfig
-from comfyui_dynamicrafter.training.encoders import TINY_CLIP
 from comfyui_dynamicrafter.training.loop import Trainer
 from comfyui_dynamicrafter.training.stages import get_stage, stage_variant
 
@@ -34,7 +33,7 @@ RULES = {
 
 
 def _variant(stage):
-    base = get_variant("512", tiny=True, clip_dim=TINY_CLIP["vision"]["width"])
+    base = get_variant("512", tiny=True)
     return stage_variant(base, get_stage(stage), TINY["unet_overrides"], TINY["resampler_overrides"])
 
 
