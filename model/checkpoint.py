@@ -35,6 +35,7 @@ import torch
 from .dtypes import dtype_from_name
 from .errors import DynamiCrafterInputError
 from .fileio import atomic_file
+from .guards import NonFiniteError, describe_nonfinite, is_finite_tensor
 
 # ----------------------------------------------------------------------------------------------------------------
 # Layout facts
@@ -389,12 +390,15 @@ def open_checkpoint(path: Union[str, os.PathLike]) -> CheckpointFile:
 # Writing (streamed safetensors, atomic)
 # ----------------------------------------------------------------------------------------------------------------
 def write_safetensors(path: Union[str, os.PathLike], items: Sequence[Tuple[str, Shape, torch.dtype]],
-                      read: Callable[[str], torch.Tensor], metadata: Optional[Mapping[str, str]] = None) -> int:
+                      read: Callable[[str], torch.Tensor], metadata: Optional[Mapping[str, str]] = None,
+                      finite: Optional[str] = None) -> int:
     """Stream tensors into a ``.safetensors`` file atomically; returns the file size.
 
     ``items`` lists (name, shape, dtype) so the header is written first; ``read(name)`` yields each tensor (of that
-    shape; converted to that dtype here) one at a time, so at most one tensor is held in memory. The file is
-    written to a temporary name in the same folder, fsync'ed, then renamed over ``path``.
+    shape; converted to that dtype here) one at a time, so at most one tensor is held in memory. The free space for
+    the whole file is checked first; the file is written to a temporary name in the same folder, fsync'ed, then
+    renamed over ``path``. With ``finite`` (what to name in the message) every tensor is checked for NaN/Inf after
+    the cast, and the write stops at the first bad one (nothing is left behind).
     """
     if sys.byteorder != "little":  # the format is little-endian; keep the simple path honest
         raise RuntimeError("write_safetensors needs a little-endian machine")
@@ -413,14 +417,20 @@ def write_safetensors(path: Union[str, os.PathLike], items: Sequence[Tuple[str, 
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
-    with atomic_file(path) as f:
+    with atomic_file(path, expected_bytes=8 + len(blob) + offset) as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dt in order:
             t = read(name)
             if tuple(t.shape) != tuple(shape):
                 raise RuntimeError(f"write_safetensors: {name} has shape {list(t.shape)}, header says {list(shape)}")
+            src_finite = finite is None or is_finite_tensor(t)
             t = t.to(dtype=dt, device="cpu").contiguous()
+            if finite is not None and not is_finite_tensor(t):
+                cast = "" if not src_finite else f" after the cast to {dt} (the source values overflow it)"
+                raise NonFiniteError(finite, "finite weights", f"tensor '{name}' holds {describe_nonfinite(t)}{cast}",
+                                     "convert with --dtype fp32 or bf16" if cast else
+                                     "the source file is damaged or from a diverged training run: use another copy")
             if t.numel():
                 f.write(t.reshape(-1).view(torch.uint8).numpy().data)
             del t

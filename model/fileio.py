@@ -163,11 +163,11 @@ def write_error(path: str, what: str, err: OSError) -> OutputWriteError:
 
 @contextlib.contextmanager
 def write_errors(path: str, what: str) -> Iterator[None]:
-    """Turn an OSError raised while writing ``path`` into ``write_error``'s one line."""
+    """Turn an OSError raised while writing ``path`` into ``write_error``'s one line, naming the output ``what``."""
     try:
         yield
-    except OutputWriteError:
-        raise
+    except OutputWriteError as e:  # a free-space refusal from inside: named as the caller names the output
+        raise OutputWriteError(what, e.expected, e.found, e.todo) from None
     except OSError as e:
         raise write_error(path, what, e) from None
 

@@ -57,7 +57,7 @@ def test_fp8_weights_are_checked():
 
 
 def test_state_dict_names_first_bad_tensor_from_a_real_file(tmp_path):
-    sd = unet_and_p("512", 64, seed=3)
+    sd = unet_and_p("512", seed=3)
     name = sorted(sd)[len(sd) // 2]
     sd[name] = sd[name].clone()
     sd[name].view(-1)[0] = float("nan")
