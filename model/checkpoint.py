@@ -124,14 +124,19 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]
 # Opening a file (header / mmap only)
 # ----------------------------------------------------------------------------------------------------------------
 def _sniff(path: str) -> str:
-    """'safetensors' | 'zip' | 'pickle' from the first bytes (a renamed file is still read by its content)."""
+    """'safetensors' | 'zip' | 'pickle' | 'unknown' from the first bytes (a renamed file is still read by its
+    content)."""
     with open(path, "rb") as f:
         head = f.read(9)
     if head[:4] == b"PK\x03\x04":
         return "zip"
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
-    return "pickle"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"  # a pickle protocol 2-5 header: what torch.save's legacy format writes
+    if head[:1] in (b"(", b"c", b"]", b"}", b")", b"N"):
+        return "pickle"  # the usual first opcodes of a protocol 0/1 pickle (MARK, GLOBAL, empty containers, None)
+    return "unknown"
 
 
 def _pickle_error(name: str, err: BaseException) -> DynamiCrafterInputError:
@@ -281,6 +286,13 @@ class CheckpointFile:
                 "the file is incomplete or damaged: download it again",
             )
         kind = _sniff(self.path)
+        if kind == "unknown":
+            with open(self.path, "rb") as f:
+                first = f.read(8).hex(" ")
+            raise DynamiCrafterInputError(
+                f"checkpoint '{self.name}'", "a .safetensors file, a PyTorch zip checkpoint or a PyTorch pickle",
+                f"none of them (first bytes {first}); nothing was unpickled",
+                "the file is damaged or not a model: download it again and compare its size with the source")
         deepspeed = False
         if kind == "safetensors" or (ext in SAFETENSORS_EXTS and kind != "zip"):  # a renamed .ckpt is still read
             self.format = "safetensors"
@@ -322,7 +334,12 @@ class CheckpointFile:
         return keys
 
     def _torch_load(self, mmap: bool):
+        renamed = self.name.lower().endswith(SAFETENSORS_EXTS)  # torch.load would hand a path so named to safetensors
         try:
+            if renamed:
+                self.notes.append("a PyTorch checkpoint named .safetensors: read as what it is (weights only)")
+                with open(self.path, "rb") as f:
+                    return torch.load(f, map_location="cpu", weights_only=True)
             return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
                 struct.error) as err:  # what torch.load raises for refused, truncated or garbled files

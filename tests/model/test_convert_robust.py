@@ -87,3 +87,21 @@ def test_full_or_read_only_destination_one_line_file_untouched(tiny_src, tmp_pat
         assert dst.read_bytes() == b"the user's earlier file" and os.listdir(disk) == [dst.name]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=20)
+
+
+def test_random_bytes_and_renamed_pickle_get_the_right_line(tmp_path):
+    """Finding 6: random bytes named .ckpt were reported as a code-running pickle; a PyTorch file named .safetensors
+    gave a raw SafetensorError traceback."""
+    import torch
+
+    rnd = tmp_path / "model.ckpt"
+    rnd.write_bytes(bytes(range(7, 256)) * 40)
+    p = subprocess.run([sys.executable, str(REPO / "convert.py"), "inspect", str(rnd)], capture_output=True,
+                       text=True, timeout=120)
+    err = one_line(p, "model.ckpt", "none of them (first bytes 07 08 09", "nothing was unpickled")
+    assert "run code" not in err
+    renamed = tmp_path / "weights.safetensors"
+    torch.save({"state_dict": {"a": torch.zeros(2)}}, renamed)
+    p = subprocess.run([sys.executable, str(REPO / "convert.py"), "inspect", str(renamed)], capture_output=True,
+                       text=True, timeout=120)
+    one_line(p, "weights.safetensors", "not a DynamiCrafter model")
