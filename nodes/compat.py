@@ -16,13 +16,10 @@ import comfy.ops
 import comfy.samplers
 import folder_paths
 
+from ..headless import CHECKPOINT_FOLDERS, LEGACY_FOLDER_NAMES, MODEL_FOLDER
 from ..model.errors import DynamiCrafterInputError
 from ..model.fileio import walk_files
 from ..model.log import logger
-
-MODEL_FOLDER = "dynamicrafter"
-# Model folders the 2024 hosts know under older names (current hosts map these through folder_paths.map_legacy).
-LEGACY_FOLDER_NAMES = {"diffusion_models": "unet", "text_encoders": "clip"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -33,7 +30,7 @@ def _folder_key(name: str) -> Optional[str]:
     fnp = folder_paths.folder_names_and_paths
     if name in fnp:
         return name
-    if LEGACY_FOLDER_NAMES.get(name) in fnp:
+    if name in LEGACY_FOLDER_NAMES and LEGACY_FOLDER_NAMES[name] in fnp:
         return LEGACY_FOLDER_NAMES[name]
     return None
 
@@ -48,7 +45,7 @@ def register_model_folder() -> None:
 
 def checkpoint_folders() -> List[str]:
     """Folders the loader lists, in priority order: dynamicrafter, diffusion_models, checkpoints."""
-    keys = [MODEL_FOLDER, _folder_key("diffusion_models"), _folder_key("checkpoints")]
+    keys = [_folder_key(name) for name in CHECKPOINT_FOLDERS]
     return [k for k in dict.fromkeys(keys) if k is not None and k in folder_paths.folder_names_and_paths]
 
 
@@ -169,6 +166,84 @@ def throw_if_interrupted() -> None:
 
 def load_models(patchers, memory_required: float = 0) -> None:
     comfy.model_management.load_models_gpu(list(patchers), memory_required)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model patches and the model patcher
+# ----------------------------------------------------------------------------------------------------------------
+def _patcher_extension():
+    try:
+        import comfy.patcher_extension as pe
+    except ImportError:  # 2024 hosts: no wrappers
+        return None
+    return pe if hasattr(pe, "WrappersMP") else None
+
+
+def diffusion_model_wrappers(transformer_options) -> list:
+    """The WrappersMP.DIFFUSION_MODEL wrappers in ``transformer_options`` (EasyCache, ...); [] on hosts without."""
+    pe = _patcher_extension()
+    if pe is None or not isinstance(transformer_options, dict) or not hasattr(pe.WrappersMP, "DIFFUSION_MODEL"):
+        return []
+    return pe.get_all_wrappers(pe.WrappersMP.DIFFUSION_MODEL, transformer_options)
+
+
+def run_wrapped(fn, owner, wrappers, *args, **kwargs):
+    """``fn(*args, **kwargs)`` through the host's wrapper executor, as the host's own UNets call themselves."""
+    pe = _patcher_extension()
+    return pe.WrapperExecutor.new_class_executor(fn, owner, wrappers).execute(*args, **kwargs)
+
+
+# Wrapper kinds the host runs only inside its own sampling loop (comfy.samplers): DCN_Sampler's DDIM loop calls
+# BaseModel.apply_model directly, so it runs APPLY_MODEL and DIFFUSION_MODEL wrappers (TorchCompileModel, EasyCache's
+# UNet part) but never these.
+SAMPLER_LOOP_WRAPPERS = ("outer_sample", "prepare_sampling", "sampler_sample", "predict_noise", "calc_cond_batch")
+
+
+def transformer_options(model) -> dict:
+    """The model's transformer_options with the patcher's own wrappers and callbacks merged in, as the host's
+    sampling does (comfy.sampler_helpers.prepare_model_patcher): TorchCompileModel, EasyCache, ... live there."""
+    topts = dict((getattr(model, "model_options", None) or {}).get("transformer_options", {}))
+    for name in ("wrappers", "callbacks"):
+        own = getattr(model, name, None)
+        if not own:
+            continue
+        merged = {kind: {key: list(fns) for key, fns in by_key.items()} for kind, by_key in topts.get(name, {}).items()}
+        for kind, by_key in own.items():
+            for key, fns in by_key.items():
+                merged.setdefault(kind, {}).setdefault(key, [])
+                merged[kind][key] += [f for f in fns if f not in merged[kind][key]]
+        topts[name] = merged
+    return topts
+
+
+def sampler_loop_patches(model) -> List[str]:
+    """'key (kind)' of each patch on ``model`` that only the host's sampling loop runs (LazyCache, EasyCache)."""
+    wrappers = transformer_options(model).get("wrappers", {})
+    found = []
+    for kind in SAMPLER_LOOP_WRAPPERS:
+        for key, fns in (wrappers.get(kind) or {}).items():
+            if fns:
+                found.append(f"{key or 'unnamed'} ({kind})")
+    return list(dict.fromkeys(found))
+
+
+# model_options entries through which host nodes (RescaleCFG, PerpNeg, SAG, APG, ...) change the host's CFG step. The
+# pack's DDIM sampler and guider compute DynamiCrafter's dual CFG themselves, so they run none of these.
+CFG_FUNCTIONS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
+
+
+def cfg_function_patches(model) -> List[str]:
+    """The CFG patches on ``model`` (model_options entries that are set and not empty)."""
+    opts = getattr(model, "model_options", None) or {}
+    return [name for name in CFG_FUNCTIONS if opts.get(name)]
+
+
+def model_patcher_class():
+    """The patcher class the host builds its own models with: ``comfy.model_patcher.CoreModelPatcher`` where the
+    host names one (newer hosts point it at ModelPatcherDynamic when dynamic VRAM is on; looked up per call because
+    main.py sets it after import), else ``ModelPatcher``."""
+    import comfy.model_patcher as mp
+    return getattr(mp, "CoreModelPatcher", None) or mp.ModelPatcher
 
 
 def fp8_dtypes() -> List[str]:

@@ -15,7 +15,6 @@ import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
-import comfy.model_patcher
 import comfy.supported_models_base
 
 from ..model.config import Variant
@@ -47,8 +46,27 @@ class DynamiCrafterUNet(UNetModel):
                          attention=compat.host_attention, compute_dtype=dc_compute_dtype)
         self.weight_dtype = dtype or torch.float32
 
-    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, dcn_image_tokens=None,
-                dcn_fs=None, dcn_frames=None, **kwargs):
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
+        """The host's call, through the host's diffusion-model wrappers where it has them (EasyCache and other
+        WrappersMP.DIFFUSION_MODEL patches run around the UNet as they do around the host's own UNets)."""
+        wrappers = compat.diffusion_model_wrappers(transformer_options)
+        if wrappers:
+            out = compat.run_wrapped(self._forward, self, wrappers, x, timesteps, context, control,
+                                     transformer_options, **kwargs)
+        else:
+            out = self._forward(x, timesteps, context, control, transformer_options, **kwargs)
+        sink = transformer_options.get("dcn_output_sink") if isinstance(transformer_options, dict) else None
+        if sink is not None:
+            sink.append(out)                                               # raw v/eps for the exact DDIM path
+        elif not is_finite_tensor(out):  # a host sampler: stop at the first bad step (the exact one checks its latent)
+            raise NonFiniteError(
+                f"DynamiCrafter UNet output at timestep {int(timesteps.flatten()[0].round())}", "finite values",
+                describe_nonfinite(out), "nothing was saved; a NaN/Inf came from the weights, a LoRA / patch, the "
+                "guidance scale or the input image, or fp16 overflowed: check those or run in bf16/fp32")
+        return out
+
+    def _forward(self, x, timesteps, context=None, control=None, transformer_options={}, dcn_image_tokens=None,
+                 dcn_fs=None, dcn_frames=None, **kwargs):
         n, c, h, w = x.shape                                                # frames as batch: [(b t), 8, h, w]
         t = int(dcn_frames) if dcn_frames is not None else n
         if n % t:
@@ -66,16 +84,7 @@ class DynamiCrafterUNet(UNetModel):
         if dcn_fs is not None:
             fs = torch.full((b,), int(dcn_fs), dtype=torch.long, device=x.device)
         out = super().forward(x5, ts, ctx, fs, control=control)            # [b, 4, t, h, w]
-        out = out.transpose(1, 2).reshape(n, -1, h, w)                     # [(b t), 4, h, w]
-        sink = transformer_options.get("dcn_output_sink") if isinstance(transformer_options, dict) else None
-        if sink is not None:
-            sink.append(out)                                               # raw v/eps for the exact DDIM path
-        elif not is_finite_tensor(out):  # a host sampler: stop at the first bad step (the exact one checks its latent)
-            raise NonFiniteError(
-                f"DynamiCrafter UNet output at timestep {int(ts[0])}", "finite values", describe_nonfinite(out),
-                "nothing was saved; a NaN/Inf came from the weights, a LoRA / patch, the guidance scale or the input "
-                "image, or fp16 overflowed: check those or run in bf16/fp32")
-        return out
+        return out.transpose(1, 2).reshape(n, -1, h, w)                    # [(b t), 4, h, w]
 
 
 def _motion(variant_name: str) -> str:
@@ -177,7 +186,8 @@ class DynamiCrafterModel(comfy.model_base.BaseModel):
 
 def build_model(variant: Variant, state_dict, weight_dtype: Optional[torch.dtype] = None,
                 load_device=None, offload_device=None):
-    """A ModelPatcher over a DynamiCrafterModel with ``state_dict`` (UNet keys, no prefix) loaded strictly.
+    """The host's model patcher (its preferred class where it names one, compat.model_patcher_class) over a
+    DynamiCrafterModel with ``state_dict`` (UNet keys, no prefix) loaded strictly.
 
     ``weight_dtype`` None lets the host choose (``unet_dtype``); the host's manual cast covers storage dtypes the
     device cannot compute in (fp8, or fp16 on CPU).
@@ -199,4 +209,4 @@ def build_model(variant: Variant, state_dict, weight_dtype: Optional[torch.dtype
             p.data = p.data.to(manual_cast or weight_dtype)
     logger.info("DynamiCrafter %s: weights %s, compute %s, load device %s", variant.name, weight_dtype,
                 manual_cast or weight_dtype, load_device)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return compat.model_patcher_class()(model, load_device=load_device, offload_device=offload_device)

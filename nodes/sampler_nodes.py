@@ -20,6 +20,15 @@ def _check_model(model):
     return model.model.dc_variant
 
 
+def _refuse_cfg_patches(model, node: str) -> None:
+    patches = compat.cfg_function_patches(model)
+    if patches:  # RescaleCFG & co. patch the host's CFG step, which the pack's dual CFG replaces
+        raise DynamiCrafterInputError(
+            "model", f"a MODEL without CFG patches ({node} computes DynamiCrafter's dual CFG itself)",
+            ", ".join(patches), "remove the CFG-patching node (its job is guidance_rescale here), or use the host's "
+            "KSampler / CFGGuider")
+
+
 class DCN_Sampler:
     """The reference DDIM sampler (exact path), three guidance branches batched into one UNet call per step."""
 
@@ -70,6 +79,12 @@ class DCN_Sampler:
         check_numbers(type(self), steps=steps, cfg_text=cfg_text, cfg_image=cfg_image, eta=eta,
                       guidance_rescale=guidance_rescale)
         _check_model(model)
+        patches = compat.sampler_loop_patches(model)
+        if patches:  # never a silent no-op: its own DDIM loop does not run the host's sampling-loop wrappers
+            raise DynamiCrafterInputError(
+                "model", "a MODEL without patches of the host's sampling loop (DCN_Sampler runs its own DDIM loop)",
+                ", ".join(patches), "for EasyCache / LazyCache use DCN_Guider + DCN_Sigmas with SamplerCustomAdvanced")
+        _refuse_cfg_patches(model, "DCN_Sampler")
         return (sample_exact(model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
                              guidance_rescale, spacing, mode),)
 
@@ -123,6 +138,7 @@ class DCN_Guider:
     def guider(self, model, positive, image_only, negative, cfg_text, cfg_image, guidance_rescale, mode):
         check_numbers(type(self), cfg_text=cfg_text, cfg_image=cfg_image, guidance_rescale=guidance_rescale)
         _check_model(model)
+        _refuse_cfg_patches(model, "DCN_Guider")
         g = DynamiCrafterGuider(model)
         g.set_conds(positive, image_only, negative)
         g.set_dc_cfg(cfg_text, cfg_image, guidance_rescale, mode)

@@ -196,7 +196,7 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     if control_models:
         compat.load_models(control_models)
     batched = _cat_conds([prepared[n] for n in names], device)
-    topts_base = dict(model.model_options.get("transformer_options", {}))
+    topts_base = compat.transformer_options(model)  # with the patcher's wrappers (TorchCompileModel, ...)
     wrapper = model.model_options.get("model_function_wrapper")
     sigmas_table = ms.sigmas.to(device)
 

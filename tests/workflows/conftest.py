@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter import generate, weights
 from comfyui_dynamicrafter.tests import hosting
 from comfyui_dynamicrafter.tests.workflows import wfcheck
 
@@ -16,7 +16,7 @@ TINY_FOR = {"dynamicrafter_512.ckpt": "512", "dynamicrafter_512_interp.ckpt": "5
 def tiny_files() -> dict:
     """real file name -> path of its tiny stand-in (written once into the repo's .cache, git-ignored)."""
     folder = os.path.join(generate.DEFAULT_CACHE, "tiny-weights")
-    return {real: generate.tiny_checkpoint(folder, v) for real, v in TINY_FOR.items()}
+    return {real: weights.tiny_checkpoint(folder, v) for real, v in TINY_FOR.items()}
 
 
 def install_inputs(model_dir: str, input_dir: str) -> dict:

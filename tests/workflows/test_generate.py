@@ -3,6 +3,7 @@ the network). The tiny pipeline check and the demo's fallback write labelled vid
 anything heavy starts. The download code runs against a stand-in of huggingface_hub."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter import generate, headless, weights
 
 SCRIPT = generate.__file__
 START = generate.EXAMPLE_START
@@ -60,7 +61,7 @@ def test_missing_or_unreadable_image(tmp_path):
 
 
 def test_missing_model_offline_names_the_file_and_the_folders(tmp_path):
-    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in generate.MODEL_FILES["512"].alternatives):
+    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in weights.MODEL_FILES["512"].alternatives):
         pytest.skip(f"real weights are present in {generate.PACK_MODELS}")
     models = tmp_path / "my-models"
     p = run("--image", START, "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--models-dir", str(models))
@@ -73,11 +74,23 @@ def test_missing_model_offline_names_the_file_and_the_folders(tmp_path):
     assert "step" not in err
 
 
+def test_broken_model_file_is_one_line_before_the_host_loads(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "dynamicrafter_512.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + bytes(64))
+    p = run("--image", START, "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--models-dir", str(models))
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "dynamicrafter_512.safetensors" in lines[-1], lines
+    assert sum(ln.startswith("error: ") for ln in lines) == 1 and "Traceback" not in p.stderr  # one line, said once
+    assert "step" not in p.stderr and "DCN_" not in p.stdout + p.stderr  # the host never loaded the pack
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # runs
 # ---------------------------------------------------------------------------------------------------------------------
 def test_demo_offline_ends_with_a_labelled_tiny_video(tmp_path):
-    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in generate.MODEL_FILES["512"].alternatives):
+    if any(os.path.isfile(os.path.join(generate.PACK_MODELS, n)) for n in weights.MODEL_FILES["512"].alternatives):
         pytest.skip(f"real weights are present in {generate.PACK_MODELS}")
     p = run("--demo", "--out", str(tmp_path / "demo.mp4"), *SMALL)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -100,6 +113,24 @@ def test_tiny_interpolation_to_webp(tmp_path):
     print(f"tiny interpolation: {p.seconds:.1f} s")
 
 
+def test_tiny_through_the_host_named_by_comfyui(tmp_path):
+    """--comfyui names the host (here: the one this test run uses, COMFYUI_PATH removed from the environment)."""
+    info = headless.find_host()
+    env = {k: v for k, v in os.environ.items() if k != headless.HOST_ENV}
+    p = subprocess.run([sys.executable, SCRIPT, "--tiny", "--image", START, "--prompt", "a boat", "--out",
+                        str(tmp_path / "h.gif"), "--comfyui", info.path, *SMALL], capture_output=True, text=True,
+                       env=dict(env, HF_HUB_OFFLINE="1"), timeout=600, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"ComfyUI: {dataclasses.replace(info, source='--comfyui').describe()}" in p.stdout
+    assert frames_fps(str(tmp_path / "h.tiny-random-weights.gif"))[0] == 4
+
+
+def test_a_folder_that_is_no_comfyui_is_refused_before_anything_starts(tmp_path):
+    p = run("--tiny", "--image", START, "--prompt", "x", "--out", str(tmp_path / "o.mp4"), "--comfyui", str(tmp_path))
+    assert p.returncode == 2 and f"--comfyui={tmp_path} is not a ComfyUI folder" in p.stderr
+    assert "step" not in p.stderr and not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the download code, against a stand-in hub (nothing leaves the machine)
 # ---------------------------------------------------------------------------------------------------------------------
@@ -120,9 +151,9 @@ def test_download_checks_size_and_hash_then_names_the_file(tmp_path, monkeypatch
     import huggingface_hub
     hub = FakeHub(b"weights" * 1000)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
-    mf = generate.MODEL_FILES["512-interp"]
+    mf = weights.MODEL_FILES["512-interp"]
     sha = hashlib.sha256(hub.payload).hexdigest()
-    path = generate.download_model(mf, str(tmp_path), len(hub.payload), sha, progress=False)
+    path = weights.download_model(mf, str(tmp_path), len(hub.payload), sha, progress=False)
     assert path == str(tmp_path / "dynamicrafter_512_interp.ckpt")
     assert open(path, "rb").read() == hub.payload
     assert hub.calls[0][:2] == ("Doubiiu/DynamiCrafter_512_Interp", "model.ckpt")
@@ -133,23 +164,23 @@ def test_download_refuses_a_corrupt_or_short_file(tmp_path, monkeypatch):
     import huggingface_hub
     hub = FakeHub(b"weights" * 10)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
-    mf = generate.MODEL_FILES["512"]
-    with pytest.raises(generate.UserError, match="SHA-256"):
-        generate.download_model(mf, str(tmp_path), len(hub.payload), "0" * 64, progress=False)
+    mf = weights.MODEL_FILES["512"]
+    with pytest.raises(weights.WeightsError, match="SHA-256"):
+        weights.download_model(mf, str(tmp_path), len(hub.payload), "0" * 64, progress=False)
     assert not (tmp_path / mf.filename).exists()
-    with pytest.raises(generate.UserError, match="bytes, the hub says"):
-        generate.download_model(mf, str(tmp_path), len(hub.payload) + 1, None, progress=False)
+    with pytest.raises(weights.WeightsError, match="bytes, the hub says"):
+        weights.download_model(mf, str(tmp_path), len(hub.payload) + 1, None, progress=False)
     assert not (tmp_path / mf.filename).exists()
-    with pytest.raises(generate.UserError, match="not enough disk space"):
-        generate.download_model(mf, str(tmp_path), 1 << 60, None, progress=False)
+    with pytest.raises(weights.WeightsError, match="not enough disk space"):
+        weights.download_model(mf, str(tmp_path), 1 << 60, None, progress=False)
 
 
 def test_offline_is_detected(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert generate.is_offline() == (True, "HF_HUB_OFFLINE is set")
+    assert weights.is_offline() == (True, "HF_HUB_OFFLINE is set")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    assert generate.is_offline()[0] is False
+    assert weights.is_offline()[0] is False
 
     import huggingface_hub
 
@@ -158,7 +189,7 @@ def test_offline_is_detected(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
     with pytest.raises(ConnectionError, match="unreachable"):
-        generate.remote_metadata(generate.MODEL_FILES["512"])
+        weights.remote_metadata(weights.MODEL_FILES["512"])
 
 
 def test_metadata_gives_size_and_sha(monkeypatch):
@@ -168,9 +199,9 @@ def test_metadata_gives_size_and_sha(monkeypatch):
         size, etag = 123, "ab" * 32
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, timeout=None: Meta())
-    assert generate.remote_metadata(generate.MODEL_FILES["512"]) == (123, "ab" * 32)
+    assert weights.remote_metadata(weights.MODEL_FILES["512"]) == (123, "ab" * 32)
     Meta.etag = "not-a-sha"
-    assert generate.remote_metadata(generate.MODEL_FILES["512"]) == (123, None)
+    assert weights.remote_metadata(weights.MODEL_FILES["512"]) == (123, None)
 
 
 def test_download_failure_says_how_to_resume(tmp_path, monkeypatch):
@@ -180,5 +211,5 @@ def test_download_failure_says_how_to_resume(tmp_path, monkeypatch):
         raise ConnectionError("connection reset by peer")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", dropped)
-    with pytest.raises(generate.UserError, match="run the same command again to resume"):
-        generate.download_model(generate.MODEL_FILES["512"], str(tmp_path), 100, None, progress=False)
+    with pytest.raises(weights.WeightsError, match="run the same command again to resume"):
+        weights.download_model(weights.MODEL_FILES["512"], str(tmp_path), 100, None, progress=False)

@@ -1,0 +1,172 @@
+"""DynamiCrafter's weight files for generate.py: the official checkpoints (where they come from, downloading them
+resumably and checked), the check that a file opens as a checkpoint, and the tiny random-weight stand-ins.
+
+Standard library at import; huggingface_hub, safetensors and the pack's model code are imported when used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+from typing import Dict, Optional, Tuple
+
+PACKAGE = __package__ or "comfyui_dynamicrafter"  # generate.py registers the folder under this name when run
+
+log = logging.getLogger("generate.weights")
+
+
+class WeightsError(Exception):
+    """A download or a model file that cannot be used; the message says what to do (generate.py prints it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    variant: str
+    filename: str       # the name the workflows and this script use
+    repo: str           # Hugging Face repository of the official checkpoint
+    repo_file: str      # its file name there
+    about: str          # size, for the messages
+
+    @property
+    def alternatives(self) -> Tuple[str, ...]:
+        """Names accepted in the model folders: the official .ckpt and the pack's converted .safetensors."""
+        stem = os.path.splitext(self.filename)[0]
+        return (f"{stem}.safetensors", self.filename)
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repo}/blob/main/{self.repo_file}"
+
+
+MODEL_FILES: Dict[str, ModelFile] = {
+    "512": ModelFile("512", "dynamicrafter_512.ckpt", "Doubiiu/DynamiCrafter_512", "model.ckpt", "about 10 GB"),
+    "512-interp": ModelFile("512-interp", "dynamicrafter_512_interp.ckpt", "Doubiiu/DynamiCrafter_512_Interp",
+                            "model.ckpt", "about 10 GB"),
+    "1024": ModelFile("1024", "dynamicrafter_1024.ckpt", "Doubiiu/DynamiCrafter_1024", "model.ckpt", "about 10 GB"),
+    "256": ModelFile("256", "dynamicrafter_256.ckpt", "Doubiiu/DynamiCrafter", "model.ckpt", "about 10 GB"),
+}
+
+
+def is_offline() -> Tuple[bool, str]:
+    """(offline, why) from the environment alone; a real probe happens in remote_metadata()."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return True, f"{var} is set"
+    if importlib.util.find_spec("huggingface_hub") is None:
+        return True, "huggingface_hub is not installed (pip install huggingface_hub)"
+    return False, ""
+
+
+def remote_metadata(mf: ModelFile, timeout: float = 15.0):
+    """(size, sha256 or None) of the file on the hub; raises ConnectionError when the hub cannot be reached."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(mf.repo, mf.repo_file), timeout=timeout)
+    except Exception as e:  # requests/httpx errors, OfflineModeIsEnabled, ...
+        raise ConnectionError(f"{type(e).__name__}: {e}") from None
+    sha = meta.etag if meta.etag and re.fullmatch(r"[0-9a-f]{64}", meta.etag) else None
+    return meta.size, sha
+
+
+def sha256_of(path: str, progress: bool = True) -> str:
+    h = hashlib.sha256()
+    total = os.path.getsize(path)
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="checking SHA-256", leave=False)
+        except ImportError:
+            bar = None
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(16 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return h.hexdigest()
+
+
+def download_model(mf: ModelFile, target_dir: str, size: Optional[int], sha256: Optional[str],
+                   progress: bool = True) -> str:
+    """Download the official checkpoint into target_dir/<mf.filename>: resumable (an interrupted download continues
+    from its partial file in target_dir/.download/), with huggingface_hub's progress bar, then checked against the
+    hub's size and SHA-256 before it gets its final name."""
+    from huggingface_hub import hf_hub_download
+    staging = os.path.join(target_dir, ".download", mf.repo.replace("/", "--"))
+    try:
+        os.makedirs(staging, exist_ok=True)
+    except OSError as e:
+        raise WeightsError(f"cannot write into {target_dir} ({e.strerror or e}); choose a folder with --models-dir") \
+            from None
+    if size:
+        free = shutil.disk_usage(target_dir).free
+        if free < size + (64 << 20):
+            raise WeightsError(f"not enough disk space in {target_dir}: {mf.filename} needs {size / 1e9:.1f} GB, "
+                            f"{free / 1e9:.1f} GB are free")
+    log.info("downloading %s/%s%s -> %s", mf.repo, mf.repo_file, f" ({size / 1e9:.2f} GB)" if size else "",
+             os.path.join(target_dir, mf.filename))
+    try:
+        path = hf_hub_download(mf.repo, mf.repo_file, local_dir=staging)
+    except Exception as e:  # network drop, gated repository, full disk, ...
+        raise WeightsError(f"download of {mf.repo}/{mf.repo_file} failed ({type(e).__name__}: {e}); run the same "
+                        f"command again to resume (the partial file stays in {staging})") from None
+    got = os.path.getsize(path)
+    if size is not None and got != size:
+        raise WeightsError(f"download of {mf.repo}/{mf.repo_file}: {got} bytes, the hub says {size}; run again to resume "
+                        f"or delete {staging}")
+    if sha256:
+        digest = sha256_of(path, progress)
+        if digest != sha256:
+            os.remove(path)
+            raise WeightsError(f"download of {mf.repo}/{mf.repo_file}: SHA-256 {digest} differs from the hub's {sha256}; "
+                            "the broken file was deleted, run again")
+    else:
+        log.info("note: the hub gave no SHA-256 for this file; only its size was checked")
+    final = os.path.join(target_dir, mf.filename)
+    os.replace(path, final)
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("saved %s (%s checked)", final, "size and SHA-256" if sha256 else "size")
+    return final
+
+
+def tiny_checkpoint(folder: str, variant: str) -> str:
+    """A tiny random-weight checkpoint of ``variant`` in the real key layout (tiny UNet, P and encoders, a real-size
+    SD VAE), written once into ``folder``; the file carries the metadata ``dynamicrafter.tiny``."""
+    name = f"dynamicrafter_tiny_{variant.replace('-', '_')}.safetensors"
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    from safetensors.torch import save_file
+
+    tiny = importlib.import_module(PACKAGE + ".model.tiny")
+    atomic_path = importlib.import_module(PACKAGE + ".model.fileio").atomic_path
+
+    sd = tiny.full_checkpoint(variant, seed=10)
+    meta = dict(tiny.variant_metadata(None if variant == "256" else variant), **tiny.TINY_METADATA)
+    with atomic_path(path) as tmp:
+        save_file(sd, tmp, metadata=meta)
+    return path
+
+
+def check_weights(path: str) -> None:
+    """The file opens as a checkpoint (safetensors header or a memory-mapped .ckpt, no tensor data read): a broken
+    or incomplete file is a one-line error here, before the host loads its nodes."""
+    checkpoint = importlib.import_module(PACKAGE + ".model.checkpoint")
+    errors = importlib.import_module(PACKAGE + ".model.errors")
+    try:
+        checkpoint.open_checkpoint(path).close()
+    except errors.DynamiCrafterInputError as e:
+        raise WeightsError(f"{path}: {e}") from None
+
+
