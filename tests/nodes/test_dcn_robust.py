@@ -371,3 +371,20 @@ def test_cli_ranges_are_the_widgets_ranges(host):
         node, widget = where[name] if isinstance(where[name], tuple) else (where[name], name)
         opts = ncm[node].INPUT_TYPES()["required"][widget][1]
         assert (opts["min"], opts["max"]) == (lo, hi), (name, opts)
+
+
+def test_symlink_loops_real_server_lists_the_loader(host_server):
+    """Finding 2 at the server: the loader's listing (GET /object_info) hung with two links to '.' in its folder."""
+    srv = host_server()
+    folder = srv.model_dirs["dynamicrafter"]
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "dc_listed.safetensors"), "wb").close()
+    for n in ("loop_a", "loop_b"):
+        os.symlink(".", os.path.join(folder, n))
+    srv.start()
+    t0 = time.monotonic()
+    info = srv.get("/object_info/DCN_Loader", timeout=60)
+    seconds = time.monotonic() - t0
+    names = info["DCN_Loader"]["input"]["required"]["ckpt_name"][0]
+    assert names == ["dc_listed.safetensors"] and seconds < 30, (names, seconds)
+    assert "links back to a folder above it" in srv.log_tail(200)

@@ -45,12 +45,12 @@ def one_line_refusal(p, *needles):
                                         ("--eta", "nan"), ("--fps", "nan"), ("--cfg", "-inf")])
 def test_nan_inf_numbers_refused_before_the_host(tmp_path, flag, value):
     out = tmp_path / "o.mp4"
-    p = run("--tiny", "--image", START, "--prompt", "x", "--out", str(out), *SMALL, flag, value)
+    p = run("--tiny", "--image", START, "--prompt", "x", "--out", str(out), *SMALL, f"{flag}={value}")
     one_line_refusal(p, flag, "finite")
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("flag,value", [("--width", "8193"), ("--width", "100"), ("--height", "0"),
+@pytest.mark.parametrize("flag,value", [("--width", "8193"), ("--width", "100"), ("--height", "40"),
                                         ("--frames", "0"), ("--frames", "1000"), ("--steps", "0"),
                                         ("--crf", "99"), ("--cfg", "1000")])
 def test_out_of_range_numbers_name_the_right_flag_before_the_host(tmp_path, flag, value):
@@ -88,7 +88,7 @@ def test_16bit_greyscale_png_refused(tmp_path):
     grey = tmp_path / "grey16.png"
     Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)).save(grey)
     p = run("--tiny", "--image", str(grey), "--prompt", "x", "--out", str(tmp_path / "o.mp4"), *SMALL)
-    one_line_refusal(p, "--image", "16-bit", "clips it to white")
+    one_line_refusal(p, "--image", "16-bit", "clips to white")
 
 
 def test_run_too_big_for_memory_refused_before_the_host(tmp_path):
@@ -142,3 +142,36 @@ def test_out_on_a_nearly_full_file_system_keeps_the_existing_file(tmp_path):
         assert sorted(os.listdir(disk)) == [out.name, "filler"]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """A runnable tiny checkpoint and the same with one NaN weight, outside every model folder."""
+    from safetensors.torch import save_file
+
+    from comfyui_dynamicrafter.model.tiny import full_checkpoint, variant_metadata
+
+    d = tmp_path_factory.mktemp("ckpts")
+    sd = full_checkpoint("512", seed=10)
+    save_file(sd, str(d / "mine.safetensors"), metadata=variant_metadata("512"))
+    key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[0] = float("nan")
+    save_file(sd, str(d / "mine_nan.safetensors"), metadata=variant_metadata("512"))
+    return d, key
+
+
+def test_ckpt_as_an_absolute_path_runs_and_nan_weights_are_refused(tiny_files, tmp_path):
+    """Finding 6: `--ckpt /absolute/path` was printed and then called "not found"; finding 4: NaN weights gave a
+    black video and exit 0."""
+    d, key = tiny_files
+    out = tmp_path / "o.mp4"
+    p = run("--ckpt", str(d / "mine.safetensors"), "--image", START, "--prompt", "x", "--out", str(out), *SMALL)
+    assert p.returncode == 0 and out.exists(), p.stderr[-2000:]
+    out2 = tmp_path / "nan.mp4"
+    p = run("--ckpt", str(d / "mine_nan.safetensors"), "--image", START, "--prompt", "x", "--out", str(out2), *SMALL)
+    err = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and key[len("model.diffusion_model."):] in err and "1 NaN" in err, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and not out2.exists()
+    p = run("--ckpt", str(d / "missing.safetensors"), "--image", START, "--prompt", "x", "--out", str(out2), *SMALL)
+    one_line_refusal(p, "--ckpt", "is not a file")
