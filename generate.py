@@ -262,8 +262,17 @@ def run_graph(host: headless.Host, prompt: dict) -> dict:
 # the workflow
 # =====================================================================================================================
 def load_workflow(kind: str) -> dict:
-    with open(WORKFLOWS[kind], encoding="utf-8") as f:
-        return json.load(f)
+    path = WORKFLOWS[kind]
+    try:
+        with open(path, encoding="utf-8") as f:
+            graph = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"workflow {os.path.relpath(path, ROOT)}: not a readable JSON graph ({e}); restore the file "
+                        "from the pack (git checkout, or reinstall)") from None
+    if not isinstance(graph, dict) or not all(isinstance(v, dict) and "class_type" in v for v in graph.values()):
+        raise UserError(f"workflow {os.path.relpath(path, ROOT)}: not an API-format graph; restore the file from the "
+                        "pack (git checkout, or reinstall)")
+    return graph
 
 
 def _nodes_of(prompt: dict, class_type: str) -> List[str]:

@@ -100,7 +100,7 @@ def read_image_header(path: str, what: str = "image") -> ImageHeader:
         fmt, (w, h), mode, frames = "PNG", ihdr[:2], "?", 1
     except (OSError, SyntaxError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
         raise DynamiCrafterInputError(what, "an image file (PNG, JPEG, WebP, ...)",
-                                      f"{path} ({type(e).__name__}: {e})".replace("\n", " "),
+                                      f"{path}: not a readable image ({type(e).__name__}: {e})".replace("\n", " "),
                                       "pick an image file; PIL cannot read this one") from None
     return ImageHeader(path=path, format=fmt, width=int(w), height=int(h), mode=mode, frames=frames,
                        bit_depth=ihdr[2] if ihdr else None)

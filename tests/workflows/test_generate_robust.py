@@ -175,3 +175,16 @@ def test_ckpt_as_an_absolute_path_runs_and_nan_weights_are_refused(tiny_files, t
     assert "Traceback" not in p.stderr and not out2.exists()
     p = run("--ckpt", str(d / "missing.safetensors"), "--image", START, "--prompt", "x", "--out", str(out2), *SMALL)
     one_line_refusal(p, "--ckpt", "is not a file")
+
+
+def test_truncated_workflow_file_is_one_line(tmp_path, monkeypatch):
+    """Finding 6: a truncated workflow JSON gave a JSONDecodeError traceback."""
+    with open(generate.WORKFLOWS["image_to_video"], encoding="utf-8") as f:
+        text = f.read()
+    cut = tmp_path / "cut.json"
+    cut.write_text(text[: len(text) // 2], encoding="utf-8")
+    monkeypatch.setitem(generate.WORKFLOWS, "image_to_video", str(cut))
+    with pytest.raises(generate.UserError) as e:
+        generate.load_workflow("image_to_video")
+    msg = str(e.value)
+    assert "not a readable JSON graph" in msg and "restore the file" in msg and "\n" not in msg
