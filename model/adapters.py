@@ -47,6 +47,9 @@ META_UNET_CONFIG = "dynamicrafter.adapter.unet_config"
 META_LORA_RANK = "dynamicrafter.adapter.lora_rank"
 META_LORA_ALPHA = "dynamicrafter.adapter.lora_alpha"
 META_EMA = "dynamicrafter.adapter.ema"
+# kohya copies: the key of each LoRA module -> its module path, so the pack reads its own kohya files back exactly
+META_KOHYA = "dynamicrafter.adapter.kohya_modules"
+KOHYA_PREFIX = "lora_unet_"
 
 Shape = Tuple[int, ...]
 
@@ -97,6 +100,15 @@ def read_adapter(path: str, device: Union[str, torch.device] = "cpu") -> Tuple[D
     except (SafetensorError, OSError) as err:
         raise DynamiCrafterInputError(f"adapter '{path}'", "a DynamiCrafter adapter .safetensors file",
                                       f"an unreadable file ({str(err)[:120]})", "export it again with the trainer")
+    if meta.get(META_KOHYA) is not None:              # the trainer's kohya copy: back to the adapter's own keys
+        from .log import logger
+
+        logger.info("adapter '%s': the trainer's kohya-key copy, read back under the adapter's own keys", path)
+        return from_kohya(tensors, meta, name=f"adapter '{path}'")
+    if meta.get(META_FORMAT) is None and any(k.startswith(KOHYA_PREFIX) for k in tensors):
+        raise DynamiCrafterInputError(f"adapter '{path}'", "a DynamiCrafter adapter (trainer output)",
+                                      "a LoRA in kohya format without DynamiCrafter metadata",
+                                      "load it with ComfyUI's LoraLoaderModelOnly instead")
     if meta.get(META_FORMAT) is None:
         raise DynamiCrafterInputError(f"adapter '{path}'", "a DynamiCrafter adapter (metadata "
                                       f"'{META_FORMAT}')", "a file without it",
@@ -229,5 +241,63 @@ def merge_adapter(state: Dict[str, torch.Tensor], tensors: Mapping[str, torch.Te
     return state
 
 
-__all__ = ["AdapterInfo", "validate_adapter", "read_adapter", "model_shapes", "merge_adapter", "lora_delta",
+def kohya_name(module: str) -> str:
+    """``model.diffusion_model.<path>`` -> ``lora_unet_<path with dots as underscores>`` (kohya / sd-scripts naming,
+    which ComfyUI's ``model_lora_keys_unet`` maps to ``diffusion_model.<path>.weight`` on every host)."""
+    if not module.startswith(UNET_PREFIX):
+        raise DynamiCrafterInputError("LoRA module", f"a UNet module ({UNET_PREFIX}...)", repr(module),
+                                      "only UNet LoRA pairs have kohya names")
+    return KOHYA_PREFIX + module[len(UNET_PREFIX):].replace(".", "_")
+
+
+def to_kohya(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Tuple[Dict[str, torch.Tensor],
+                                                                                        Dict[str, str]]:
+    """A LoRA-only adapter -> (tensors, metadata) under kohya keys ``lora_unet_<path>.lora_down.weight`` /
+    ``.lora_up.weight`` / ``.alpha`` that ComfyUI's stock LoRA loaders apply. The metadata keeps the variant and the
+    module paths (``META_KOHYA``), and drops the adapter format key: the file is for LoRA loaders; ``read_adapter``
+    still reads it back. One line when the adapter holds full tensors (trained layers or P), which LoRA loaders
+    cannot apply."""
+    full = sorted(k for k in tensors if not is_lora_key(k, tensors))
+    if full:
+        raise DynamiCrafterInputError("kohya LoRA export", "an adapter of LoRA pairs only",
+                                      f"{len(full)} full tensors too (e.g. {full[0]})",
+                                      "use the adapter file with DCN_ApplyAdapter, or train groups: [lora] only")
+    out: Dict[str, torch.Tensor] = {}
+    names: Dict[str, str] = {}
+    for mod in lora_modules(tensors):
+        name = kohya_name(mod)
+        down = tensors[mod + LORA_DOWN]
+        out[name + LORA_DOWN] = down
+        out[name + LORA_UP] = tensors[mod + LORA_UP]
+        a = tensors.get(mod + LORA_ALPHA)
+        out[name + LORA_ALPHA] = a if a is not None else torch.tensor(float(down.shape[0]))
+        names[name] = mod
+    meta = {k: v for k, v in metadata.items() if k != META_FORMAT}
+    meta[META_KOHYA] = json.dumps(names, separators=(",", ":"))
+    return out, meta
+
+
+def from_kohya(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str],
+               name: str = "adapter") -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """The inverse of ``to_kohya`` (through the module paths it recorded): the adapter's own keys and metadata."""
+    try:
+        names = json.loads(metadata[META_KOHYA])
+    except (KeyError, ValueError):
+        raise DynamiCrafterInputError(name, "a kohya copy written by the DynamiCrafter trainer",
+                                      "a damaged module table", "export the adapter again") from None
+    out: Dict[str, torch.Tensor] = {}
+    for key, v in tensors.items():
+        for suffix in (LORA_DOWN, LORA_UP, LORA_ALPHA):
+            if key.endswith(suffix) and key[: -len(suffix)] in names:
+                out[names[key[: -len(suffix)]] + suffix] = v
+                break
+        else:
+            raise DynamiCrafterInputError(name, "the LoRA keys its module table lists", f"the key {key!r}",
+                                          "export the adapter again")
+    meta = {k: v for k, v in metadata.items() if k != META_KOHYA}
+    meta[META_FORMAT] = FORMAT
+    return out, meta
+
+
+__all__ = ["AdapterInfo", "to_kohya", "from_kohya", "kohya_name", "KOHYA_PREFIX", "validate_adapter", "read_adapter", "model_shapes", "merge_adapter", "lora_delta",
            "lora_modules", "is_lora_key", "FORMAT", "UNET_PREFIX", "P_PREFIX"]

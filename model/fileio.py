@@ -249,3 +249,17 @@ def symlink_loops(root: str, max_depth: int = MAX_DEPTH) -> List[str]:
     """Folders under ``root`` linking back to a folder above them (what makes ``os.walk(followlinks=True)``, the
     hosts' model listing, endless); empty when there are none."""
     return walk_files(root, extensions=(), max_depth=max_depth).loops
+
+
+def file_sha256(path: str, chunk: int = 1 << 24) -> str:
+    """Hex SHA-256 of a file, read in ``chunk``-byte pieces (FIPS 180-4 via hashlib)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()

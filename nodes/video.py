@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from fractions import Fraction
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -23,6 +22,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.fileio import atomic_path
 from ..model.guards import check_image_finite
 from ..model.log import logger
+from ..model.videoio import write_mp4
 
 FORMATS = ["mp4", "webp", "gif"]
 MIME = {"mp4": "video/h264-mp4", "webp": "image/webp", "gif": "image/gif"}
@@ -43,38 +43,6 @@ def frames_uint8(images) -> np.ndarray:
     elif c != 3:
         raise DynamiCrafterInputError("images", "RGB frames (3 channels)", f"{c} channels", "decode with VAEDecode")
     return (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
-
-
-def _even(frames: np.ndarray) -> np.ndarray:
-    """H.264 in yuv420p needs even sides: repeat the last row / column where one is odd."""
-    _, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        logger.info("video %dx%d padded to %dx%d (H.264 needs even sides)", w, h, frames.shape[2], frames.shape[1])
-    return frames
-
-
-def write_mp4(path: str, frames: np.ndarray, fps: float, crf: int, metadata: Optional[dict] = None) -> None:
-    import av
-
-    rate = Fraction(fps).limit_denominator(10000)
-    frames = _even(frames)
-    with atomic_path(path) as tmp:
-        with av.open(tmp, mode="w", format="mp4", options={"movflags": "use_metadata_tags+faststart"}) as out:
-            for k, v in (metadata or {}).items():
-                out.metadata[k] = v
-            stream = out.add_stream("libx264", rate=rate)
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(int(crf))}
-            for i, f in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(f, format="rgb24")
-                frame.pts = i
-                frame.time_base = 1 / rate
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
 
 
 def _pil_frames(frames: np.ndarray, max_side: Optional[int] = None) -> List["object"]:

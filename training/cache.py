@@ -20,11 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..model.errors import DynamiCrafterInputError
+from ..model.dtypes import DTYPES
 from ..model.log import logger
 from .data import Dropout, SkipSample, sample_rng, sample_seed
-
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 def cache_fingerprint(settings: Dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -37,7 +35,7 @@ def precompute(dataset, encoders, cache_dir: str, settings: Dict, views: int = 1
     from safetensors.torch import save_file
 
     os.makedirs(cache_dir, exist_ok=True)
-    dt = _DTYPES[dtype]
+    dt = DTYPES[dtype]
     null = {"text": encoders.text([""])[0].float().cpu().contiguous(),
             "image": encoders.image(torch.zeros(1, 3, 224, 224, device=device))[0].float().cpu().contiguous()}
     save_file(null, os.path.join(cache_dir, "null.safetensors"))

@@ -3,7 +3,9 @@
     train.py [train]     --config run.yaml [--setting value ...]   train (resumes from output_dir by default)
     train.py precompute  --config run.yaml                         encode the dataset once into cache_dir
     train.py export      --checkpoint ckpt.pt --out adapter.safetensors [--merged full.safetensors] [--no-ema]
+                                                                   [--no-kohya]
     train.py dump-config [--config run.yaml] [--format yaml|json]  print every setting with its value
+    train.py demo-data   --out folder [--clips 8 --frames 16 ...]  synthetic clips + clips.csv (tiny recipe)
 
 Every setting of ``TrainConfig`` is a flag (``--lr 1e-4``, ``--gradient-checkpointing``/``--no-gradient-checkpointing``,
 lists and mappings as JSON or comma lists). Flags override the config file. Exit status: 0 done, 2 bad input,
@@ -23,7 +25,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from .config import TrainConfig, dump_config, load_config_file
 
-COMMANDS = ("train", "precompute", "export", "dump-config")
+COMMANDS = ("train", "precompute", "export", "dump-config", "demo-data")
 
 
 def _parse_value(text: str, annotation: str):
@@ -97,10 +99,18 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup, e.g. by a test runner)."""
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after setup, e.g. by a test runner); while
+    a tqdm progress bar is open, through ``tqdm.write`` so the line lands above the bar instead of across it."""
 
     def emit(self, record):
         self.stream = sys.stderr
+        tq = sys.modules.get("tqdm")
+        if tq is not None and getattr(tq.tqdm, "_instances", None):
+            try:
+                tq.tqdm.write(self.format(record), file=sys.stderr)
+            except Exception:  # logging must never raise; the handler's own error path reports it
+                self.handleError(record)
+            return
         super().emit(record)
 
 
@@ -131,7 +141,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="adapter .safetensors path")
     p.add_argument("--merged", default=None, help="also write a merged full checkpoint here")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--no-kohya", action="store_true", help="no kohya-key copy of a LoRA-only adapter")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p = sub.add_parser("demo-data", help="write synthetic clips + clips.csv (the tiny recipe's dataset)")
+    p.add_argument("--out", required=True, help="folder for the clips and clips.csv")
+    p.add_argument("--clips", type=int, default=8)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
     p.add_argument("-v", "--verbose", action="store_true")
     return ap
 
@@ -142,6 +160,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = ["train"] + argv
     args = parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
+    from .preflight import die_with_parent
+
+    die_with_parent()                     # under torchrun: this worker ends when its launcher dies
     try:
         return _run(args)
     except DynamiCrafterInputError as e:
@@ -163,8 +184,21 @@ def _run(args) -> int:
     if args.command == "export":
         from .export import export_from_checkpoint
 
-        out = export_from_checkpoint(args.checkpoint, args.out, args.merged, use_ema=not args.no_ema, dtype=args.dtype)
+        from .preflight import check_file
+
+        check_file("--checkpoint", args.checkpoint, "a training checkpoint (output_dir/checkpoints/step_*.pt)")
+        out = export_from_checkpoint(args.checkpoint, args.out, args.merged, use_ema=not args.no_ema,
+                                     dtype=args.dtype, kohya=not args.no_kohya)
         print(json.dumps(out))
+        return 0
+    if args.command == "demo-data":
+        from .demo import make_video_dataset
+
+        csv_path, rows = make_video_dataset(args.out, n_clips=args.clips, n_frames=args.frames, height=args.height,
+                                            width=args.width)
+        logger.info("demo data: %d clips of %d frames, %dx%d, listed in %s", len(rows), args.frames, args.width,
+                    args.height, csv_path)
+        print(csv_path)
         return 0
     cfg = build_config(args)
     if args.command == "precompute":
@@ -181,31 +215,26 @@ def _run(args) -> int:
 
 
 def _precompute(cfg: TrainConfig) -> int:
+    """Encode the dataset into cache_dir: only the data side of a run (no model, no optimizer)."""
     import torch
 
     from .cache import precompute
-    from .data import Dropout
-    from .loop import Trainer
+    from .plan import RunPlan, setup_processes
 
     if not cfg.cache_dir:
         raise DynamiCrafterInputError("cache_dir", "a folder for the cache", "nothing", "set cache_dir")
-    # Only the data side of a Trainer is needed: build it without the model.
-    t = Trainer.__new__(Trainer)
-    t.cfg = cfg
-    t._setup_distributed()
-    from ..model.variants import get_variant
-    from .stages import get_stage, stage_variant
+    from .preflight import check_data, check_output_dir, check_packages, check_weights
 
-    t.stage = get_stage(cfg.stage)
-    base = get_variant(cfg.variant, tiny=cfg.tiny)
-    t.variant = stage_variant(base, t.stage, cfg.unet_overrides, cfg.resampler_overrides, cfg.schedule_overrides)
-    t.frames = cfg.frames if t.stage.video else 1
-    t.height, t.width = cfg.height or t.variant.height, cfg.width or t.variant.width
-    t.interp = bool(t.variant.interp) and t.stage.concat
-    t.cond_frame = cfg.cond_frame or ("first_last" if t.interp else "random")
-    enc = t.build_encoders()
-    ds = t.build_dataset(Dropout(cfg.p_drop_text, cfg.p_drop_image, cfg.p_drop_both))
+    procs = setup_processes(cfg)
+    plan = RunPlan(cfg, procs.device)
+    check_packages(cfg)                                   # the same checks as a training run, before any model
+    check_weights(cfg, plan.variant)
+    check_data(dataclasses.replace(cfg, cache_dir=None, buckets=False), plan.stage.video, plan.frames)
+    check_output_dir(dataclasses.replace(cfg, output_dir=cfg.cache_dir))
+    enc = plan.build_encoders()
+    ds = plan.build_dataset()
     with torch.no_grad():
-        precompute(ds, enc, cfg.cache_dir, t.cache_settings(), views=cfg.cache_views, cond_frames=cfg.cache_cond_frames,
-                   dtype=cfg.cache_dtype, device=t.device, progress=cfg.progress)
+        precompute(ds, enc, cfg.cache_dir, plan.cache_settings(), views=cfg.cache_views,
+                   cond_frames=cfg.cache_cond_frames, dtype=cfg.cache_dtype, device=procs.device,
+                   progress=cfg.progress)
     return 0

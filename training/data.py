@@ -12,6 +12,7 @@ reports it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -94,8 +95,8 @@ def choose_clip(n_total: int, frames: int, stride_min: int, stride_max: int,
     return start, stride
 
 
-def probe_video(path: str) -> Tuple[int, float]:
-    """(frame count, fps) of the first video stream; counts packets when the header has no frame count."""
+def probe_clip(path: str) -> Dict[str, float]:
+    """Frame count, fps, height and width of the first video stream (counts packets when the header has no count)."""
     import av
 
     try:
@@ -106,13 +107,20 @@ def probe_video(path: str) -> Tuple[int, float]:
             rate = s.average_rate or s.guessed_rate or s.base_rate
             fps = float(rate) if rate else 0.0
             n = int(s.frames or 0)
+            h, w = int(s.codec_context.height or 0), int(s.codec_context.width or 0)
             if n <= 0:
                 n = sum(1 for p in c.demux(s) if p.size)
     except SkipSample:
         raise
     except Exception as e:  # PyAV raises many error types for broken files
         raise SkipSample(f"cannot open: {type(e).__name__}: {str(e)[:160]}") from None
-    return n, fps
+    return {"frames": n, "fps": fps, "height": h, "width": w}
+
+
+def probe_video(path: str) -> Tuple[int, float]:
+    """(frame count, fps) of the first video stream."""
+    info = probe_clip(path)
+    return info["frames"], info["fps"]
 
 
 def decode_frames(path: str, indices: Sequence[int]) -> np.ndarray:
@@ -150,22 +158,32 @@ def read_csv(csv_path: str, root: Optional[str] = None) -> List[dict]:
     """
     root = root or os.path.dirname(os.path.abspath(csv_path))
     rows = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        if not ({"path", "caption"} <= cols or {"videoid", "name"} <= cols):
-            raise DynamiCrafterInputError(
-                f"dataset CSV {csv_path}", "a header with columns path,caption[,fps] (or WebVid videoid,name,page_dir)",
-                f"columns {sorted(cols)}", "add the header line")
-        for r in reader:
-            if "path" in r and r.get("path"):
-                rel, cap = r["path"], r.get("caption", "")
-            else:
-                rel = os.path.join(r.get("page_dir") or "", f"{r['videoid']}.mp4")
-                cap = r.get("name", "")
-            fps = r.get("fps")
-            rows.append({"path": rel if os.path.isabs(rel) else os.path.join(root, rel), "caption": cap or "",
-                         "fps": float(fps) if fps not in (None, "") else None})
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DynamiCrafterInputError(f"dataset CSV {csv_path}", "UTF-8 text", f"a byte {e.object[e.start]:#04x} "
+                                      f"at offset {e.start} that is not UTF-8", "save the CSV as UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    cols = set(reader.fieldnames or [])
+    if not ({"path", "caption"} <= cols or {"videoid", "name"} <= cols):
+        raise DynamiCrafterInputError(
+            f"dataset CSV {csv_path}", "a header with columns path,caption[,fps] (or WebVid videoid,name,page_dir)",
+            f"columns {sorted(cols)}", "add the header line")
+    for line, r in enumerate(reader, start=2):
+        if "path" in r and r.get("path"):
+            rel, cap = r["path"], r.get("caption", "")
+        else:
+            rel = os.path.join(r.get("page_dir") or "", f"{r.get('videoid') or ''}.mp4")
+            cap = r.get("name", "")
+        fps = r.get("fps")
+        try:
+            fps = float(fps) if fps not in (None, "") else None
+        except ValueError:
+            raise DynamiCrafterInputError(f"dataset CSV {csv_path} line {line}", "a number or nothing in column fps",
+                                          repr(fps), "fix or empty that cell") from None
+        rows.append({"path": rel if os.path.isabs(rel) else os.path.join(root, rel), "caption": cap or "",
+                     "fps": fps})
     if not rows:
         raise DynamiCrafterInputError(f"dataset CSV {csv_path}", "at least one row", "none", "list your videos in it")
     return rows
@@ -173,26 +191,37 @@ def read_csv(csv_path: str, root: Optional[str] = None) -> List[dict]:
 
 class _Base(Dataset):
     max_tries = 16
+    buckets = None          # a buckets.Buckets: keys (epoch, index, bucket) set the clip's shape
 
     def __init__(self, seed: int, dropout: Dropout):
         self.seed, self.dropout = int(seed), dropout
 
-    def _load(self, row: dict, rng: np.random.Generator) -> dict:
+    def _load(self, row: dict, rng: np.random.Generator, shape: Optional[Tuple[int, int, int]] = None) -> dict:
         raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _candidates(self, index: int, bucket: Optional[int]) -> List[int]:
+        """Rows tried in order: the index, then the next ones (within its bucket when buckets are on)."""
+        if bucket is None:
+            n = len(self.rows)
+            return [(index + a) % n for a in range(min(self.max_tries, n))]
+        members = self.buckets.members[bucket]
+        at = members.index(index)
+        return [members[(at + a) % len(members)] for a in range(min(self.max_tries, len(members)))]
+
     def __getitem__(self, key) -> dict:
-        epoch, index = (key if isinstance(key, tuple) else (0, int(key)))
-        n = len(self.rows)
+        key = key if isinstance(key, tuple) else (0, int(key))
+        epoch, index = key[0], key[1]
+        bucket = key[2] if len(key) > 2 else None
+        shape = self.buckets.shapes[bucket] if bucket is not None else None
         skipped = []
-        for attempt in range(min(self.max_tries, n)):
-            i = (index + attempt) % n
+        for i in self._candidates(index, bucket):
             row = self.rows[i]
             rng = sample_rng(self.seed, epoch, i)
             try:
-                item = self._load(row, rng)
+                item = self._load(row, rng, shape)
             except SkipSample as e:
                 skipped.append({"path": row["path"], "reason": str(e)})
                 continue
@@ -226,15 +255,16 @@ class VideoCsvDataset(_Base):
         self.stride_min, self.stride_max = stride_min, stride_max
         self.motion_input, self.cond_frame, self.default_fps = motion_input, cond_frame, default_fps
 
-    def _load(self, row: dict, rng: np.random.Generator) -> dict:
+    def _load(self, row: dict, rng: np.random.Generator, shape: Optional[Tuple[int, int, int]] = None) -> dict:
+        frames, height, width = shape or (self.frames, self.height, self.width)
         if not os.path.isfile(row["path"]):
             raise SkipSample("file not found")
         n_total, fps = probe_video(row["path"])
         fps = row["fps"] or fps or self.default_fps
-        start, stride = choose_clip(n_total, self.frames, self.stride_min, self.stride_max, rng)
-        idx = [start + k * stride for k in range(self.frames)]
-        video = resize_center_crop(torch.from_numpy(decode_frames(row["path"], idx)), self.height, self.width)
-        cond = int(rng.integers(0, self.frames)) if self.cond_frame == "random" else 0
+        start, stride = choose_clip(n_total, frames, self.stride_min, self.stride_max, rng)
+        idx = [start + k * stride for k in range(frames)]
+        video = resize_center_crop(torch.from_numpy(decode_frames(row["path"], idx)), height, width)
+        cond = int(rng.integers(0, frames)) if self.cond_frame == "random" else 0
         fs = stride if self.motion_input == "frame_stride" else max(1, int(round(fps / stride)))
         return {"video": video, "fs": fs, "cond_index": cond}
 
@@ -263,7 +293,7 @@ class ImageTextDataset(_Base):
                                               f"none in {folder}", "point image_folder at the images")
         self.height, self.width = height, width
 
-    def _load(self, row: dict, rng: np.random.Generator) -> dict:
+    def _load(self, row: dict, rng: np.random.Generator, shape: Optional[Tuple[int, int, int]] = None) -> dict:
         from PIL import Image
 
         try:
@@ -329,13 +359,6 @@ class GlobalBatchSampler(Sampler):
 
     def __len__(self) -> int:  # endless; DataLoader only needs it for warnings
         return 2 ** 62
-
-    def epoch_of(self, m: int) -> float:
-        return m * self.b * self.world / self.n
-
-
-def epochs_done(micro_batches: int, batch_size: int, world_size: int, n: int) -> float:
-    return micro_batches * batch_size * world_size / max(1, n)
 
 
 __all__ = ["VideoCsvDataset", "ImageTextDataset", "GlobalBatchSampler", "Dropout", "SkipSample", "collate",

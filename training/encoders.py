@@ -15,8 +15,7 @@ an open_clip ViT-H-14 file (bare keys).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -25,9 +24,14 @@ from torch import nn
 from ..model.conditioning import CLIP_SIZE, clip_preprocess
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
+from ..model.variants import SMALL_CONFIGS
 
-TINY_CLIP = dict(embed_dim=32, vision=dict(layers=2, width=48, head_width=24, patch_size=14, image_size=224),
-                 text=dict(width=64, heads=2, layers=2))
+# The random tiny towers read what the registry's tiny config reads (model/tiny.py writes towers of the same widths).
+_TINY = SMALL_CONFIGS["tiny"]
+TINY_CLIP = dict(embed_dim=32, vision=dict(layers=2, width=_TINY["resampler"]["embedding_dim"],
+                                           head_width=_TINY["resampler"]["embedding_dim"] // 2, patch_size=14,
+                                           image_size=224),
+                 text=dict(width=_TINY["unet"]["context_dim"], heads=2, layers=2))
 
 
 # ================================================================================================================
@@ -114,6 +118,34 @@ class ImageEncoder(nn.Module):
         return x                                                                          # no ln_post, no proj
 
 
+def _blocks(keys, prefix: str) -> int:
+    import re
+
+    pat = re.compile(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.")
+    idx = {int(m.group(1)) for k in keys for m in [pat.match(k)] if m}
+    return max(idx) + 1 if idx else 0
+
+
+def clip_from_weights(sources: Dict[str, Dict[str, torch.Tensor]]) -> nn.Module:
+    """An ``open_clip.CLIP`` shaped like the towers in ``sources`` (bare open_clip keys): widths, depths, MLP ratio
+    and patch from the tensors; heads as the host's loader counts them (width / 64; not visible in shapes)."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    t, v = sources["text"], sources["image"]
+    vocab, tw = t["token_embedding.weight"].shape
+    vw, _, patch, _ = v["visual.conv1.weight"].shape
+    grid = int(round(math.sqrt(v["visual.positional_embedding"].shape[0] - 1)))
+    text = CLIPTextCfg(context_length=t["positional_embedding"].shape[0], vocab_size=vocab, width=tw,
+                       heads=max(1, tw // 64), layers=_blocks(t, ""),
+                       mlp_ratio=t["transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / tw)
+    vision = CLIPVisionCfg(layers=_blocks(v, "visual."), width=vw, head_width=vw // max(1, vw // 64),
+                           patch_size=patch, image_size=grid * patch,
+                           mlp_ratio=v["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / vw)
+    embed = v["visual.proj"].shape[1] if "visual.proj" in v else vw
+    return open_clip.CLIP(embed_dim=embed, vision_cfg=vision, text_cfg=text)
+
+
 def _load_clip_weights(clip: nn.Module, sources: Dict[str, Dict[str, torch.Tensor]]) -> List[str]:
     """Load text weights from ``sources["text"]`` and visual ones from ``sources["image"]`` (bare open_clip keys)."""
     own = clip.state_dict()
@@ -123,7 +155,8 @@ def _load_clip_weights(clip: nn.Module, sources: Dict[str, Dict[str, torch.Tenso
             continue
         want = [k for k in own if (k.startswith("visual.") if tower == "image" else not k.startswith("visual."))]
         missing = [k for k in want if k not in sd]
-        bad = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+        unused = ("logit_", "text_projection", "visual.proj")        # projections: not used by the encoders here
+        bad = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(own[k].shape) and not k.startswith(unused)]
         need_missing = [k for k in missing if tower == "text" or k.startswith("visual.")]
         if tower == "text":
             need_missing = [k for k in need_missing if not k.startswith(("logit_", "text_projection"))]
@@ -133,7 +166,7 @@ def _load_clip_weights(clip: nn.Module, sources: Dict[str, Dict[str, torch.Tenso
                 f"{len(need_missing)} missing (e.g. {need_missing[:3]}), {len(bad)} of another shape (e.g. {bad[:3]})",
                 "use the DynamiCrafter checkpoint or the open_clip ViT-H-14 laion2b_s32b_b79k file")
         for k in want:
-            if k in sd:
+            if k in sd and tuple(sd[k].shape) == tuple(own[k].shape):
                 loaded[k] = sd[k].to(own[k].dtype)
         report.append(f"{tower}: {sum(1 for k in want if k in sd)} tensors")
     clip.load_state_dict(loaded, strict=False)
@@ -201,15 +234,38 @@ class VideoVAE(nn.Module):
         return mean.float(), std.float()
 
 
+def vae_config_for(tiny: bool, weight_files: Sequence[str]):
+    """The VAE a run builds: SD KL-f8 for real runs; for tiny runs the one the weight files hold (model/tiny.py's
+    files carry the real-size VAE), else the tiny test VAE with random weights. Reads headers only."""
+    from ..model import vae as vae_mod
+    from ..model.checkpoint import open_checkpoint
+
+    if not tiny:
+        return vae_mod.VAEConfig()
+    for path in weight_files:
+        if not path:
+            continue
+        with open_checkpoint(path) as ck:
+            keys = set(ck.parts["vae"]) or {k for k in ck.parts["rest"] if k.startswith(("encoder.", "decoder."))}
+        if keys:
+            levels = len({k.split(".")[2] for k in keys if k.startswith("encoder.down.")})
+            return vae_mod.VAEConfig() if levels == len(vae_mod.VAEConfig().ch_mult) else vae_mod.TINY_VAE
+    return vae_mod.TINY_VAE
+
+
 def build_vae(tiny: bool, state: Optional[Dict[str, torch.Tensor]], seed: int = 0, dtype: torch.dtype = torch.float32,
               device="cpu") -> nn.Module:
-    """The pack's AutoencoderKL (``model.vae``): SD KL-f8, or a tiny one of the same class for tests."""
+    """The pack's AutoencoderKL (``model.vae``): SD KL-f8, or a tiny one of the same class for tests; a tiny run with
+    a VAE in its weight files builds and loads that one."""
     from ..model import vae as vae_mod
 
+    config = vae_mod.VAEConfig() if not tiny or (state is not None and len(
+        {k.split(".")[2] for k in state if k.startswith("encoder.down.")}) == len(vae_mod.VAEConfig().ch_mult)) \
+        else vae_mod.TINY_VAE
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # built in its compute dtype: AutoencoderKL casts its inputs to the dtype it was built with
-        model = vae_mod.AutoencoderKL(vae_mod.TINY_VAE if tiny else vae_mod.VAEConfig(), dtype=dtype, device=device)
+        model = vae_mod.AutoencoderKL(config, dtype=dtype, device=device)
     if state is not None:
         model.load_state_dict(state, strict=True)
     elif not tiny:
@@ -231,22 +287,32 @@ class EncoderSpec:
 
 
 class Encoders(nn.Module):
-    """The frozen encoders; ``fingerprint`` identifies them (for the pre-compute cache)."""
+    """The frozen encoders: VAE (posterior), OpenCLIP text and image towers; frozen, always in eval mode."""
 
     def __init__(self, spec: EncoderSpec, dtype: torch.dtype = torch.float32, device="cpu", need_pixels: bool = True):
         super().__init__()
         self.spec = spec
-        clip = build_open_clip(spec.tiny, spec.text_width if spec.tiny else None,
-                               spec.image_width if spec.tiny else None, seed=spec.seed)
-        report = ["random tiny weights"] if spec.tiny else []
+        sources = clip_weight_sources(spec.weight_files)
+        from_files = not spec.tiny or (bool(sources["text"]) and bool(sources["image"]))
+        if spec.tiny and from_files:
+            widths = (sources["text"]["token_embedding.weight"].shape[1], sources["image"]["visual.conv1.weight"].shape[0])
+            if widths != (spec.text_width, spec.image_width):
+                logger.warning("encoders: the files' CLIP towers (text width %d, image width %d) do not fit this model "
+                               "(UNet context %d, P input %d): random tiny towers instead", *widths, spec.text_width,
+                               spec.image_width)
+                from_files = False
         if not spec.tiny:
-            sources = clip_weight_sources(spec.weight_files)
             for tower in ("text", "image"):
                 if not sources[tower]:
                     raise DynamiCrafterInputError(
                         f"OpenCLIP {tower} weights", "cond_stage_model/embedder in the init checkpoint or clip_checkpoint",
                         "none found", "set clip_checkpoint to open_clip's ViT-H-14 laion2b_s32b_b79k file")
-            report = _load_clip_weights(clip, sources)
+            clip = build_open_clip(False)
+        elif from_files:                                     # a tiny run from model/tiny.py's file: its own towers
+            clip = clip_from_weights(sources)
+        else:
+            clip = build_open_clip(True, spec.text_width, spec.image_width, seed=spec.seed)
+        report = _load_clip_weights(clip, sources) if from_files else ["random tiny weights: no towers in the files"]
         self.text = TextEncoder(clip)
         self.image = ImageEncoder(clip)
         if self.text.width != spec.text_width or self.image.width != spec.image_width:
@@ -254,23 +320,20 @@ class Encoders(nn.Module):
                 "encoders", f"text width {spec.text_width} and image width {spec.image_width} (the UNet context and P)",
                 f"{self.text.width} and {self.image.width}", "use the encoders that match the variant")
         del clip
-        self.vae = VideoVAE(build_vae(spec.tiny, None if spec.tiny else vae_state_from(spec.weight_files),
-                                      seed=spec.seed + 1, dtype=dtype, device=device)) if need_pixels else None
+        vae_state = vae_state_from(spec.weight_files)
+        self.vae = VideoVAE(build_vae(spec.tiny, vae_state, seed=spec.seed + 1, dtype=dtype, device=device)) \
+            if need_pixels else None
+        vae_note = ("SD KL-f8" if not spec.tiny else
+                    f"{'SD KL-f8' if self.vae is not None and self.vae.downscale == 8 else 'tiny'} "
+                    f"({'from the files' if vae_state is not None else 'random weights: no VAE in the files'})")
         logger.info("encoders: OpenCLIP %s (%s), VAE %s", "tiny" if spec.tiny else "ViT-H-14", ", ".join(report),
-                    "tiny" if spec.tiny else "SD KL-f8")
+                    vae_note)
         self.requires_grad_(False)
         self.eval()
         self.to(device=device, dtype=dtype)
 
     def train(self, mode: bool = True):  # always frozen, always eval
         return super().train(False)
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(dataclasses.asdict(self.spec), sort_keys=True).encode())
-        for k, v in sorted(self.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().contiguous().numpy().tobytes()[:4096])
-        return h.hexdigest()[:16]
 
 
 __all__ = ["Encoders", "EncoderSpec", "TextEncoder", "ImageEncoder", "VideoVAE", "build_open_clip"]

@@ -14,11 +14,9 @@ import torch
 from ..model import adapters as ad
 from ..model import checkpoint as ckpt
 from ..model.detect import family_of
+from ..model.dtypes import DTYPES
 from ..model.log import logger
 from .stages import DiffusionModel
-
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 def adapter_tensors(trained: Mapping[str, torch.Tensor], lora_alpha: float) -> Dict[str, torch.Tensor]:
     """Trainer parameter names -> adapter keys; one ``.alpha`` per LoRA pair."""
@@ -46,7 +44,7 @@ def adapter_metadata(variant, stage: str, groups, step: int, base_sha256: str, b
 
 def write_tensors(path: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], dtype: str) -> int:
     """Atomic safetensors write (``model.checkpoint.write_safetensors``); floating tensors cast to ``dtype``."""
-    target = _DTYPES[dtype]
+    target = DTYPES[dtype]
     items = [(k, tuple(v.shape), target if v.is_floating_point() and v.ndim > 0 else v.dtype)
              for k, v in tensors.items()]
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
@@ -59,8 +57,25 @@ def _trained(state: Mapping[str, Any], use_ema: bool) -> Dict[str, torch.Tensor]
     return dict(state["trainable"])
 
 
+def kohya_path(adapter_path: str) -> str:
+    """``x/adapter.safetensors`` -> ``x/adapter_kohya.safetensors``."""
+    stem, ext = os.path.splitext(adapter_path)
+    return stem + "_kohya" + ext
+
+
+def write_kohya(adapter_path: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str],
+                dtype: str) -> Optional[str]:
+    """The kohya-key copy of a LoRA-only adapter (ComfyUI's LoRA loaders); None when the adapter has full tensors."""
+    if any(not ad.is_lora_key(k, tensors) for k in tensors):
+        return None
+    kt, km = ad.to_kohya(tensors, meta)
+    path = kohya_path(adapter_path)
+    write_tensors(path, kt, km, dtype)
+    return path
+
+
 def export_adapter_from_state(state: Mapping[str, Any], variant, out_path: str, use_ema: bool = True,
-                              dtype: str = "fp16") -> str:
+                              dtype: str = "fp16", kohya: bool = False) -> str:
     cfg = state["config"]
     ema = bool(use_ema and state.get("ema"))
     tensors = adapter_tensors(_trained(state, use_ema), state.get("lora_alpha", cfg["lora_rank"]))
@@ -68,8 +83,10 @@ def export_adapter_from_state(state: Mapping[str, Any], variant, out_path: str, 
                             os.path.basename(cfg.get("init_checkpoint") or "none"), cfg["lora_rank"],
                             state.get("lora_alpha", cfg["lora_rank"]), ema)
     size = write_tensors(out_path, tensors, meta, dtype)
-    logger.info("adapter %s: %d tensors, %.2f MB (stage %s, groups %s, step %d, %s weights)", out_path, len(tensors),
-                size / 2 ** 20, state["stage"], state["groups"], state["step"], "EMA" if ema else "raw")
+    extra = write_kohya(out_path, tensors, meta, dtype) if kohya else None
+    logger.info("adapter %s: %d tensors, %.2f MB (stage %s, groups %s, step %d, %s weights)%s", out_path, len(tensors),
+                size / 2 ** 20, state["stage"], state["groups"], state["step"], "EMA" if ema else "raw",
+                f"; kohya-key copy for ComfyUI's LoRA loaders: {extra}" if extra else "")
     return out_path
 
 
@@ -95,7 +112,7 @@ def export_merged(model: DiffusionModel, trained: Mapping[str, torch.Tensor], va
         meta[ckpt.META_FAMILY] = family_of(variant.name)
         if variant.extra.get("config"):  # a small registry config (tiny runs): the loader builds that one
             meta[ckpt.META_CONFIG] = variant.extra["config"]
-    target = _DTYPES[dtype]
+    target = DTYPES[dtype]
     items = [(k, tuple(v.shape), torch.float32 if k in ckpt.SCHEDULE_KEYS else
               (target if v.is_floating_point() else v.dtype)) for k, v in state.items()]
     try:
@@ -107,18 +124,35 @@ def export_merged(model: DiffusionModel, trained: Mapping[str, torch.Tensor], va
     return out_path
 
 
+def trainer_state(trainer, trained: Mapping[str, torch.Tensor], ema: Optional[Mapping[str, torch.Tensor]]) -> Dict:
+    """What an adapter export needs from a live trainer (the same fields a training checkpoint holds)."""
+    return {"config": trainer.cfg.to_dict(), "stage": trainer.stage.name, "groups": trainer.groups,
+            "step": trainer.step, "base_sha256": trainer.base_sha256, "lora_alpha": trainer.lora_alpha,
+            "trainable": dict(trained), "ema": dict(ema) if ema is not None else None}
+
+
+def export_intermediate(trainer, trained: Mapping[str, torch.Tensor],
+                        ema: Optional[Mapping[str, torch.Tensor]]) -> str:
+    """``output_dir/adapters/adapter_step_<N>.safetensors`` (+ its kohya copy) during training (main process)."""
+    cfg = trainer.cfg
+    path = os.path.join(cfg.output_dir, "adapters", f"adapter_step_{trainer.step:08d}.safetensors")
+    return export_adapter_from_state(trainer_state(trainer, trained, ema), trainer.variant, path, cfg.export_ema,
+                                     cfg.export_dtype, kohya=cfg.export_kohya)
+
+
 def export_from_trainer(trainer, trained: Mapping[str, torch.Tensor],
                         ema: Optional[Mapping[str, torch.Tensor]]) -> Dict[str, str]:
     """At the end of a run (main process, full tensors gathered): adapter (+ merged checkpoint) in the output folder."""
     cfg = trainer.cfg
-    state = {"config": cfg.to_dict(), "stage": trainer.stage.name, "groups": trainer.groups, "step": trainer.step,
-             "base_sha256": trainer.base_sha256, "lora_alpha": trainer.lora_alpha, "trainable": dict(trained),
-             "ema": dict(ema) if ema is not None else None}
+    state = trainer_state(trainer, trained, ema)
     if cfg.export_merged and trainer.world > 1 and trainer.strategy == "fsdp":
         logger.warning("export_merged under FSDP: write it from the final checkpoint with `train.py export --merged`")
         cfg = dataclasses.replace(cfg, export_merged=False)
-    out = {"adapter": export_adapter_from_state(state, trainer.variant, os.path.join(cfg.output_dir,
-                                                "adapter.safetensors"), cfg.export_ema, cfg.export_dtype)}
+    path = os.path.join(cfg.output_dir, "adapter.safetensors")
+    out = {"adapter": export_adapter_from_state(state, trainer.variant, path, cfg.export_ema, cfg.export_dtype,
+                                                kohya=cfg.export_kohya)}
+    if cfg.export_kohya and os.path.isfile(kohya_path(path)):
+        out["kohya"] = kohya_path(path)
     if cfg.export_merged:
         out["merged"] = export_merged(trainer.model, _trained(state, cfg.export_ema), trainer.variant,
                                       trainer.stage.name, trainer.step, cfg.init_checkpoint,
@@ -128,20 +162,19 @@ def export_from_trainer(trainer, trained: Mapping[str, torch.Tensor],
 
 
 def export_from_checkpoint(checkpoint: str, out_path: str, merged_path: Optional[str] = None,
-                           use_ema: bool = True, dtype: str = "fp16") -> Dict[str, str]:
+                           use_ema: bool = True, dtype: str = "fp16", kohya: bool = True) -> Dict[str, str]:
     """``train.py export``: adapter (and merged checkpoint) from a training checkpoint, without training."""
-    from ..model.variants import get_variant
     from .config import TrainConfig
-    from .stages import build_model, get_stage, stage_variant
+    from .plan import run_variant
+    from .stages import build_model
     from .state import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
-    stage = get_stage(cfg.stage)
-    base = get_variant(cfg.variant, tiny=cfg.tiny)
-    variant = stage_variant(base, stage, cfg.unet_overrides, cfg.resampler_overrides, cfg.schedule_overrides,
-                            cfg.unet_dropout)
-    out = {"adapter": export_adapter_from_state(state, variant, out_path, use_ema, dtype)}
+    stage, variant = run_variant(cfg)
+    out = {"adapter": export_adapter_from_state(state, variant, out_path, use_ema, dtype, kohya=kohya)}
+    if kohya and os.path.isfile(kohya_path(out_path)):
+        out["kohya"] = kohya_path(out_path)
     if merged_path:
         model, _, _ = build_model(variant, stage, state["groups"], cfg.seed, cfg.init_checkpoint, cfg.init_adapters,
                                   cfg.lora_targets, cfg.lora_rank, state.get("lora_alpha", cfg.lora_rank),

@@ -10,7 +10,6 @@ one remaining consumer of the global RNG is dropout inside the UNet; its state i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -21,32 +20,22 @@ import torch
 import torch.distributed as dist
 
 from ..model.conditioning import concat_latent
+from ..model.dtypes import DTYPES
 from ..model.errors import DynamiCrafterInputError
+from ..model.fileio import file_sha256
 from ..model.log import logger
-from ..model.variants import get_variant
 from ..model.vae import sample_posterior
 from . import state as st
 from .config import TrainConfig
-from .data import Dropout, GlobalBatchSampler, ImageTextDataset, VideoCsvDataset, collate
+from .data import GlobalBatchSampler, collate
 from .objective import Objective
-from .stages import build_model, get_stage, stage_variant
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
+from .optim import build_optimizer, check_optimizer
+from .plan import RunPlan, configure_threads, setup_processes
+from .preflight import RunLock, preflight
+from .stages import build_model
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose (non-finite loss); the message says where and which checkpoint is intact."""
-
-
-def file_sha256(path: str, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -64,23 +53,40 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
         self.cfg = cfg
-        self._setup_distributed()
+        procs = setup_processes(cfg)
+        self.world, self.rank, self.local_rank, self.device = procs.world, procs.rank, procs.local_rank, procs.device
+        self.is_main = procs.is_main
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed + self.rank)   # dropout's RNG (a resume restores the saved state instead)
-        self.stage = get_stage(cfg.stage)
-        base = get_variant(cfg.variant, tiny=cfg.tiny)
-        self.variant = stage_variant(base, self.stage, cfg.unet_overrides, cfg.resampler_overrides,
-                                     cfg.schedule_overrides, cfg.unet_dropout)
-        v = self.variant
-        self.frames = cfg.frames if self.stage.video else 1
-        self.height, self.width = cfg.height or v.height, cfg.width or v.width
-        self.groups = list(cfg.groups or self.stage.groups)
-        self.interp = bool(v.interp) and self.stage.concat
-        self.cond_frame = cfg.cond_frame or ("first_last" if self.interp else "random")
+        self.threads = configure_threads(cfg, self.device)
+        self.plan = plan = RunPlan(cfg, self.device)
+        # ---- every check that needs no model, then one live run per output folder -----------------------------------
+        check_optimizer(cfg, self.device)
+        self.summary = preflight(cfg, plan)
+        self.stage, self.variant, self.groups = plan.stage, plan.variant, plan.groups
+        self.frames, self.height, self.width = plan.frames, plan.height, plan.width
+        self.interp, self.cond_frame = plan.interp, plan.cond_frame
+        self.strategy = cfg.strategy
+        if self.strategy == "auto":
+            self.strategy = "fsdp" if (self.world > 1 and self.stage.name == "joint") else "ddp"
+        if (cfg.sample_every or cfg.val_csv) and self.world > 1 and self.strategy == "fsdp":
+            raise DynamiCrafterInputError("sample_every / val_csv", "strategy ddp (samples and the held-out loss run "
+                                          "on the main process only)", "strategy fsdp with several processes",
+                                          "set strategy: ddp, or sample_every: 0 and no val_csv")
+        self.lock = RunLock(cfg.output_dir).acquire() if self.is_main else None
+        self.monitor = None
+        try:
+            self._build()
+        except BaseException:
+            self.close()            # a run that fails while being built leaves no lock behind
+            raise
+
+    def _build(self) -> None:
+        cfg, v = self.cfg, self.variant
         self.out_dir = cfg.output_dir
         self.ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
         if self.is_main:
@@ -116,15 +122,12 @@ class Trainer:
         self.objective = Objective(v.schedule, self.device)
 
         # ---- distributed wrapping, optimizer, schedule, EMA -----------------------------------------------------------
-        self.strategy = cfg.strategy
-        if self.strategy == "auto":
-            self.strategy = "fsdp" if (self.world > 1 and self.stage.name == "joint") else "ddp"
         self.ddp_model = self._wrap()
+        self._log_processes()
         self.params = [p for n, p in self._named_trainable()]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg, self.params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.amp_dtype = _DTYPES[cfg.precision]
+        self.amp_dtype = DTYPES[cfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.ema = ({n: p.detach().clone().float() for n, p in self._named_trainable()} if cfg.ema else None)
         self.ema_updates = 0
@@ -136,29 +139,26 @@ class Trainer:
         if self.resume_state is not None:
             self._restore(self.resume_state)
         self.resume_state = None
-        self._tb = self._tensorboard()
+        from .samples import Monitor
+
+        self.monitor = Monitor(self)
 
     # ================================================================================================================
     # setup helpers
     # ================================================================================================================
-    def _setup_distributed(self) -> None:
-        cfg = self.cfg
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        want = cfg.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        if want == "cuda":
-            if not torch.cuda.is_available():
-                raise DynamiCrafterInputError("device", "a CUDA GPU", "none visible", "use device: cpu")
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
+    def _log_processes(self) -> None:
+        how = {"ddp": "DDP (every process holds the trained weights; gradients all-reduced)",
+               "fsdp": "FSDP (trained weights, gradients and optimizer state sharded per UNet block)"}[self.strategy]
+        why = "set by strategy" if self.cfg.strategy != "auto" else (
+            "auto: FSDP for the joint stage with several processes, DDP otherwise")
+        if self.world == 1:
+            self._log("1 process on %s, %d CPU threads; no DDP/FSDP wrapping (%s would be %s)", self.device,
+                      self.threads, "strategy", self.strategy.upper())
         else:
-            self.device = torch.device("cpu")
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-        self.is_main = self.rank == 0
+            self._log("%d processes (%s), %d CPU threads each; %s; %s", self.world, self.device.type, self.threads,
+                      how, why)
+        if self.summary is not None:
+            self._log(self.summary.line(self.cfg.batch_size * self.cfg.grad_accum * self.world, self.cfg.data_csv))
 
     def _log(self, msg: str, *args, level: str = "info") -> None:
         if self.is_main:
@@ -174,12 +174,19 @@ class Trainer:
             return found if found else (None, None)
         if not os.path.isfile(r):
             raise DynamiCrafterInputError("resume", "'auto', 'none' or a checkpoint file", repr(r), "fix the path")
-        return r, st.load_checkpoint(r)
+        try:
+            return r, st.load_checkpoint(r)
+        except Exception as e:  # torch.load raises several types; its advice to unpickle unsafely is not repeated
+            raise DynamiCrafterInputError(
+                "resume", "a training checkpoint of this trainer (step_*.pt, read as plain tensors only)",
+                f"{r!r}, which does not load as one ({type(e).__name__})",
+                "pick a step_*.pt from output_dir/checkpoints, or resume: auto / none") from None
 
     def _check_identity(self, state: Dict[str, Any]) -> None:
         old = state.get("identity", {})
         new = self.cfg.identity()
-        diff = sorted(k for k in new if json.dumps(old.get(k)) != json.dumps(new[k]))
+        default = TrainConfig().identity()                 # settings added later: an older checkpoint had the default
+        diff = sorted(k for k in new if json.dumps(old.get(k, default[k])) != json.dumps(new[k]))
         if diff:
             raise DynamiCrafterInputError(
                 f"resume from {self.resume_path}", "the settings the checkpoint was trained with",
@@ -197,9 +204,9 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg = self.cfg
-        dropout = Dropout(cfg.p_drop_text, cfg.p_drop_image, cfg.p_drop_both)
+        dropout = self.plan.dropout()
         self.encoders = None
-        settings = self.cache_settings()
+        settings = self.plan.cache_settings()
         if cfg.cache_dir:
             from .cache import CachedDataset
 
@@ -210,52 +217,24 @@ class Trainer:
                 self.skipped[s["path"]] = s["reason"]
                 self._log("skipped while pre-computing: %s (%s)", s["path"], s["reason"], level="warning")
         else:
-            self.encoders = self.build_encoders()
-            self.dataset = self.build_dataset(dropout)
+            self.encoders = self.plan.build_encoders()
+            self.dataset = self.plan.build_dataset(dropout)
             with torch.no_grad():
                 self.null_text = self.encoders.text([""]).float()
                 self.null_image = self.encoders.image(torch.zeros(1, 3, 224, 224, device=self.device)).float()
-        self._check_resolution()
+        self.buckets = None
+        if cfg.buckets:
+            from .buckets import Buckets
+            from .preflight import resolution_multiple
 
-    def build_encoders(self):
-        from .encoders import Encoders, EncoderSpec
+            self.buckets = Buckets(self.summary.clips, cfg.bucket_aspects, cfg.bucket_frames or [self.frames],
+                                   self.height * self.width, resolution_multiple(cfg, self.variant))
+            self.dataset.buckets = self.buckets
+            from .buckets import BucketBatchSampler
 
-        cfg, v = self.cfg, self.variant
-        files = tuple(p for p in (cfg.clip_checkpoint, cfg.vae_checkpoint, cfg.init_checkpoint) if p)
-        spec = EncoderSpec(tiny=cfg.tiny, text_width=v.unet.context_dim, image_width=v.resampler.embedding_dim,
-                           weight_files=files, seed=cfg.seed)
-        prec = cfg.encoder_precision or ("bf16" if self.device.type == "cuda" else "fp32")
-        return Encoders(spec, dtype=_DTYPES[prec], device=self.device)
-
-    def build_dataset(self, dropout: Dropout):
-        cfg, v = self.cfg, self.variant
-        if self.stage.video:
-            if not cfg.data_csv:
-                raise DynamiCrafterInputError("data_csv", "a CSV of videos (path,caption[,fps])", "nothing",
-                                              "set data_csv (see training/README.md)")
-            return VideoCsvDataset(cfg.data_csv, cfg.data_root, self.frames, self.height, self.width,
-                                   cfg.frame_stride_min, cfg.frame_stride_max, v.motion_input, self.cond_frame,
-                                   cfg.seed, dropout, default_fps=float(v.default_motion if v.motion_input == "fps"
-                                                                       else 24))
-        return ImageTextDataset(cfg.image_folder or cfg.data_root, cfg.data_csv if not cfg.image_folder else None,
-                                self.height, self.width, cfg.seed, dropout)
-
-    def cache_settings(self) -> Dict[str, Any]:
-        cfg, v = self.cfg, self.variant
-        return {"stage_video": self.stage.video, "frames": self.frames, "height": self.height, "width": self.width,
-                "stride": [cfg.frame_stride_min, cfg.frame_stride_max], "motion_input": v.motion_input,
-                "cond_frame": self.cond_frame, "tiny": cfg.tiny, "text_width": v.unet.context_dim,
-                "image_width": v.resampler.embedding_dim, "data": [cfg.data_csv, cfg.data_root, cfg.image_folder],
-                "weights": [cfg.clip_checkpoint, cfg.vae_checkpoint, cfg.init_checkpoint], "seed": cfg.seed,
-                "views": cfg.cache_views, "cond_frames": cfg.cache_cond_frames}
-
-    def _check_resolution(self) -> None:
-        f = self.encoders.vae.downscale if self.encoders is not None else None
-        mult = 2 ** (len(self.variant.unet.channel_mult) - 1)
-        for name, size in (("height", self.height), ("width", self.width)):
-            if f is not None and size % (f * mult):
-                raise DynamiCrafterInputError(name, f"a multiple of {f * mult} (VAE x{f}, UNet x{mult})", str(size),
-                                              "pick another resolution")
+            micro = BucketBatchSampler(self.buckets, cfg.batch_size, 0, self.world).per_epoch
+            self._log("%s; one epoch = %d micro-batches = %d optimizer steps (batches fill up within a bucket)",
+                      self.buckets.line(), micro, math.ceil(micro / cfg.grad_accum))
 
     def _named_trainable(self):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -281,16 +260,6 @@ class Trainer:
 
         return DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
                    broadcast_buffers=False)
-
-    def _tensorboard(self):
-        if not (self.cfg.tensorboard and self.is_main):
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise DynamiCrafterInputError("tensorboard", "the tensorboard package", "not installed",
-                                          "pip install tensorboard, or set tensorboard: false") from None
-        return SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
 
     # ================================================================================================================
     # state: save / restore
@@ -330,7 +299,7 @@ class Trainer:
             "optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rngs, "skipped": merged, "skip_events": self.skip_events,
             "base_sha256": self.base_sha256, "variant": self.variant.name, "stage": self.stage.name,
-            "lora_alpha": self.lora_alpha,
+            "lora_alpha": self.lora_alpha, "optimizer_name": self.cfg.optimizer,
         }
 
     def _restore(self, s: Dict[str, Any]) -> None:
@@ -406,7 +375,8 @@ class Trainer:
             tokens = torch.where(drop_i[:, None, None], self.null_image.to(tokens.dtype), tokens)
         return mean.float(), std.float(), text, tokens
 
-    def micro_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
+    def micro_loss(self, batch: Dict[str, Any], net=None) -> torch.Tensor:
+        """The loss of one micro-batch through ``net`` (default: the DDP/FSDP-wrapped model)."""
         dev = self.device
         mean, std, text, tokens = self.conditioning(batch)
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in batch["seed"]]
@@ -420,7 +390,7 @@ class Trainer:
                 ci = batch["cond_index"].to(dev)
                 concat = concat_latent(z0[torch.arange(z0.shape[0], device=dev), :, ci], z0.shape[2])
         fs = batch["fs"].to(dev)
-        net = self.ddp_model
+        net = net if net is not None else self.ddp_model
 
         def model_fn(x, tt):
             return net(x, tt, text, tokens, fs)
@@ -435,8 +405,14 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         cfg = self.cfg
-        sampler = GlobalBatchSampler(len(self.dataset), cfg.batch_size, self.rank, self.world, cfg.seed,
-                                     start=self.micro)
+        if self.buckets is not None:
+            from .buckets import BucketBatchSampler
+
+            sampler = BucketBatchSampler(self.buckets, cfg.batch_size, self.rank, self.world, cfg.seed,
+                                         start=self.micro)
+        else:
+            sampler = GlobalBatchSampler(len(self.dataset), cfg.batch_size, self.rank, self.world, cfg.seed,
+                                         start=self.micro)
         kw = {}
         if cfg.num_workers > 0:
             kw = dict(num_workers=cfg.num_workers, persistent_workers=False, prefetch_factor=2)
@@ -506,6 +482,7 @@ class Trainer:
                 for a in range(cfg.grad_accum):
                     batch = next(it)
                     self.micro += 1
+                    shape = batch["video"].shape[2:] if "video" in batch else None
                     self._note_skips(batch)
                     with self._no_sync(a == cfg.grad_accum - 1):
                         loss = self.micro_loss(batch)
@@ -539,22 +516,25 @@ class Trainer:
                 sps = per_step / max(1e-9, now - t_last)
                 t_last = now
                 lr = self.scheduler.get_last_lr()[0]
+                record = {"step": step, "loss": value, "lr": lr, "grad_norm": gnorm, "samples_per_s": round(sps, 3),
+                          "skipped": len(self.skipped)}
+                if self.buckets is not None and shape is not None:
+                    record["shape"] = list(shape)                   # frames, height, width of the last micro-batch
+                record.update(self.monitor.evaluate(step))
                 if metrics is not None:
-                    metrics.write(json.dumps({"step": step, "loss": value, "lr": lr, "grad_norm": gnorm,
-                                              "samples_per_s": round(sps, 3), "skipped": len(self.skipped)}) + "\n")
+                    metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{sps:.2f}", lr=f"{lr:.2e}",
                                     skipped=len(self.skipped))
-                if self._tb is not None:
-                    self._tb.add_scalar("loss", value, step)
-                    self._tb.add_scalar("lr", lr, step)
-                    self._tb.add_scalar("grad_norm", gnorm, step)
+                self.monitor.report(record)
                 if step % cfg.log_every == 0 and bar is None:
                     self._log("step %d/%d loss %.5f lr %.2e %.2f samples/s", step, cfg.max_steps, value, lr, sps)
                 if step % cfg.save_every == 0 or step == cfg.max_steps:
                     self.save()
+                if step % (cfg.adapter_every or cfg.save_every) == 0:
+                    self._export_intermediate()
         finally:
             if bar is not None:
                 bar.close()
@@ -572,6 +552,23 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return result
+
+    # ================================================================================================================
+    # during training: held-out loss, sample videos, intermediate adapters, TensorBoard / wandb
+    # ================================================================================================================
+    def sampling_encoders(self):
+        """The frozen encoders (built on first use when training reads a pre-computed cache)."""
+        if self.encoders is None:
+            self.encoders = self.plan.build_encoders()
+        return self.encoders
+
+    def _export_intermediate(self) -> None:
+        trained = {n: self._full(p) for n, p in self._named_trainable()}          # collective under FSDP
+        ema = {n: self._full(t) for n, t in self.ema.items()} if self.ema is not None else None
+        if self.is_main:
+            from .export import export_intermediate
+
+            export_intermediate(self, trained, ema)
 
     @staticmethod
     def _ckpt_step(path: Optional[str]) -> str:
@@ -592,8 +589,12 @@ class Trainer:
                                len(self.skipped), self.skip_events, os.path.join(self.out_dir, "skipped.json"))
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        if getattr(self, "monitor", None) is not None:
+            self.monitor.close()
+            self.monitor = None
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
@@ -604,9 +605,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             return trainer.run()
         finally:
             trainer.close()
+
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-__all__ = ["Trainer", "TrainingStopped", "train", "file_sha256"]
+__all__ = ["Trainer", "TrainingStopped", "train"]

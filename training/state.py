@@ -123,8 +123,12 @@ def _try_load(path: str) -> Optional[Dict[str, Any]]:
     try:
         return load_checkpoint(path)
     except Exception as e:  # damaged / foreign file: say so and keep looking
-        logger.warning("checkpoint %s cannot be loaded (%s: %s); trying an older one", path, type(e).__name__,
-                       str(e)[:160])
+        import pickle
+
+        # torch's unpickling message advises loading unsafely; it is not repeated
+        why = ("holds more than plain tensors" if isinstance(e, pickle.UnpicklingError)
+               else (str(e).splitlines() or [""])[0][:160])
+        logger.warning("checkpoint %s cannot be loaded (%s: %s); trying an older one", path, type(e).__name__, why)
         return None
 
 

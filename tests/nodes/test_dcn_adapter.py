@@ -56,7 +56,7 @@ def _train(out_dir, csv, init, **over):
     from comfyui_dynamicrafter.training.config import TrainConfig
     from comfyui_dynamicrafter.training.loop import train
 
-    s = dict(stage="finetune", variant="512", tiny=True, data_csv=csv, height=16, width=24, frames=4, batch_size=1,
+    s = dict(stage="finetune", variant="512", tiny=True, data_csv=csv, height=32, width=32, frames=4, batch_size=1,
              grad_accum=1, num_workers=0, max_steps=2, save_every=100, lr=1e-2, progress=False, output_dir=out_dir,
              frame_stride_max=2, ema=False, init_checkpoint=init, resume="none")
     s.update(over)
@@ -71,7 +71,7 @@ def _train(out_dir, csv, init, **over):
 @pytest.fixture(scope="module")
 def adapters(host, dc, tmp_path_factory):
     """Train + export the adapters, put them into temporary adapter / lora folders of the host."""
-    from comfyui_dynamicrafter.tests.training import synth
+    from comfyui_dynamicrafter.training import demo as synth
 
     fp = host.modules["folder_paths"]
     fnp = fp.folder_names_and_paths
@@ -236,7 +236,7 @@ def test_wrong_adapter_is_refused_before_patching(host, dc, adapters, case):
 def test_256_image_kv_adapter_sets_its_alpha_gates(host, dc, adapters, tmp_path, record_property):
     """The 256 model's learnable ``attn2.alpha`` gates train with image_kv; their adapter keys end in ``.alpha`` like
     a LoRA pair's alpha, and the node still applies them (as full tensors)."""
-    from comfyui_dynamicrafter.tests.training import synth
+    from comfyui_dynamicrafter.training import demo as synth
 
     ck = tinyckpt.checkpoints()
     csv, _ = synth.make_video_dataset(str(tmp_path / "videos"), n_clips=1, n_frames=8, height=16, width=24)

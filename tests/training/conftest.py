@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from comfyui_dynamicrafter.tests.training import synth
+from comfyui_dynamicrafter.training import demo as synth
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = sys.executable
@@ -21,7 +21,7 @@ def tiny_settings(out_dir: str, csv: str = None, **over) -> dict:
     s = dict(stage="finetune", variant="512", tiny=True, data_csv=csv, height=16, width=24, frames=4,
              resampler_overrides={"video_length": 4}, unet_overrides={"temporal_length": 4}, batch_size=2,
              grad_accum=1, num_workers=0, max_steps=3, save_every=100, lr=1e-3, progress=False, output_dir=out_dir,
-             frame_stride_max=2, ema_decay=0.99)
+             frame_stride_max=2, ema_decay=0.99, threads=1)
     s.update(over)
     return s
 

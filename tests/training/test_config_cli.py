@@ -87,10 +87,52 @@ def test_other_variants(tmp_path, video_data, variant):
 
 
 def test_tensorboard_is_optional(tmp_path, video_data):
-    s = tiny_settings(str(tmp_path), video_data[0], tensorboard=True, max_steps=1)
+    """Without the package: one line before the model. With it: loss, lr, grad norm, the held-out loss and the
+    sample videos (frames side by side) in the event files."""
+    s = tiny_settings(str(tmp_path), video_data[0], tensorboard=True, max_steps=2, sample_every=2, sample_count=1,
+                      sample_steps=2, val_csv=video_data[0], val_batches=1)
     if importlib.util.find_spec("tensorboard") is None:
         with pytest.raises(DynamiCrafterInputError, match="pip install tensorboard"):
             Trainer(TrainConfig.from_dict(s))
-    else:
-        train(TrainConfig.from_dict(s))
-        assert os.listdir(os.path.join(str(tmp_path), "tensorboard"))
+        return
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(TrainConfig.from_dict(s))
+    ea = EventAccumulator(os.path.join(str(tmp_path), "tensorboard"), size_guidance={"images": 0})
+    ea.Reload()
+    tags = ea.Tags()
+    assert {"loss", "lr", "grad_norm", "val_loss"} <= set(tags["scalars"]) and "sample_0" in tags["images"]
+    assert [e.step for e in ea.Scalars("loss")] == [1, 2] and [e.step for e in ea.Scalars("val_loss")] == [2]
+    img = ea.Images("sample_0")[0]
+    assert (img.height, img.width) == (16, 4 * 24)                         # 4 frames of 16x24 side by side
+
+
+def test_optimizer_choice_is_recorded_and_part_of_the_run_identity(tmp_path, video_data):
+    from comfyui_dynamicrafter.training import state as st
+
+    out = str(tmp_path)
+    result = train(TrainConfig.from_dict(tiny_settings(out, video_data[0], optimizer="adafactor", max_steps=2,
+                                                       save_every=2)))
+    assert all(torch.isfinite(torch.tensor(result["losses"])))
+    ck = st.load_checkpoint(result["last_checkpoint"])
+    assert ck["optimizer_name"] == "adafactor" and ck["identity"]["optimizer"] == "adafactor"
+    assert any("row_var" in s or "col_var" in s or "variance" in s for s in
+               (k for v in ck["optimizer"]["state"].values() for k in v))        # Adafactor's own state
+    with pytest.raises(DynamiCrafterInputError, match="optimizer"):            # resuming with another optimizer
+        Trainer(TrainConfig.from_dict(tiny_settings(out, video_data[0], optimizer="adamw", max_steps=4)))
+
+
+def test_wandb_is_optional(tmp_path, video_data, monkeypatch):
+    """Without the package: exit 2 before the model (test_preflight). With it (offline mode, no network): the run
+    logs the scalars and the sample video."""
+    if importlib.util.find_spec("wandb") is None:
+        pytest.skip("wandb is not installed here (the missing-package case is test_preflight's)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    s = tiny_settings(str(tmp_path), video_data[0], wandb=True, max_steps=2, sample_every=2, sample_count=1,
+                      sample_steps=2)
+    train(TrainConfig.from_dict(s))
+    runs = os.listdir(os.path.join(str(tmp_path), "wandb"))
+    run = [r for r in runs if r.startswith("offline-run-")][0]
+    media = os.path.join(str(tmp_path), "wandb", run, "files", "media", "videos")
+    assert any(n.startswith("sample_0_") and n.endswith(".mp4") for n in os.listdir(media))

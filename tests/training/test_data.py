@@ -109,3 +109,21 @@ def test_precompute_then_train_from_cache(tmp_path, video_data):
     s2 = dict(s, height=32)                                                      # other settings: refused
     with pytest.raises(DynamiCrafterInputError, match="precompute"):
         train(TrainConfig.from_dict(dict(s2, output_dir=str(tmp_path / "run2"))))
+
+
+def test_log_lines_do_not_overwrite_the_progress_bar(tmp_path, broken_video_data):
+    """With the bar on, a log line written mid-run (a skipped clip) lands on a line of its own: what a terminal shows
+    after the last carriage return starts with the log line's timestamp, not with a piece of the bar."""
+    import re
+
+    out = str(tmp_path)
+    cfg = write_config(os.path.join(out, "run.json"), tiny_settings(out, broken_video_data[0], max_steps=3,
+                                                                    batch_size=3, progress=True))
+    r = run_cli(["--config", cfg])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "train finetune" in r.stderr                                          # the bar was drawn
+    logged = [ln for ln in r.stderr.split("\n") if "WARNING skipped" in ln]
+    assert logged
+    for ln in logged:
+        shown = ln.split("\r")[-1]
+        assert re.match(r"\d\d:\d\d:\d\d WARNING skipped", shown), repr(ln[-200:])

@@ -36,6 +36,9 @@ def _run(out, csv, nproc, batch, **over):
                     cmd=[TORCHRUN], env=child_env(), timeout=400)
     assert r.returncode == 0, r.stderr[-4000:]
     assert os.path.isfile(os.path.join(out, "adapter.safetensors"))
+    if nproc > 1:                                                   # the choice and its reason are in the log
+        want = {"ddp": "DDP (every process holds", "fsdp": "FSDP (trained weights"}[over["strategy"]]
+        assert f"{nproc} processes (cpu), 1 CPU threads each; {want}" in r.stderr, r.stderr[-3000:]
     return read_metrics(out), st.load_checkpoint(st.checkpoint_path(os.path.join(out, "checkpoints"), STEPS))
 
 

@@ -7,7 +7,7 @@ draw; the training loss (mean of the first vs the last 10 steps) is reported too
 import numpy as np
 import torch
 
-from comfyui_dynamicrafter.tests.training import synth
+from comfyui_dynamicrafter.training import demo as synth
 from comfyui_dynamicrafter.training.config import TrainConfig
 from comfyui_dynamicrafter.training.data import collate
 from comfyui_dynamicrafter.training.loop import Trainer

@@ -1,7 +1,8 @@
-"""Tiny synthetic datasets for the trainer tests: moving coloured shapes written to mp4 with PyAV.
+"""Synthetic clips for the tiny recipe (``train.py demo-data``) and the tests: moving coloured shapes, mp4 via PyAV.
 
 Every clip shows one shape of one colour moving in one direction over a grey background; its caption names the
-three ("a red square moving left"). Written with a fixed seed, so the files are the same every run.
+three ("a red square moving left"). Written with a fixed seed, so the files are the same every run. They check the
+plumbing (data, training, export, the adapter in a workflow), not what a model learns.
 """
 from __future__ import annotations
 
