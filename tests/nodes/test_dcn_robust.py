@@ -388,3 +388,30 @@ def test_symlink_loops_real_server_lists_the_loader(host_server):
     names = info["DCN_Loader"]["input"]["required"]["ckpt_name"][0]
     assert names == ["dc_listed.safetensors"] and seconds < 30, (names, seconds)
     assert "links back to a folder above it" in srv.log_tail(200)
+
+
+def test_save_video_on_a_full_output_folder_is_one_line(host, dc, tmp_path):
+    """The save node on a full file system: one line, no partial file (the writers are atomic)."""
+    import subprocess
+
+    import folder_paths
+
+    disk = tmp_path / "out"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True,
+                      timeout=20).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    old = folder_paths.get_output_directory()
+    try:
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * free)
+        folder_paths.set_output_directory(str(disk))
+        prefix = f"{PREFIX}_full_{next(_tick)}"
+        res = host.run_prompt(_video_graph(prefix), check=False)
+        text = _error(res)
+        assert not res.success and "\n" not in text.strip() and "Traceback" not in text, text
+        assert text.startswith("DynamiCrafter Save Video: expected about") and "free some space" in text, text
+        assert sorted(os.listdir(disk)) == ["filler"]
+    finally:
+        folder_paths.set_output_directory(old)
+        subprocess.run(["umount", str(disk)], capture_output=True, timeout=20)
