@@ -4,6 +4,9 @@
     python generate.py --image photo.png --prompt "waves rolling in" --out out.mp4
     python generate.py --image a.png --end-image b.png --prompt "..." --out tween.mp4      # interpolation
     python generate.py --image a.png --loop --prompt "..." --out loop.webp                  # loop
+    python generate.py --image a.png --frames 64 --prompt "..." --out long.mp4              # long (context windows)
+    python generate.py --keyframes a.png b.png c.png --prompt "..." --out chain.mp4        # keyframe chain
+    python generate.py --image a.png --loop --frames 64 --prompt "..." --out long_loop.mp4  # long loop
     python generate.py --image a.png --prompt "..." --out check.mp4 --tiny                 # pipeline check
     python generate.py --download-only [--variant 512-interp]                              # just fetch weights
 
@@ -57,7 +60,13 @@ WORKFLOWS = {
     "image_to_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_image_to_video.json"),
     "interpolation": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_interpolation.json"),
     "loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_loop.json"),
+    "long_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_video.json"),
+    "keyframes": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_keyframes.json"),
+    "long_loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_loop.json"),
+    "tooncrafter": os.path.join(ROOT, "workflows", "api", "tooncrafter_interpolation.json"),
 }
+WINDOW = 16   # the models' trained length: longer videos run in context windows of this many frames
+MAX_FRAMES = 256
 EXAMPLE_START = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_start.png")
 EXAMPLE_END = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_end.png")
 EXAMPLE_PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
@@ -72,7 +81,7 @@ log = logging.getLogger("generate")
 # The settings of a run that are not the variant's (size, frames, motion, guidance rescale: model/variants.py).
 COMMON_DEFAULTS = dict(steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=123, crf=19)
 # The tiny pipeline check: small frames, few steps (the tiny UNet needs multiples of 16 px).
-TINY_SIZE = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64)}
+TINY_SIZE = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64), "tooncrafter": (128, 80)}
 TINY_STEPS = 10
 
 
@@ -293,6 +302,29 @@ def _source(prompt: dict, node: str, input_name: str) -> str:
     return str(link[0])
 
 
+def _set_keyframes(p: dict, cond: str, names: List[str]) -> None:
+    """The keyframes after the start image as LoadImage nodes joined by a chain of ImageBatch nodes."""
+    if not names:
+        raise RuntimeError("this workflow needs keyframes")
+    for k in [k for k, v in p.items() if v["class_type"] == "ImageBatch"]:   # the shipped batch and its images
+        for src in p[k]["inputs"].values():
+            if isinstance(src, list) and p.get(str(src[0]), {}).get("class_type") == "LoadImage":
+                p.pop(str(src[0]), None)
+        p.pop(k)
+    ids = iter(str(i) for i in range(1000, 2000))
+    loads = []
+    for name in names:
+        nid = next(ids)
+        p[nid] = {"class_type": "LoadImage", "inputs": {"image": name}}
+        loads.append([nid, 0])
+    link = loads[0]
+    for nxt in loads[1:]:
+        nid = next(ids)
+        p[nid] = {"class_type": "ImageBatch", "inputs": {"image1": link, "image2": nxt}}
+        link = [nid, 0]
+    p[cond]["inputs"]["keyframes"] = link
+
+
 def apply_settings(prompt: dict, s: dict) -> dict:
     """The shipped workflow with the run's values (node roles found through the links, not by id)."""
     p = json.loads(json.dumps(prompt))
@@ -304,6 +336,9 @@ def apply_settings(prompt: dict, s: dict) -> dict:
         if s.get("end_image") is None:
             raise RuntimeError("this workflow needs an end image")
         p[_source(p, cond, "end_image")]["inputs"]["image"] = s["end_image"]
+    if "keyframes" in p[cond]["inputs"]:
+        _set_keyframes(p, cond, s.get("keyframes") or [])
+        p[cond]["inputs"]["loop"] = bool(s.get("loop"))
     p[_source(p, cond, "positive")]["inputs"]["text"] = s["prompt"]
     p[_source(p, cond, "negative")]["inputs"]["text"] = s["negative"]
     p[cond]["inputs"].update(width=s["width"], height=s["height"], frames=s["frames"], motion=s["motion"])
@@ -346,7 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         "doc: python generate.py --help).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--image", help="start image (the first frame)")
     ap.add_argument("--end-image", help="end image: interpolation between --image and this (512-interp model)")
-    ap.add_argument("--loop", action="store_true", help="a looping video: ends on the start image (512-interp)")
+    ap.add_argument("--loop", action="store_true", help="a looping video: ends on the start image (512-interp); "
+                    f"with --frames over {WINDOW}: the 512 model with context windows that wrap around; with "
+                    "--keyframes: a last segment back to the start image")
+    ap.add_argument("--keyframes", nargs="+", metavar="IMAGE",
+                    help="keyframe chain: --keyframes a.png b.png c.png (the first is the start image) -> 16-frame "
+                         "interpolations between consecutive images sharing their boundary frame, (N-1)*15+1 "
+                         "frames (512-interp)")
     ap.add_argument("--prompt", help="what should move, and how")
     ap.add_argument("--negative", default="", help="negative prompt (the reference uses none)")
     ap.add_argument("--out", help="output file: .mp4 (H.264), .webp or .gif")
@@ -429,6 +470,8 @@ class Request:
     variant: str
     image: Optional[str] = None      # absolute paths (None with --download-only)
     end_image: Optional[str] = None
+    keyframes: List[str] = dataclasses.field(default_factory=list)   # after the start image
+    loop: bool = False
     out_path: Optional[str] = None
     fmt: Optional[str] = None
 
@@ -443,8 +486,35 @@ def read_request(args) -> Request:
         args.image = args.image or EXAMPLE_START
         args.prompt = args.prompt or EXAMPLE_PROMPT
         args.out = args.out or "demo.mp4"
-    kind = "loop" if args.loop else "interpolation" if args.end_image else "image_to_video"
-    req = Request(kind, args.variant or ("512-interp" if kind != "image_to_video" else "512"))
+    if args.keyframes:
+        if len(args.keyframes) < 2:
+            raise UserError(f"--keyframes: expected at least 2 images, found {len(args.keyframes)}; give the start "
+                            "image and at least one more")
+        if args.image or args.end_image:
+            raise UserError("--keyframes: the first keyframe is the start image; leave out --image / --end-image")
+        args.image = args.keyframes[0]
+    if args.frames is not None and not 2 <= args.frames <= MAX_FRAMES:
+        raise UserError(f"--frames: expected 2 to {MAX_FRAMES}, found {args.frames}; use {WINDOW} (the trained "
+                        "length) or more for a long video in context windows")
+    long = args.frames is not None and args.frames > WINDOW
+    if args.keyframes:
+        kind = "keyframes"
+    elif args.loop:
+        kind = "long_loop" if long else "loop"
+    elif args.end_image:
+        if long:
+            raise UserError(f"--end-image with --frames {args.frames}: interpolation covers at most {WINDOW} frames; "
+                            "use --keyframes for longer interpolation")
+        kind = "interpolation"
+    else:
+        kind = "long_video" if long else "image_to_video"
+    if args.variant == "tooncrafter":                                    # its own workflow: the ToonCrafter decode
+        if kind not in ("interpolation",) and not (args.download_only and kind == "image_to_video"):
+            raise UserError("--variant tooncrafter interpolates between two frames: give --image and --end-image "
+                            "(no --loop, --keyframes or --frames over 16)")
+        kind = "tooncrafter"
+    req = Request(kind, args.variant or ("512-interp" if kind in ("loop", "interpolation", "keyframes") else "512"),
+                  loop=bool(args.loop))
     if args.download_only:
         return req
     missing = [f"--{n}" for n in ("image", "prompt", "out") if getattr(args, n) is None]
@@ -455,6 +525,7 @@ def read_request(args) -> Request:
         raise UserError(f"--ckpt: {os.path.abspath(os.path.expanduser(args.ckpt))} is not a file (give a file "
                         "name from the model folders or the path of a checkpoint)")
     req.image = check_image(args.image, "--image")
+    req.keyframes = [check_image(k, "--keyframes") for k in (args.keyframes or [])[1:]]
     if args.end_image:
         req.end_image = check_image(args.end_image, "--end-image")
     req.out_path, req.fmt = check_output(labelled_output(args.out, args.tiny))
@@ -552,6 +623,10 @@ def run_settings(args, req: Request, ckpt_path: str, tiny: bool) -> dict:
     s.update(ckpt_name=os.path.basename(ckpt_path), variant=req.variant, prompt=args.prompt, negative=args.negative,
              seed=args.seed, cfg=args.cfg, cfg_image=args.cfg_image, eta=args.eta, fps=args.fps, crf=args.crf,
              format=req.fmt)
+    if req.kind == "keyframes":  # the chain sets the length: (N-1)*15+1, closed N*15
+        n = 1 + len(req.keyframes)
+        s["frames"] = n * (WINDOW - 1) if req.loop else (n - 1) * (WINDOW - 1) + 1
+        s["loop"] = req.loop
     return s
 
 
@@ -562,6 +637,9 @@ def build_prompt(req: Request, settings: dict, input_dir: str) -> dict:
     if req.end_image:
         settings["end_image"] = "end" + os.path.splitext(req.end_image)[1].lower()
         shutil.copyfile(req.end_image, os.path.join(input_dir, settings["end_image"]))
+    for i, k in enumerate(req.keyframes):
+        settings.setdefault("keyframes", []).append(f"keyframe{i + 2}" + os.path.splitext(k)[1].lower())
+        shutil.copyfile(k, os.path.join(input_dir, settings["keyframes"][-1]))
     return apply_settings(load_workflow(req.kind), settings)
 
 

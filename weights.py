@@ -49,6 +49,8 @@ MODEL_FILES: Dict[str, ModelFile] = {
                             "model.ckpt", "about 10 GB"),
     "1024": ModelFile("1024", "dynamicrafter_1024.ckpt", "Doubiiu/DynamiCrafter_1024", "model.ckpt", "about 10 GB"),
     "256": ModelFile("256", "dynamicrafter_256.ckpt", "Doubiiu/DynamiCrafter", "model.ckpt", "about 10 GB"),
+    "tooncrafter": ModelFile("tooncrafter", "tooncrafter_512_interp.ckpt", "Doubiiu/ToonCrafter", "model.ckpt",
+                             "about 10 GB"),
 }
 
 

@@ -30,16 +30,17 @@ from .variants import SMALL_CONFIGS, VARIANTS, get_variant, variant_names
 FAMILIES = ("256", "512-family", "tooncrafter")
 FAMILY_VARIANTS: Dict[str, Tuple[str, ...]] = {
     "256": ("256",),
-    "512-family": ("512", "1024", "512-interp"),
-    # ToonCrafter's UNet is the 512 architecture run in interpolation mode (its inference config, loop/interp).
-    "tooncrafter": ("512-interp",),
+    # a pruned ToonCrafter UNet file (no VAE keys) has the 512 layout: chosen by metadata, argument or filename
+    "512-family": ("512", "1024", "512-interp", "tooncrafter"),
+    # ToonCrafter: the 512 UNet architecture run in interpolation mode, with its own variant (defaults, VAE).
+    "tooncrafter": ("tooncrafter",),
 }
-_FAMILY_DEFAULT = {"256": "256", "512-family": "512", "tooncrafter": "512-interp"}
+_FAMILY_DEFAULT = {"256": "256", "512-family": "512", "tooncrafter": "tooncrafter"}
 
 
 def family_of(variant: str) -> str:
-    """The family written in metadata for a registry variant ("256" or "512-family")."""
-    return "256" if variant == "256" else "512-family"
+    """The family written in metadata for a registry variant ("256", "512-family" or "tooncrafter")."""
+    return variant if variant in ("256", "tooncrafter") else "512-family"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -60,7 +61,9 @@ def _hint_from_name(name: str) -> List[str]:
     stem = os.path.splitext(name)[0].lower()
     tokens = [t for t in re.split(r"[^a-z0-9]+", stem) if t]
     hits = []
-    if any(("interp" in t) or ("loop" in t) or ("toon" in t) for t in tokens):
+    if any("toon" in t for t in tokens):
+        hits.append("tooncrafter")
+    elif any(("interp" in t) or ("loop" in t) for t in tokens):
         hits.append("512-interp")
     for size in ("1024", "256"):
         if any(t == size or re.fullmatch(rf"[a-z]*{size}[a-z]*", t) for t in tokens):
@@ -179,7 +182,7 @@ def _decide(parts: Dict[str, Dict[str, str]], flat: Mapping[str, Any], metadata:
         chosen, by = allowed[0], "keys"
         why = f"variant '{chosen}' from the keys"
         if family == "tooncrafter":
-            why += " (ToonCrafter runs as the 512 interpolation model)"
+            why += " (the 512 interpolation UNet with ToonCrafter's dual-reference VAE decoder)"
     elif meta_variant is not None:
         chosen, by = meta_variant, "metadata"
         why = f"variant '{chosen}' from the file's metadata '{META_VARIANT}' (written by the converter)"

@@ -19,7 +19,7 @@ from .errors import DynamiCrafterInputError
 # Ranges of the numbers a run takes, host-free: the nodes declare their widgets with them and generate.py checks
 # its arguments against them before a host starts.
 RANGES = {
-    "width": (0, 8192), "height": (0, 8192), "frames": (2, 64), "motion": (0, 60), "steps": (1, 1000),
+    "width": (0, 8192), "height": (0, 8192), "frames": (2, 256), "motion": (0, 60), "steps": (1, 1000),
     "cfg": (0.0, 30.0), "eta": (0.0, 1.0), "guidance_rescale": (0.0, 1.0), "fps": (1.0, 120.0), "crf": (0, 51),
 }
 MAX_PIXELS_ENV = "DYNAMICRAFTER_MAX_IMAGE_PIXELS"

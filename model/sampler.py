@@ -8,6 +8,13 @@ returns NaN: ``1 - a_prev - sigma^2`` is clamped at 0, and "uniform_trailing" ne
 `schedule.ddim_timesteps`). The guidance branches run as ONE batched denoiser call per step instead of the
 reference's separate calls (same math; batching changes float32 results only at the 1e-6 level).
 
+Context windows (``windows=WindowSpec``, model/windows.py) for videos longer than the trained length: every step,
+each window's guidance branches are evaluated (``max_windows_per_call`` windows per denoiser call), each branch's
+output is fused over the full length with the plan's per-frame weights, and guidance + guidance rescale then act on
+the fused full-length outputs (the rescale's std is the whole video's, as in ComfyUI's context windows, which run
+inside ``calc_cond_batch`` before the guider combines the conds). A plan of one window over all frames (T <= W) is
+exactly the unwindowed sampler.
+
 RNG consumption matches the reference: after the denoiser call of every step, including eta = 0, one
 ``torch.randn(x.shape)`` float32 draw on ``x.device`` (from ``generator`` or, when it is None, the global RNG as the
 reference's `noise_like`). Given the same RNG state before sampling, the same noise is drawn. Passing ``noise``
@@ -27,11 +34,12 @@ from .log import logger
 from .schedule import (
     check_parameterization, ddim_schedule, model_buffers, pred_x0_eps_from_eps, pred_x0_eps_from_v,
 )
+from .windows import WindowPlan, WindowSpec, freenoise_noise
 
 BRANCHES = ("cond", "uc", "uc_img")
 MODES = ("multi", "single")
 
-Denoise = Callable[[torch.Tensor, torch.Tensor, Tuple[str, ...]], torch.Tensor]
+Denoise = Callable[..., torch.Tensor]  # (x, t, branches) or, windowed, (x, t, branches, windows)
 
 
 def guidance_branches(mode: str, cfg_text: float) -> Tuple[str, ...]:
@@ -81,6 +89,41 @@ def _step_noise(noise, k: int, n: int, like: torch.Tensor) -> torch.Tensor:
     return nz.to(device=like.device, dtype=like.dtype)
 
 
+def _check_out(out, shape) -> None:
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(shape):
+        raise DynamiCrafterInputError("DDIM denoise output", f"a tensor of shape {tuple(shape)}",
+                                      repr(getattr(out, "shape", type(out))),
+                                      "return the raw model output for every (branch, batch) row")
+
+
+def windowed_outputs(denoise: Denoise, x: torch.Tensor, t: int, branches: Tuple[str, ...], plan: WindowPlan,
+                     per_call: int) -> Dict[str, torch.Tensor]:
+    """Each branch's raw output over all frames of x [B, C, T, ...], fused from the plan's windows (frames dim 2).
+
+    Per call, ``per_call`` windows (0 = all) go to ``denoise(x_in, t_in, branches, windows)`` with x_in
+    [K*n*B, C, W, ...] ordered branch-major, then window, then batch; ``windows`` is the n index lists, so the
+    denoiser slices (or builds) each window's conditioning. Returns {branch: [B, C, T, ...]} in x's dtype."""
+    B, K = x.shape[0], len(branches)
+    fused = {b: torch.zeros_like(x) for b in branches}
+    n_all = len(plan.windows)
+    per_call = n_all if per_call <= 0 else per_call
+    for c0 in range(0, n_all, per_call):
+        chunk = plan.windows[c0:c0 + per_call]
+        idx = [torch.tensor(w, device=x.device) for w in chunk]
+        xw = torch.cat([x.index_select(2, i) for i in idx])                # [(n B), C, W, ...] window-major
+        x_in = xw.repeat((K,) + (1,) * (x.ndim - 1))                        # [(K n B), C, W, ...] branch-major
+        t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=x.device)
+        out = denoise(x_in, t_in, branches, chunk)
+        _check_out(out, x_in.shape)
+        out = out.to(x.dtype)
+        for kb, b in enumerate(branches):
+            for j, i in enumerate(idx):
+                rows = out[(kb * len(chunk) + j) * B:(kb * len(chunk) + j + 1) * B]      # [B, C, W, ...]
+                w = plan.weights[c0 + j].to(x.dtype).to(x.device).reshape((1, 1, -1) + (1,) * (x.ndim - 3))
+                fused[b].index_add_(2, i, rows * w)
+    return fused
+
+
 def _scalar(value, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(value), dtype=like.dtype, device=like.device)
 
@@ -102,6 +145,8 @@ def ddim_sample(
     generator: Optional[torch.Generator] = None,
     callback: Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]] = None,
     return_trajectory: bool = False,
+    windows: Optional[WindowSpec] = None,
+    freenoise_seed: int = 0,
 ):
     """Reference DynamiCrafter DDIM (fixtures README section 4) from ``x_T`` over ``denoise(x, t, branches)``.
 
@@ -110,6 +155,10 @@ def ddim_sample(
     Math runs in float32 (float64 if x_T is float64). Returns the final latent, or ``(final, trajectory)`` where
     trajectory is a list of per-step dicts {t, index, x_prev, pred_x0 (after dynamic rescale), model_output
     (guided)}. ``callback(step_index, total, x_prev, pred_x0)`` runs after each step and may raise to cancel.
+
+    ``windows``: context windows over the frames (dim 2) when T exceeds the window (module docstring;
+    ``windowed_outputs`` for the denoiser's call). ``windows.freenoise`` reschedules x_T's noise (FreeNoise,
+    ``windows.freenoise_noise``) with ``freenoise_seed`` before sampling.
     """
     param = check_parameterization(cfg)
     if not isinstance(x_T, torch.Tensor) or x_T.ndim < 2 or not x_T.is_floating_point():
@@ -138,6 +187,13 @@ def ddim_sample(
     if generator is not None and noise is None and torch.device(generator.device).type != x.device.type:
         raise DynamiCrafterInputError("DDIM generator", f"a torch.Generator on {x.device.type}",
                                       f"one on {generator.device}", "create the generator on the latent's device")
+    if windows is not None:
+        if x.ndim < 4:
+            raise DynamiCrafterInputError("DDIM x_T with context windows", "a video latent [B, C, T, H, W]",
+                                          f"shape {tuple(x.shape)}", "pass frames on dim 2 or no windows")
+        windows.check(x.shape[2])
+        if windows.freenoise and x.shape[2] > windows.length:
+            x = freenoise_noise(x, windows.length, windows.overlap, freenoise_seed, dim=2)
     B = x.shape[0]
     K = len(branches)
     rep = (K,) + (1,) * (x.ndim - 1)
@@ -152,14 +208,15 @@ def ddim_sample(
         index = n - 1 - k
         t = int(ts[index])
 
-        x_in = x.repeat(*rep)  # branch-major: all B rows of branch 0, then branch 1, ...
-        t_in = torch.full((K * B,), t, dtype=torch.long, device=x.device)
-        out = denoise(x_in, t_in, branches)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x_in.shape):
-            raise DynamiCrafterInputError("DDIM denoise output", f"a tensor of shape {tuple(x_in.shape)}",
-                                          repr(getattr(out, "shape", type(out))),
-                                          "return the raw model output for every (branch, batch) row")
-        parts = dict(zip(branches, out.to(work).chunk(K, dim=0)))
+        plan = windows.plan(x.shape[2], step=k) if windows is not None else None
+        if plan is None or plan.single:
+            x_in = x.repeat(*rep)  # branch-major: all B rows of branch 0, then branch 1, ...
+            t_in = torch.full((K * B,), t, dtype=torch.long, device=x.device)
+            out = denoise(x_in, t_in, branches)
+            _check_out(out, x_in.shape)
+            parts = dict(zip(branches, out.to(work).chunk(K, dim=0)))
+        else:
+            parts = windowed_outputs(denoise, x, t, branches, plan, windows.max_windows_per_call)
         model_output = combine_guidance(parts, cfg_text, cfg_image)
         if guided and guidance_rescale > 0:
             model_output = rescale_guidance(model_output, parts["cond"], guidance_rescale)

@@ -94,6 +94,17 @@ def vae_shapes() -> Dict[str, tuple]:
     return {"first_stage_model." + k: tuple(t.shape) for k, t in vae.state_dict().items()}
 
 
+def dualref_extra_shapes() -> Dict[str, tuple]:
+    """The 148 keys ToonCrafter's first stage has beyond the SD VAE (model/tooncrafter.py, built on meta)."""
+    from .tooncrafter import DualRefAutoencoderKL
+
+    with torch.device("meta"):
+        vae = DualRefAutoencoderKL()
+    shapes = {"first_stage_model." + k: tuple(t.shape) for k, t in vae.state_dict().items()}
+    plain = vae_shapes()
+    return {k: s for k, s in shapes.items() if k not in plain}
+
+
 def unet_and_p(variant: str, seed: int, config: str = "tiny") -> Dict[str, torch.Tensor]:
     """The UNet and P of ``variant`` in the small ``config`` under the checkpoint prefixes, every tensor re-drawn
     (no zero-init path)."""
@@ -111,11 +122,14 @@ def unet_and_p(variant: str, seed: int, config: str = "tiny") -> Dict[str, torch
 
 
 def full_checkpoint(variant: str = "512", seed: int = 10) -> Dict[str, torch.Tensor]:
-    """One runnable tiny file: UNet + P, text and image towers, real-size fp16 VAE."""
+    """One runnable tiny file: UNet + P, text and image towers, real-size fp16 VAE (for ``tooncrafter``: the real-size
+    dual-reference first stage, 396 keys)."""
     sd = unet_and_p(variant, seed=seed)
     sd.update(random_tensors(text_tower_shapes(), seed=seed + 1))
     sd.update(random_tensors(vision_tower_shapes(), seed=seed + 2))
     sd.update(random_tensors(vae_shapes(), seed=seed + 3, dtype=torch.float16))
+    if variant == "tooncrafter":
+        sd.update(random_tensors(dualref_extra_shapes(), seed=seed + 4, dtype=torch.float16))
     return sd
 
 

@@ -121,12 +121,13 @@ class Upsample(nn.Module):
 
 
 class _Mid(nn.Module):
-    def __init__(self, ops, ch, dropout, dtype=None, device=None):
+    def __init__(self, ops, ch, dropout, dtype=None, device=None, block=None):
         super().__init__()
         kw = dict(dtype=dtype, device=device)
-        self.block_1 = ResnetBlock(ops, ch, ch, dropout, **kw)
+        block = block or ResnetBlock
+        self.block_1 = block(ops, ch, ch, dropout, **kw)
         self.attn_1 = AttnBlock(ops, ch, **kw)
-        self.block_2 = ResnetBlock(ops, ch, ch, dropout, **kw)
+        self.block_2 = block(ops, ch, ch, dropout, **kw)
 
     def forward(self, x):
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -153,30 +154,38 @@ class Encoder(nn.Module):
         self.norm_out = _norm(ops, cin, **kw)
         self.conv_out = ops.Conv2d(cin, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, padding=1, **kw)
 
-    def forward(self, x):                                                  # [n, 3, H, W] -> [n, 2z, H/8, W/8]
-        h = self.conv_in(x)
+    def forward(self, x, hidden: Optional[list] = None):                   # [n, 3, H, W] -> [n, 2z, H/8, W/8]
+        """``hidden``: if a list, receives each level's last block output (before its downsample), then the
+        ``conv_in`` output (the per-level features ToonCrafter's decoder attends to)."""
+        h = first = self.conv_in(x)
         for stage in self.down:
             for block in stage.block:
                 h = block(h)
+            if hidden is not None:
+                hidden.append(h)
             if hasattr(stage, "downsample"):
                 h = stage.downsample(h)
+        if hidden is not None:
+            hidden.append(first)
         h = self.mid(h)
         return self.conv_out(_silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
+    block_cls = ResnetBlock                                                # subclasses swap in video blocks
+
     def __init__(self, cfg: VAEConfig, ops, dtype=None, device=None):
         super().__init__()
         kw = dict(dtype=dtype, device=device)
         cin = cfg.ch * cfg.ch_mult[-1]
         self.conv_in = ops.Conv2d(cfg.z_channels, cin, 3, padding=1, **kw)
-        self.mid = _Mid(ops, cin, cfg.dropout, **kw)
+        self.mid = _Mid(ops, cin, cfg.dropout, block=self.block_cls, **kw)
         stages = []
         for level in reversed(range(len(cfg.ch_mult))):                    # stored as up[level], run top-down
             stage = nn.Module()
             stage.block = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                stage.block.append(ResnetBlock(ops, cin, cfg.ch * cfg.ch_mult[level], cfg.dropout, **kw))
+                stage.block.append(self.block_cls(ops, cin, cfg.ch * cfg.ch_mult[level], cfg.dropout, **kw))
                 cin = cfg.ch * cfg.ch_mult[level]
             stage.attn = nn.ModuleList()
             if level != 0:
@@ -219,6 +228,8 @@ class AutoencoderKL(nn.Module):
     ``dtype`` is the weight dtype and the compute dtype; inputs are cast to it and outputs returned in it.
     """
 
+    decoder_cls = Decoder                                                  # model/tooncrafter.py: the video decoder
+
     def __init__(self, cfg: VAEConfig = VAEConfig(), dtype: Optional[torch.dtype] = None, device=None,
                  operations=None):
         super().__init__()
@@ -227,7 +238,7 @@ class AutoencoderKL(nn.Module):
         self.cfg = cfg
         self.dtype = dtype or torch.float32
         self.encoder = Encoder(cfg, ops, **kw)
-        self.decoder = Decoder(cfg, ops, **kw)
+        self.decoder = self.decoder_cls(cfg, ops, **kw)
         zc = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
         self.quant_conv = ops.Conv2d(zc, 2 * cfg.embed_dim, 1, **kw)
         self.post_quant_conv = ops.Conv2d(cfg.embed_dim, cfg.z_channels, 1, **kw)

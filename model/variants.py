@@ -50,6 +50,15 @@ VARIANTS: Dict[str, Variant] = {
         height=320, width=512, motion_input="fps", default_motion=5, motion_range=(1, 30), interp=True,
         description="DynamiCrafter 320x512 interpolation/loop (start + end frame); run.sh passes 5, training used 10",
     ),
+    # ToonCrafter (reference scripts/run.sh): the 512-interp UNet trained on cartoons + the dual-reference VAE
+    # (model/tooncrafter.py); frame stride 10, recommended 5-30 (smaller: more motion); cfg 7.5 on text only.
+    "tooncrafter": Variant(
+        name="tooncrafter", unet=_UNET_512, resampler=_P, schedule=_SCHED_V,
+        height=320, width=512, motion_input="fps", default_motion=10, motion_range=(5, 30), interp=True,
+        description="ToonCrafter 320x512 cartoon interpolation (start + end frame), dual-reference VAE decoder",
+        extra={"steps": 50, "eta": 1.0, "cfg_text": 7.5, "cfg_image": None, "first_stage": "dualref",
+               "decode_chunk": 16, "perframe_ae": True},
+    ),
 }
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from .conditioning import DCN_Conditioning
 from .encode import DCN_ImageEncode
 from .loader import DCN_Loader
 from .sampler_nodes import NODES as _SAMPLER_NODES
+from .toon import DISPLAY_NAMES as _TOON_NAMES, NODES as _TOON_NODES
 from .video import DCN_SaveVideo
 
 compat.register_model_folder()
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "DCN_ImageEncode": DCN_ImageEncode,
     "DCN_Conditioning": DCN_Conditioning,
     **_SAMPLER_NODES,
+    **_TOON_NODES,
     "DCN_SaveVideo": DCN_SaveVideo,
 }
 
@@ -25,8 +27,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DCN_ImageEncode": "DynamiCrafter Image Encode",
     "DCN_Conditioning": "DynamiCrafter Conditioning",
     "DCN_Sampler": "DynamiCrafter Sampler (reference DDIM)",
+    "DCN_Windows": "DynamiCrafter Context Windows",
     "DCN_Sigmas": "DynamiCrafter DDIM Sigmas",
     "DCN_Guider": "DynamiCrafter Guider (dual CFG)",
     "DCN_SaveVideo": "DynamiCrafter Save Video",
+    **_TOON_NAMES,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: v for k, v in NODE_DISPLAY_NAME_MAPPINGS.items() if k in NODE_CLASS_MAPPINGS}

@@ -21,12 +21,13 @@ from ..model.config import Variant
 from ..model.errors import DynamiCrafterInputError
 from ..model.limits import RANGES, available_memory, check_run_memory, estimate_run_bytes
 from ..model.log import logger
+from ..model.windows import MAX_FRAMES as WINDOW_MAX_FRAMES, chain_frames, keyframe_concat
 from .encode import to_rgb
 from .native import COND_KEY, KNOWN_TEXT_ENCODERS
 from .widgets import widget_problem
 
 MAX_SIZE = RANGES["width"][1]
-MAX_FRAMES = RANGES["frames"][1]
+MAX_FRAMES = WINDOW_MAX_FRAMES
 
 
 def size_multiple(variant: Variant) -> int:
@@ -124,14 +125,15 @@ def check_run_fits(variant: Variant, width: int, height: int, frames: int) -> No
 
 
 def build_conditioning(positive, negative, image_embeds, vae, start_image, width: int, height: int, frames: int,
-                       motion: int, loop: bool, end_image=None):
+                       motion: int, loop: bool, end_image=None, keyframes=None):
     """-> (positive, image_only, negative, latent, notes). See the module docstring."""
     if not isinstance(image_embeds, dict) or "cond" not in image_embeds:
         raise DynamiCrafterInputError("image_embeds", "the output of DCN_ImageEncode", repr(type(image_embeds)),
                                       "connect DCN_ImageEncode")
     variant: Variant = image_embeds["variant"]
-    if frames < 2:
-        raise DynamiCrafterInputError("frames", "at least 2", str(frames), "use 16 (the trained length)")
+    if frames < 2 or frames > MAX_FRAMES:
+        raise DynamiCrafterInputError("frames", f"2 to {MAX_FRAMES}", str(frames), "use 16 (the trained length) or "
+                                      "more with context windows")
     tokens, tokens_uc = image_embeds["cond"], image_embeds["uncond"]
     width_d = tokens.shape[-1]
     _check_text(positive, "positive", width_d)
@@ -156,25 +158,72 @@ def build_conditioning(positive, negative, image_embeds, vae, start_image, width
         if end is not None:
             notes.append("loop is on: the end image is ignored, the video ends on the start image")
         end = start
+    window = variant.resampler.video_length
+    kf = None
+    if keyframes is not None:
+        kf, n = to_rgb(keyframes, "keyframes")
+        notes += n
+        if end is not None and not loop:
+            notes.append("keyframes are connected: the end image is ignored (the chain ends on the last keyframe)")
+        end = None
+        count = 1 + kf.shape[0]
+        chained = chain_frames(count, window, loop)
+        if frames != chained:
+            notes.append(f"{count} keyframes ({'closed loop, ' if loop else ''}{window}-frame segments sharing their "
+                         f"boundary frame): {chained} frames (the frames widget's {frames} is not used)")
+        frames = chained
+        if frames > MAX_FRAMES:
+            raise DynamiCrafterInputError("keyframes", f"a chain of at most {MAX_FRAMES} frames "
+                                          f"({(MAX_FRAMES - 1) // (window - 1) + 1} keyframes)",
+                                          f"{count} keyframes = {frames} frames", "use fewer keyframes")
+        if not variant.interp:
+            notes.append(f"keyframe chain with the {variant.name} model (trained for image-to-video); the 512-interp "
+                         "model is made for it")
+    elif loop and frames > window:
+        if variant.interp:
+            raise DynamiCrafterInputError(
+                "loop", f"at most {window} frames with the {variant.name} model's start/end loop",
+                f"{frames} frames", "connect keyframes (a closed chain) or use the 512 image-to-video model, whose "
+                "long loops wrap the context windows around")
+        end = None
+        notes.append(f"loop over {frames} frames: the start image conditions every frame and the context windows "
+                     "wrap around (the last frame leads into the first)")
     if end is not None and not variant.interp:
         notes.append(f"interpolation/loop with the {variant.name} model (trained for image-to-video); the "
                      "512-interp model is made for it")
-    if frames != variant.resampler.video_length:
-        notes.append(f"{frames} frames: the image tokens are made for {variant.resampler.video_length} frames and are "
-                     "shared by all frames (as the reference does)")
+    if frames > window:
+        notes.append(f"{frames} frames: DCN_Sampler samples them in {window}-frame context windows (DCN_Windows sets "
+                     f"them), as does the host's Context Windows (Manual) node; other samplers run all frames in one "
+                     f"pass with the image tokens made for {window} frames shared (off the trained setting)")
+    elif frames != window:
+        notes.append(f"{frames} frames: the image tokens are made for {window} frames and are shared by all frames "
+                     "(as the reference does)")
     start_fit, n = fit_image(start, width, height)
     if n:
         notes.append(n)
     lat = _vae_latent(vae, start_fit)                                      # [1, 4, h, w]
-    last = None
-    if end is not None:
-        last = lat if loop else _vae_latent(vae, fit_image(end, width, height)[0])   # [1, 4, h, w]
-    concat = concat_latent(lat, frames, last)[0].transpose(0, 1).contiguous()      # [T, 4, h, w]
+    if kf is not None:
+        kf_fit = []
+        for i in range(kf.shape[0]):
+            fit, n = fit_image(kf[i:i + 1], width, height)
+            if n:
+                notes.append(f"keyframe {i + 2}: {n}")
+            kf_fit.append(fit)
+        latents = torch.cat([lat] + [_vae_latent(vae, f) for f in kf_fit])  # [N, 4, h, w]
+        concat = keyframe_concat(latents, window, loop)                    # [T, 4, h, w]
+    else:
+        last = None
+        if end is not None:
+            last = lat if loop else _vae_latent(vae, fit_image(end, width, height)[0])   # [1, 4, h, w]
+        concat = concat_latent(lat, frames, last)[0].transpose(0, 1).contiguous()      # [T, 4, h, w]
     fs = motion if motion > 0 else variant.default_motion
     lo, hi = variant.motion_range
     if not lo <= fs <= hi:
         notes.append(f"{variant.motion_input} {fs} is outside the trained range {lo}-{hi} of the {variant.name} model")
-    base = {"concat_latent": concat, "fs": int(fs), "frames": int(frames), "variant": variant.name}
+    base = {"concat_latent": concat, "fs": int(fs), "frames": int(frames), "variant": variant.name,
+            "concat_kind": "chain" if kf is not None else ("pair" if end is not None else "image"),
+            "keyframes": 0 if kf is None else 1 + kf.shape[0], "loop_windows": bool(loop) and (
+                kf is not None or frames > window), "window": window}
     pos = _with(positive, dict(base, image_tokens=tokens))
     img_only = _with(negative, dict(base, image_tokens=tokens))
     neg = _with(negative, dict(base, image_tokens=tokens_uc))
@@ -204,17 +253,26 @@ class DCN_Conditioning:
                 "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIZE, "step": 16,
                                    "tooltip": "Video height in px; 0 = the model's own (320, 576 or 256)."}),
                 "frames": ("INT", {"default": 16, "min": 2, "max": MAX_FRAMES, "step": 1,
-                                   "tooltip": "Number of frames (the models are trained on 16)."}),
+                                   "tooltip": "Number of frames. The models are trained on 16; longer videos are "
+                                              "sampled in 16-frame context windows (DCN_Sampler, DCN_Windows). "
+                                              "With keyframes the chain sets the count."}),
                 "motion": ("INT", {"default": 0, "min": 0, "max": 60, "step": 1,
                                    "tooltip": "fps (512/1024 models) or frame stride (256 model); 0 = the model's "
                                               "default (24, 10, 3; 5 for 512-interp)."}),
                 "loop": ("BOOLEAN", {"default": False,
                                      "tooltip": "Loop: the last frame is the start image again (interpolation "
-                                                "model); the end image is then ignored."}),
+                                                "model); the end image is then ignored. Over 16 frames (512 model) "
+                                                "the windows wrap around instead; with keyframes the chain closes "
+                                                "back to the start image."}),
             },
             "optional": {
                 "end_image": ("IMAGE", {"tooltip": "Optional last frame for interpolation (same size as the start "
                                                    "image)."}),
+                "keyframes": ("IMAGE", {"tooltip": "Optional keyframes after the start image (an IMAGE batch): a "
+                                                   "chain of 16-frame interpolations sharing their boundary frames, "
+                                                   "(N-1)*15+1 frames for N images; with loop, a last segment back "
+                                                   "to the start image (N*15 frames). Each is centre-cropped and "
+                                                   "resized to width x height. Use the 512-interp model."}),
             },
         }
 
@@ -239,8 +297,9 @@ class DCN_Conditioning:
         return problem
 
     def condition(self, positive, negative, image_embeds, vae, start_image, width, height, frames, motion, loop,
-                  end_image=None):
+                  end_image=None, keyframes=None):
         pos, img_only, neg, latent, notes = build_conditioning(positive, negative, image_embeds, vae, start_image,
-                                                               width, height, frames, motion, loop, end_image)
+                                                               width, height, frames, motion, loop, end_image,
+                                                               keyframes)
         result = (pos, img_only, neg, latent)
         return {"ui": {"text": notes}, "result": result} if notes else result

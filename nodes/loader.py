@@ -35,12 +35,14 @@ from ..model.detect import detect_variant, file_variant, validate_checkpoint
 from ..model.dtypes import FP8_DTYPES, compute_dtype_names, dtype_from_name
 from ..model.errors import DynamiCrafterInputError
 from ..model.fileio import atomic_file
+from ..model.formats import is_tooncrafter
 from ..model.guards import check_state_dict_finite
 from ..model.log import logger
 from ..model.resampler import Resampler
 from ..model.variants import variant_names
 from . import compat
 from .native import build_model
+from .toon import toon_vae_from_state_dict
 
 WEIGHT_DTYPES = ["default"] + compute_dtype_names() + list(FP8_DTYPES)
 # Attention heads per width of the known OpenCLIP / OpenAI towers (heads are not visible in tensor shapes).
@@ -253,13 +255,19 @@ def load_checkpoint(path: str, variant: str = "auto", weight_dtype: str = "defau
     projector = ImageProjector(v, proj_sd)
     clip = build_text_encoder(text) if text else None
     clip_vision = build_clip_vision(vision) if vision else None
-    vae = comfy.sd.VAE(sd=vae_sd) if vae_sd else None
+    toon = bool(vae_sd) and is_tooncrafter(vae_sd)
+    if toon:
+        vae = toon_vae_from_state_dict(vae_sd, f"ToonCrafter VAE in {name}")
+    else:
+        vae = comfy.sd.VAE(sd=vae_sd) if vae_sd else None
     parts = [p for p, o in (("CLIP", clip), ("CLIP_VISION", clip_vision), ("VAE", vae)) if o is not None]
     missing = [p for p, o in (("CLIP", clip), ("CLIP_VISION", clip_vision), ("VAE", vae)) if o is None]
     info = (f"{name}: DynamiCrafter {v.name} ({v.description}); {det.reason}."
             + (f" Also loaded from the file: {', '.join(parts)}." if parts else "")
             + (f" Not in the file (outputs are empty; use the host's loaders): {', '.join(missing)}."
-               if missing else ""))
+               if missing else "")
+            + (" VAE: ToonCrafter's first stage; decode with DCN_ToonDecode (VAEDecode would run the plain SD "
+               "decoder without the start/end references)." if toon else ""))
     logger.info("%s", info)
     return Loaded(model, projector, clip, clip_vision, vae, info)
 

@@ -23,6 +23,7 @@ from ..model.guards import NonFiniteError, describe_nonfinite, is_finite_tensor
 from ..model.log import logger
 from ..model.unet import UNetModel
 from . import compat
+from .windows import LAYOUT_KEY, FrameConcat, Layout, apply_window, install, layout_of
 
 # Key of the pack's entry in a CONDITIONING dict (set by the conditioning node, read by extra_conds).
 COND_KEY = "dcn_video"
@@ -66,7 +67,7 @@ class DynamiCrafterUNet(UNetModel):
         return out
 
     def _forward(self, x, timesteps, context=None, control=None, transformer_options={}, dcn_image_tokens=None,
-                 dcn_fs=None, dcn_frames=None, **kwargs):
+                 dcn_fs=None, dcn_frames=None, dcn_layout=None, **kwargs):
         n, c, h, w = x.shape                                                # frames as batch: [(b t), 8, h, w]
         t = int(dcn_frames) if dcn_frames is not None else n
         if n % t:
@@ -138,6 +139,11 @@ class DynamiCrafterModel(comfy.model_base.BaseModel):
     def get_dtype(self):
         return self.diffusion_model.weight_dtype
 
+    def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        """The host's apply_model; under the host's context windows, the window's concat rows and frame count."""
+        c_concat, kwargs = apply_window(x, c_concat, transformer_options, kwargs)
+        return super().apply_model(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
     def extra_conds(self, **kwargs):
         noise = kwargs.get("noise")
         info = kwargs.get(COND_KEY)
@@ -175,11 +181,12 @@ class DynamiCrafterModel(comfy.model_base.BaseModel):
             logger.warning("DynamiCrafter reads the first 77 text tokens; the prompt's other %d tokens are ignored",
                            cross_attn.shape[1] - TEXT_TOKENS)
         out = {
-            "c_concat": comfy.conds.CONDNoiseShape(self.process_latent_in(concat)),
+            "c_concat": FrameConcat(self.process_latent_in(concat)),
             "c_crossattn": comfy.conds.CONDCrossAttn(cross_attn[:, :TEXT_TOKENS]),
             "dcn_image_tokens": comfy.conds.CONDRegular(info["image_tokens"]),
             "dcn_fs": comfy.conds.CONDConstant(int(info["fs"])),
             "dcn_frames": comfy.conds.CONDConstant(int(frames)),
+            LAYOUT_KEY: Layout(layout_of(info, frames)),
         }
         return out
 
@@ -209,4 +216,6 @@ def build_model(variant: Variant, state_dict, weight_dtype: Optional[torch.dtype
             p.data = p.data.to(manual_cast or weight_dtype)
     logger.info("DynamiCrafter %s: weights %s, compute %s, load device %s", variant.name, weight_dtype,
                 manual_cast or weight_dtype, load_device)
-    return compat.model_patcher_class()(model, load_device=load_device, offload_device=offload_device)
+    patcher = compat.model_patcher_class()(model, load_device=load_device, offload_device=offload_device)
+    install(patcher)
+    return patcher

@@ -8,6 +8,7 @@ from ..model.sampler import MODES
 from . import compat
 from .sampling import SPACINGS, DynamiCrafterGuider, reference_sigmas, resolve_spacing, sample_exact
 from .widgets import check_numbers, widget_problem
+from .windows import DCN_Windows
 
 _CFG = {"min": RANGES["cfg"][0], "max": RANGES["cfg"][1], "step": 0.1}
 
@@ -56,6 +57,10 @@ class DCN_Sampler:
             "mode": (list(MODES), {"default": "multi", "tooltip": "multi: text + image CFG (three branches); single: "
                                                                  "uc + cfg_text (cond - uc) as the reference's "
                                                                  "default script."}),
+        }, "optional": {
+            "windows": ("DCN_WINDOWS", {"tooltip": "Context windows (DCN_Windows) for videos longer than 16 frames. "
+                                                   "Without it a longer video uses 16-frame windows, overlap 4, "
+                                                   "static, pyramid; keyframe chains always use their segments."}),
         }}
 
     RETURN_TYPES = ("LATENT",)
@@ -75,10 +80,15 @@ class DCN_Sampler:
         return True
 
     def sample(self, model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
-               guidance_rescale, spacing, mode):
+               guidance_rescale, spacing, mode, windows=None):
         check_numbers(type(self), steps=steps, cfg_text=cfg_text, cfg_image=cfg_image, eta=eta,
                       guidance_rescale=guidance_rescale)
         _check_model(model)
+        if (getattr(model, "model_options", None) or {}).get("context_handler") is not None:
+            raise DynamiCrafterInputError(
+                "model", "a MODEL without the host's context windows (DCN_Sampler windows the video itself)",
+                "ContextWindowsManual on the MODEL", "connect DCN_Windows to DCN_Sampler's windows input, or use "
+                "the host's windows with DCN_Guider + DCN_Sigmas + SamplerCustomAdvanced (or KSampler)")
         patches = compat.sampler_loop_patches(model)
         if patches:  # never a silent no-op: its own DDIM loop does not run the host's sampling-loop wrappers
             raise DynamiCrafterInputError(
@@ -86,7 +96,7 @@ class DCN_Sampler:
                 ", ".join(patches), "for EasyCache / LazyCache use DCN_Guider + DCN_Sigmas with SamplerCustomAdvanced")
         _refuse_cfg_patches(model, "DCN_Sampler")
         return (sample_exact(model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
-                             guidance_rescale, spacing, mode),)
+                             guidance_rescale, spacing, mode, windows),)
 
 
 class DCN_Sigmas:
@@ -145,6 +155,6 @@ class DCN_Guider:
         return (g,)
 
 
-NODES = {"DCN_Sampler": DCN_Sampler, "DCN_Sigmas": DCN_Sigmas}
+NODES = {"DCN_Sampler": DCN_Sampler, "DCN_Windows": DCN_Windows, "DCN_Sigmas": DCN_Sigmas}
 if compat.has_cfg_guider():
     NODES["DCN_Guider"] = DCN_Guider

@@ -27,6 +27,8 @@ from ..model.schedule import (
     rescale_at, scale_arr, sigma_to_t, sigma_view, start_noise, v_from_denoised,
 )
 from . import compat, control
+from .native import COND_KEY
+from .windows import LAYOUT_KEY, resolve_windows, window_cond
 
 BRANCH_CONDS = {"cond": "positive", "uc": "negative", "uc_img": "image_only"}
 SPACINGS = ["auto", "uniform_trailing", "uniform"]
@@ -160,14 +162,32 @@ def _cat_conds(per_branch, device):
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in cat.items()}
 
 
+def _window_conds(conds: dict, index_list, frames: int) -> dict:
+    """One branch's processed conds (T rows) for a window: the rows of its frames, the frame count, layout checked."""
+    layout = conds[LAYOUT_KEY].cond if LAYOUT_KEY in conds else ("image", frames, 0, False)
+    idx = list(index_list)
+    out = {}
+    for k, c in conds.items():
+        if k in ("c_concat", "dcn_frames", LAYOUT_KEY):
+            out[k] = window_cond(k, c, idx, layout)
+        elif isinstance(getattr(c, "cond", None), torch.Tensor) and c.cond.shape[0] == frames:
+            out[k] = c._copy_with(c.cond[idx])                             # per-frame rows of text / image tokens
+        else:
+            out[k] = c
+    return out
+
+
 def sample_exact(model, positive, image_only, negative, latent: dict, seed: int, steps: int, cfg_text: float,
-                 cfg_image: float, eta: float, guidance_rescale: float, spacing: str = "auto", mode: str = "multi"):
+                 cfg_image: float, eta: float, guidance_rescale: float, spacing: str = "auto", mode: str = "multi",
+                 windows=None):
     """The reference DDIM (model/'s ``ddim_sample``) with the three conditionings batched into ONE host
     ``apply_model`` call per step, the host's progress bar and previews, and the interrupt check every step.
 
     Initial noise: the host's ``prepare_noise(latent, seed)`` (what KSampler draws for the same seed), as
     [1, 4, T, h, w]. Per-step noise (eta > 0): a CPU generator seeded with ``step_noise_seed(seed)``.
-    Returns a LATENT (host latent scale).
+    ``windows`` (a WindowSpec from DCN_Windows, or None): context windows for videos longer than the trained length
+    (``nodes.windows.resolve_windows``: keyframe chains always run on their segments), each window's conditioning
+    sliced from the full-length one; FreeNoise uses ``seed``. Returns a LATENT (host latent scale).
     """
     base = model.model
     variant = getattr(base, "dc_variant", None)
@@ -185,13 +205,25 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     names = guidance_branches(mode, cfg_text)
     conds = {"positive": positive, "negative": negative, "image_only": image_only}
 
+    info = next((c[1].get(COND_KEY) for c in (positive or []) if isinstance(c[1].get(COND_KEY), dict)), None) or {}
+    spec = resolve_windows(windows, info, frames, variant.resampler.video_length)
+    rows = frames                                                          # frames per UNet call and branch
+    if spec is not None and frames > spec.length:
+        n_win = len(spec.plan(frames).windows)
+        rows = spec.length * min(spec.max_windows_per_call or n_win, n_win)
+
     noise = comfy.sample.prepare_noise(samples, seed)                      # [T, 4, h, w], CPU, host's RNG rule
-    compat.load_models([model], model.memory_required([len(names) * frames, ch, h, w]))
+    compat.load_models([model], model.memory_required([len(names) * rows, ch, h, w]))
     device = model.load_device
     ms = base.model_sampling
     prepared = {n: _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device, BRANCH_CONDS[n], seed)
                 for n in names}
     controls = {n: control.branch_control(compat.convert_cond(conds[BRANCH_CONDS[n]])) for n in names}
+    if spec is not None and frames > spec.length and any(c is not None for c in controls.values()):
+        raise DynamiCrafterInputError(
+            "windows", "no ControlNet on the conditioning while DCN_Sampler windows the video",
+            f"a ControlNet and DCN_Windows ({frames} frames)", "sample without DCN_Windows, or use KSampler / "
+            "SamplerCustom, whose ControlNet residuals the UNet adds")
     control_models = control.prepare(model, controls)
     if control_models:
         compat.load_models(control_models)
@@ -200,20 +232,26 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     wrapper = model.model_options.get("model_function_wrapper")
     sigmas_table = ms.sigmas.to(device)
 
-    def denoise(x, t, branches):
+    def denoise(x, t, branches, wins=None):
         compat.throw_if_interrupted()
         k = len(branches)
         if tuple(branches) != tuple(names):
             raise RuntimeError(f"sampler asked for branches {branches}, prepared {names}")
-        xf = x.permute(0, 2, 1, 3, 4).reshape(k * frames, ch, h, w)       # [(K t), 4, h, w]
-        sigma = sigmas_table[t.to(device)].repeat_interleave(frames)       # [(K t)]
+        n = 1 if wins is None else len(wins)
+        length = x.shape[2]                                                # T, or the window length
+        xf = x.permute(0, 2, 1, 3, 4).reshape(k * n * length, ch, h, w)   # [(K n t), 4, h, w]
+        sigma = sigmas_table[t.to(device)].repeat_interleave(length)       # [(K n t)]
         xk = xf / ms.input_scale(sigma, xf.ndim)                           # host variable; apply_model rescales
         sink = []
-        topts = dict(topts_base, dcn_output_sink=sink, cond_or_uncond=[names.index(b) for b in branches],
-                     sigmas=sigma[:1])
-        c = dict(batched, transformer_options=topts)
-        if control_models:
-            residuals = control.step_control(controls, branches, xk, sigma, batched, frames, topts)
+        topts = dict(topts_base, dcn_output_sink=sink, cond_or_uncond=[names.index(b) for b in branches
+                                                                       for _ in range(n)], sigmas=sigma[:1])
+        if wins is None:
+            cond = batched
+        else:                                                              # rows: branch, window, frame
+            cond = _cat_conds([_window_conds(prepared[b], w, frames) for b in branches for w in wins], device)
+        c = dict(cond, transformer_options=topts)
+        if control_models:  # the ControlNets' residuals for this batch (no windows: refused before sampling)
+            residuals = control.step_control(controls, branches, xk, sigma, cond, frames, topts)
             if residuals is not None:
                 c["control"] = residuals
         if wrapper is not None:
@@ -223,8 +261,8 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
             base.apply_model(xk, sigma, **c)
         if not sink:
             raise RuntimeError("the DynamiCrafter UNet did not run (a model patch replaced it?)")
-        out = sink[-1].float()                                             # raw v / eps [(K t), 4, h, w]
-        return out.reshape(k, frames, ch, h, w).permute(0, 2, 1, 3, 4)     # [K, 4, t, h, w]
+        out = sink[-1].float()                                             # raw v / eps [(K n t), 4, h, w]
+        return out.reshape(k * n, length, ch, h, w).permute(0, 2, 1, 3, 4)  # [K n, 4, t, h, w]
 
     preview = latent_preview.prepare_callback(model, steps)
 
@@ -242,7 +280,7 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
         try:
             out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
                               cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
-                              callback=callback)
+                              callback=callback, windows=spec, freenoise_seed=seed)
         finally:
             control.cleanup(controls)
     video = out[0].transpose(0, 1)                                         # [t, 4, h, w] model space

@@ -29,6 +29,7 @@ END_IMAGE = "dynamicrafter_example_end.png"
 # The model files the workflows name (generate.py downloads them under these names; see MODEL_FILES there).
 CKPT_512 = "dynamicrafter_512.ckpt"
 CKPT_INTERP = "dynamicrafter_512_interp.ckpt"
+CKPT_TOON = "tooncrafter_512_interp.ckpt"
 
 PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
 LOOP_PROMPT = "a small sailboat rocking on gentle waves at sunset"
@@ -46,17 +47,24 @@ SPECS: Dict[str, Tuple[list, list, list]] = {
                         [("image_embeds", "DCN_IMAGE_EMBEDS")], []),
     "DCN_Conditioning": ([("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
                           ("image_embeds", "DCN_IMAGE_EMBEDS"), ("vae", "VAE"), ("start_image", "IMAGE"),
-                          ("end_image", "IMAGE")],
+                          ("end_image", "IMAGE"), ("keyframes", "IMAGE")],
                          [("positive", "CONDITIONING"), ("image_only", "CONDITIONING"),
                           ("negative", "CONDITIONING"), ("latent", "LATENT")],
                          ["width", "height", "frames", "motion", "loop"]),
     "DCN_Sampler": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("image_only", "CONDITIONING"),
-                     ("negative", "CONDITIONING"), ("latent", "LATENT")], [("LATENT", "LATENT")],
+                     ("negative", "CONDITIONING"), ("latent", "LATENT"), ("windows", "DCN_WINDOWS")],
+                    [("LATENT", "LATENT")],
                     ["seed", None, "steps", "cfg_text", "cfg_image", "eta", "guidance_rescale", "spacing", "mode"]),
     "DCN_Guider": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("image_only", "CONDITIONING"),
                     ("negative", "CONDITIONING")], [("GUIDER", "GUIDER")],
                    ["cfg_text", "cfg_image", "guidance_rescale", "mode"]),
     "DCN_Sigmas": ([("model", "MODEL")], [("SIGMAS", "SIGMAS")], ["steps", "spacing"]),
+    "DCN_Windows": ([], [("DCN_WINDOWS", "DCN_WINDOWS")],
+                    ["context_length", "context_overlap", "context_schedule", "fuse_method", "freenoise",
+                     "max_windows_per_call"]),
+    "ImageBatch": ([("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")], []),
+    "DCN_ToonDecode": ([("vae", "VAE"), ("samples", "LATENT"), ("start_image", "IMAGE"), ("end_image", "IMAGE")],
+                       [("IMAGE", "IMAGE")], ["splice_middle", "memory_cap_mb"]),
     "KSamplerSelect": ([], [("SAMPLER", "SAMPLER")], ["sampler_name"]),
     "RandomNoise": ([], [("NOISE", "NOISE")], ["noise_seed", None]),
     "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
@@ -185,8 +193,8 @@ def _common(g: Graph, ckpt: str, variant: str, prompt: str, end: bool):
     return loader, start, end_id, pos, neg, enc
 
 
-def _conditioning(g, loader, start, end_id, pos, neg, enc, motion: int, loop: bool) -> int:
-    cond = g.add("DCN_Conditioning", (900, 60), (320, 270), [512, 320, 16, motion, loop])
+def _conditioning(g, loader, start, end_id, pos, neg, enc, motion: int, loop: bool, frames: int = 16) -> int:
+    cond = g.add("DCN_Conditioning", (900, 60), (320, 270), [512, 320, frames, motion, loop])
     g.connect(pos, "CONDITIONING", cond, "positive")
     g.connect(neg, "CONDITIONING", cond, "negative")
     g.connect(enc, "image_embeds", cond, "image_embeds")
@@ -197,9 +205,12 @@ def _conditioning(g, loader, start, end_id, pos, neg, enc, motion: int, loop: bo
     return cond
 
 
-def _exact_tail(g, loader, cond, prefix: str, steps: int = 50):
+def _exact_tail(g, loader, cond, prefix: str, steps: int = 50, windows: Optional[list] = None):
     samp = g.add("DCN_Sampler", (1270, 60), (330, 330),
                  [SEED, "fixed", steps, 7.5, 7.5, 1.0, 0.7, "auto", "multi"])
+    if windows is not None:
+        win = g.add("DCN_Windows", (1270, 440), (330, 200), windows, title="Context windows (long video)")
+        g.connect(win, "DCN_WINDOWS", samp, "windows")
     for name in ("positive", "image_only", "negative"):
         g.connect(cond, name, samp, name)
     g.connect(cond, "latent", samp, "latent")
@@ -245,6 +256,86 @@ EXACT_GRAPHS = {
 }
 
 
+LONG_FRAMES = 64
+LONG_NOTE = ("\nLONG VIDEO: {frames} frames sampled in 16-frame context windows (the trained length) that overlap by 4 "
+             "frames and are fused every step (DynamiCrafter Context Windows; without that node DCN_Sampler uses "
+             "these same defaults). Each window sees its own frames' conditioning; time and memory grow with the "
+             "number of windows, not with the frame count squared. 512x320, motion 24, 50 steps, 8 fps.")
+
+
+def long_video() -> Graph:
+    g = Graph("dynamicrafter_512_long_video", "DynamiCrafter 512: long video (64 frames, context windows)")
+    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_512, "Doubiiu/DynamiCrafter_512",
+                                                     LONG_NOTE.format(frames=LONG_FRAMES))], color=NOTE_COLOR)
+    loader, start, _, pos, neg, enc = _common(g, CKPT_512, "auto", PROMPT, end=False)
+    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=24, loop=False, frames=LONG_FRAMES)
+    _exact_tail(g, loader, cond, "DynamiCrafter/long", windows=[16, 4, "standard_static", "pyramid", False, 1])
+    return g
+
+
+def long_loop() -> Graph:
+    g = Graph("dynamicrafter_512_long_loop", "DynamiCrafter 512: long loop (64 frames, wrapping windows)")
+    g.add("Note", (30, 30), (370, 300), [_model_note(
+        CKPT_512, "Doubiiu/DynamiCrafter_512",
+        "\nLONG LOOP: 64 frames with loop = true on the image-to-video model. The start image conditions every "
+        "frame and the 16-frame context windows wrap around (looped_static): the last frame leads into the first, "
+        "so the file plays as a seamless loop. 512x320, motion 24, 50 steps, 8 fps.")], color=NOTE_COLOR)
+    loader, start, _, pos, neg, enc = _common(g, CKPT_512, "auto", LOOP_PROMPT, end=False)
+    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=24, loop=True, frames=LONG_FRAMES)
+    _exact_tail(g, loader, cond, "DynamiCrafter/long_loop", windows=[16, 4, "looped_static", "pyramid", False, 1])
+    return g
+
+
+def keyframes() -> Graph:
+    g = Graph("dynamicrafter_512_keyframes", "DynamiCrafter 512-interp: keyframe chain (3 images, 31 frames)")
+    g.add("Note", (30, 30), (370, 300), [_model_note(
+        CKPT_INTERP, "Doubiiu/DynamiCrafter_512_Interp",
+        "\nKEYFRAMES: the start image, then the keyframes batch (ImageBatch: add more with further ImageBatch "
+        "nodes). Each pair of consecutive keyframes is one 16-frame interpolation; neighbouring segments share "
+        "their boundary frame, so N images give (N-1)*15+1 frames (3 images: 31); the frames widget is not used. "
+        "loop = true adds a segment back to the start image. 512x320, motion 5, 50 steps, 8 fps.")],
+        color=NOTE_COLOR)
+    loader, start, end_id, pos, neg, enc = _common(g, CKPT_INTERP, "512-interp", PROMPT, end=True)
+    g.nodes[end_id - 1]["title"] = "Keyframe 2"
+    third = g.add("LoadImage", (30, 1390), (370, 340), [START_IMAGE, "image"], title="Keyframe 3")
+    batch = g.add("ImageBatch", (450, 620), (210, 50), title="Keyframes after the start image")
+    g.connect(end_id, "IMAGE", batch, "image1")
+    g.connect(third, "IMAGE", batch, "image2")
+    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=5, loop=False, frames=31)
+    g.connect(batch, "IMAGE", cond, "keyframes")
+    _exact_tail(g, loader, cond, "DynamiCrafter/keyframes")
+    return g
+
+
+TOON_PROMPT = "a cartoon sailboat gliding over the waves at sunset"
+
+
+def tooncrafter() -> Graph:
+    """ToonCrafter: two cartoon frames in, the in-between video out (reference scripts/run.sh settings), decoded by
+    DCN_ToonDecode with the start/end references and the middle-frame splice."""
+    g = Graph("tooncrafter_interpolation", "ToonCrafter: cartoon interpolation between two frames")
+    g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_TOON, "Doubiiu/ToonCrafter",
+          "\nToonCrafter makes the frames between two cartoon frames (same size). Defaults (reference run.sh): "
+          "512x320, 16 frames, frame stride 10 (5-30, smaller = more motion), 50 steps, eta 1.0, cfg 7.5 on text "
+          "only (mode single), rescale 0.7. Decode with DynamiCrafter ToonCrafter Decode (VAEDecode would skip "
+          "the start/end references).")], color=NOTE_COLOR)
+    loader, start, end_id, pos, neg, enc = _common(g, CKPT_TOON, "auto", TOON_PROMPT, end=True)
+    cond = _conditioning(g, loader, start, end_id, pos, neg, enc, motion=10, loop=False)
+    samp = g.add("DCN_Sampler", (1270, 60), (330, 330), [SEED, "fixed", 50, 7.5, 7.5, 1.0, 0.7, "auto", "single"])
+    for name in ("positive", "image_only", "negative"):
+        g.connect(cond, name, samp, name)
+    g.connect(cond, "latent", samp, "latent")
+    g.connect(loader, "model", samp, "model")
+    dec = g.add("DCN_ToonDecode", (1650, 60), (300, 150), [True, 0])
+    g.connect(loader, "vae", dec, "vae")
+    g.connect(samp, "LATENT", dec, "samples")
+    g.connect(start, "IMAGE", dec, "start_image")
+    g.connect(end_id, "IMAGE", dec, "end_image")
+    save = g.add("DCN_SaveVideo", (1650, 270), (360, 420), ["ToonCrafter/interp", "mp4", 8.0, 19])
+    g.connect(dec, "IMAGE", save, "images")
+    return g
+
+
 def advanced() -> Graph:
     g = Graph("dynamicrafter_512_advanced_guider", "DynamiCrafter 512: SamplerCustomAdvanced + dual-CFG guider")
     g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_512, "Doubiiu/DynamiCrafter_512",
@@ -279,7 +370,8 @@ def advanced() -> Graph:
 
 
 GRAPHS = {**{kind: functools.partial(_exact_graph, *args) for kind, args in EXACT_GRAPHS.items()},
-          "advanced": advanced}
+          "long_video": long_video, "keyframes": keyframes, "long_loop": long_loop, "advanced": advanced,
+          "tooncrafter": tooncrafter}
 
 
 def example_images() -> Dict[str, "object"]:

@@ -24,9 +24,10 @@ def fixtures_root() -> Path:
     return Path(env) if env else (REPO / ".." / "shared" / "fixtures" / "parity").resolve()
 
 
-def fixture_sets() -> List[Path]:
-    """Every subfolder of the fixtures root that contains fixture files, sorted by name (placeholder if none)."""
-    root = fixtures_root()
+def fixture_sets(root: "Path | None" = None) -> List[Path]:
+    """Every subfolder of ``root`` (default: the parity fixtures root) that contains fixture files, sorted by name
+    (placeholder if none)."""
+    root = fixtures_root() if root is None else Path(root)
     sets = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*.safetensors"))) if root.is_dir() else []
     return sets or [root / MISSING]
 

@@ -280,15 +280,15 @@ def test_detection_of_real_key_sets():
     assert len(extra) == 148 and all(k.startswith("first_stage_model.decoder.") for k in extra)
     assert fmt.is_tooncrafter(toon) and not fmt.is_tooncrafter(k512)
     d = det.detect_variant(toon)
-    assert (d.family, d.variant) == ("tooncrafter", "512-interp") and "ToonCrafter" in d.reason
+    assert (d.family, d.variant, d.decided_by) == ("tooncrafter", "tooncrafter", "keys") and "ToonCrafter" in d.reason
     msg = refused(det.detect_variant, toon, variant="1024")
-    assert "ToonCrafter" in msg and "512-interp" in msg
+    assert "ToonCrafter" in msg and "['tooncrafter']" in msg
 
     assert fmt.is_dynamicrafter_unet(k512) and not fmt.has_learnable_alpha(k512)
     for name, want, by in (("model.ckpt", "512", "default"), ("dynamicrafter_1024_v1.ckpt", "1024", "filename"),
                            ("dynamicrafter_512_interp_fp16.safetensors", "512-interp", "filename"),
                            ("DynamiCrafter_1024/model.ckpt", "1024", "filename"),
-                           ("tooncrafter_512_interp-fp16.safetensors", "512-interp", "filename")):
+                           ("tooncrafter_512_interp-fp16.safetensors", "tooncrafter", "filename")):
         d = det.detect_variant(k512, filename=name)
         assert (d.variant, d.decided_by) == (want, by), name
     d = det.detect_variant(k512, filename="model.ckpt")
@@ -367,11 +367,11 @@ def test_tiny_pruned_safetensors_layouts_and_dtypes(tmp_path, layout, store, com
 def test_tiny_tooncrafter_file(tmp_path):
     vae = ["first_stage_model.decoder.attn_refinement.0.conv.weight",
            "first_stage_model.decoder.mid.block_1.mix_factor", "first_stage_model.encoder.conv_in.weight"]
-    v, sd = tiny_state("512-interp", seed=3, vae_keys=vae)
+    v, sd = tiny_state("tooncrafter", seed=3, vae_keys=vae)
     path = tmp_path / "toon.safetensors"
     save_file(sd, str(path))
     res = loading.load_dynamicrafter(path, variant=v, other_parts=("vae",))
-    assert (res.family, res.variant.name, res.decided_by) == ("tooncrafter", "512-interp", "keys")
+    assert (res.family, res.variant.name, res.decided_by) == ("tooncrafter", "tooncrafter", "keys")
     assert set(res.other["vae"]) == {k[len("first_stage_model."):] for k in vae}
     msg = refused(loading.load_dynamicrafter, path, variant=get_variant("512", tiny=True))
     assert "ToonCrafter" in msg

@@ -60,7 +60,7 @@ CASES = {
     "steps_0": (_sampler_graph, "7", "steps", 0, ["steps", "1"]),
     "mode_unknown": (_sampler_graph, "7", "mode", "triple", ["mode", "triple"]),
     "spacing_unknown": (_sampler_graph, "7", "spacing", "karras", ["spacing", "karras"]),
-    "frames_65": (_conditioning_graph, "6", "frames", 65, ["frames", "64"]),
+    "frames_257": (_conditioning_graph, "6", "frames", 257, ["frames", "256"]),
     "frames_1": (_conditioning_graph, "6", "frames", 1, ["frames", "2"]),
     "width_8200": (_conditioning_graph, "6", "width", 8200, ["width", "8192"]),
     "height_8200": (_conditioning_graph, "6", "height", 8200, ["height", "8192"]),

@@ -75,3 +75,24 @@ def write_image(path: str, width: int, height: int, seed: int) -> str:
     img[disc] = rng.uniform(0, 1, 3)
     Image.fromarray((img * 255).round().astype(np.uint8)).save(path)
     return path
+
+
+@functools.lru_cache(maxsize=None)
+def toon_checkpoints(root: Optional[str] = None) -> Dict[str, str]:
+    """ToonCrafter test files (written on first use only: the first stage is real size):
+
+    - ``toon``: tooncrafter tiny UNet + P + towers + the real-size dual-reference first stage (396 keys), no variant
+      metadata (the decoder keys say ToonCrafter)
+    - ``toon_pruned``: the same UNet + P only, metadata variant ``tooncrafter``
+    - ``toon_vae``: the first stage alone (``first_stage_model.*``)
+    """
+    root = Path(root or tempfile.mkdtemp(prefix="dc-tiny-toon-"))
+    root.mkdir(parents=True, exist_ok=True)
+    full = full_checkpoint("tooncrafter", seed=50)
+    out = {"toon": _save(root / "toon_tiny_full.safetensors", full, None)}
+    out["toon_pruned"] = _save(root / "toon_tiny_pruned.safetensors",
+                               {k: v for k, v in full.items() if k.startswith(("model.", "image_proj_model."))},
+                               "tooncrafter")
+    out["toon_vae"] = _save(root / "toon_tiny_vae.safetensors",
+                            {k: v for k, v in full.items() if k.startswith("first_stage_model.")}, None, None)
+    return out

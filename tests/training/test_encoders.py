@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from comfyui_dynamicrafter.tests.fixtures import fixtures_root
-from comfyui_dynamicrafter.training.encoders import (ImageEncoder, TextEncoder, _load_clip_weights, build_open_clip)
+from comfyui_dynamicrafter.training.encoders import (TINY_CLIP, ImageEncoder, TextEncoder, _load_clip_weights,
+                                                      build_open_clip)
 
 
 def _manifest():
@@ -42,7 +43,7 @@ def test_tiny_towers_shapes_and_weight_loading():
     text, image = TextEncoder(clip), ImageEncoder(clip)
     t = text(["a red square moving left", ""])
     x = image(torch.rand(2, 3, 16, 24) * 2 - 1)
-    assert t.shape == (2, 77, 64) and x.shape == (2, 257, 48)
+    assert t.shape == (2, 77, TINY_CLIP["text"]["width"]) and x.shape == (2, 257, TINY_CLIP["vision"]["width"])
     # penultimate: changing the last text block changes nothing; no ln_post: changing it changes nothing
     with torch.no_grad():
         clip.transformer.resblocks[-1].mlp.c_fc.weight.add_(1.0)

@@ -10,7 +10,8 @@ from comfyui_dynamicrafter.tests import hosting
 from comfyui_dynamicrafter.tests.workflows import wfcheck
 
 # Tiny random-weight stand-ins for the real files the workflows name (what a user picks in ckpt_name).
-TINY_FOR = {"dynamicrafter_512.ckpt": "512", "dynamicrafter_512_interp.ckpt": "512-interp"}
+TINY_FOR = {"dynamicrafter_512.ckpt": "512", "dynamicrafter_512_interp.ckpt": "512-interp",
+            "tooncrafter_512_interp.ckpt": "tooncrafter"}
 
 
 def tiny_files() -> dict:

@@ -131,6 +131,48 @@ def test_a_folder_that_is_no_comfyui_is_refused_before_anything_starts(tmp_path)
     assert "step" not in p.stderr and not list(tmp_path.iterdir())
 
 
+LONG_SMALL = ["--width", "64", "--height", "64", "--steps", "2"]
+
+
+@pytest.mark.parametrize("args,workflow,frames", [
+    (["--image", START, "--frames", "20"], "dynamicrafter_512_long_video.json (long_video), variant 512", 20),
+    (["--image", START, "--frames", "20", "--loop"], "dynamicrafter_512_long_loop.json (long_loop), variant 512", 20),
+    (["--keyframes", START, END, START], "dynamicrafter_512_keyframes.json (keyframes), variant 512-interp", 31),
+])
+def test_tiny_long_videos(tmp_path, args, workflow, frames):
+    """--frames over 16 (context windows), --loop over 16 (wrapping windows), --keyframes a b c (a chain)."""
+    out = tmp_path / "long.mp4"
+    p = run("--tiny", "--prompt", "a boat", "--out", str(out), *args, *LONG_SMALL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert workflow in p.stdout, p.stdout
+    got = tmp_path / "long.tiny-random-weights.mp4"
+    assert frames_fps(str(got)) == (frames, 8.0)
+    print(f"tiny {workflow}: {frames} frames, {p.seconds:.1f} s")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--keyframes", START], "--keyframes: expected at least 2 images, found 1"),
+    (["--image", START, "--frames", "300"], "--frames: expected 2 to 256, found 300"),
+    (["--image", START, "--end-image", END, "--frames", "40"], "interpolation covers at most 16 frames"),
+])
+def test_bad_long_video_arguments(tmp_path, args, needle):
+    p = run("--tiny", "--prompt", "a boat", "--out", str(tmp_path / "x.mp4"), *args)
+    assert p.returncode == 2 and needle in p.stderr, p.stdout + p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_tiny_tooncrafter_interpolation(tmp_path):
+    p = run("--variant", "tooncrafter", "--tiny", "--image", START, "--end-image", END, "--prompt", "a boat",
+            "--out", str(tmp_path / "t.mp4"), *SMALL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert frames_fps(str(tmp_path / "t.tiny-random-weights.mp4")) == (4, 8.0)
+    assert "tooncrafter_interpolation.json (tooncrafter), variant tooncrafter" in p.stdout
+    q = run("--variant", "tooncrafter", "--tiny", "--image", START, "--prompt", "a boat", "--out",
+            str(tmp_path / "u.mp4"))
+    assert q.returncode == 2 and "--end-image" in q.stderr and len(q.stderr.strip().splitlines()) == 1
+    print(f"tiny tooncrafter: {p.seconds:.1f} s")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the download code, against a stand-in hub (nothing leaves the machine)
 # ---------------------------------------------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ def allowed_files() -> dict:
     return {"ckpt_name": models, "image": images}
 
 
-def test_the_four_workflows_are_there():
+def test_the_eight_workflows_are_there():
     assert IDS == ["dynamicrafter_512_advanced_guider", "dynamicrafter_512_image_to_video",
-                   "dynamicrafter_512_interpolation", "dynamicrafter_512_loop"]
+                   "dynamicrafter_512_interpolation", "dynamicrafter_512_keyframes", "dynamicrafter_512_long_loop",
+                   "dynamicrafter_512_long_video", "dynamicrafter_512_loop", "tooncrafter_interpolation"]
     for p in UI_FILES:
         assert os.path.isfile(wfcheck.api_twin_path(p)), f"no API twin for {p}"
     assert sorted(os.listdir(wfcheck.API_DIR)) == sorted(os.path.basename(p) for p in UI_FILES)

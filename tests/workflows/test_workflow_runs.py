@@ -12,7 +12,17 @@ import pytest
 from comfyui_dynamicrafter.tests.workflows import wfcheck
 
 FRAMES, SIZE, STEPS = 4, 64, 2
+LONG_FRAMES = 20  # long-video graphs keep more frames than one 16-frame window (two windows)
 RUNS = [wfcheck.name_of(p) for p in wfcheck.ui_files()]
+
+
+def frames_of(api: dict) -> int:
+    """Frames the shrunk graph makes: a keyframe chain's (N-1)*15+1, else the frames widget after shrink."""
+    for node in api.values():
+        if node["class_type"] == "ImageBatch":
+            return 2 * 15 + 1                                              # start + a batch of 2 keyframes
+    long = any(n["class_type"] == "DCN_Windows" for n in api.values())
+    return LONG_FRAMES if long else FRAMES
 
 
 def shrink(api: dict, tiny_names: dict) -> dict:
@@ -22,7 +32,7 @@ def shrink(api: dict, tiny_names: dict) -> dict:
         if t == "DCN_Loader":
             inp["ckpt_name"] = tiny_names[inp["ckpt_name"]]
         elif t == "DCN_Conditioning":
-            inp.update(width=SIZE, height=SIZE, frames=FRAMES)
+            inp.update(width=SIZE, height=SIZE, frames=frames_of(api))
         elif t in ("DCN_Sampler", "DCN_Sigmas"):
             inp["steps"] = STEPS
     return p
@@ -68,7 +78,7 @@ def test_workflow_runs_and_writes_the_video(name, wf_host, wf_tiny):
     files = video_files(res.outputs, wf_host.dirs["output"])
     assert len(files) == 1, res.outputs
     frames, fps, size, codec = probe(files[0])
-    assert frames == FRAMES
+    assert frames == frames_of(api)
     assert fps == pytest.approx(expected_fps(api))
     assert size == (SIZE, SIZE)
     assert codec == "h264"

@@ -1,0 +1,601 @@
+"""ToonCrafter's dual-reference first stage (the reference ``AutoencoderKL_Dualref``): the SD encoder, plus a video
+decoder that sees the encoder features of the first and last frames.
+
+Keys are those of a real checkpoint's ``first_stage_model.*`` (396 for the real config: the 248 SD-VAE keys plus the
+decoder's ``time_stack`` / ``mix_factor`` / ``attn_refinement`` / ``conv_out.time_mix_conv``), so it loads with
+``strict=True``. The spatial blocks are those of ``model/vae.py``; this file adds the temporal and reference parts:
+
+* ``VideoResBlock`` = the SD ResnetBlock, then ``time_stack`` (GroupNorm(32, eps 1e-5, statistics over channels x
+  frames x H x W, in float32) -> SiLU -> Conv3d (3,1,1), twice, residual), merged as
+  ``a * time_stack(x) + (1 - a) * x`` with ``a = sigmoid(mix_factor)``;
+* ``attn_refinement[i]`` after level i's blocks: ``Fusion`` cross-attention (8 heads x 64, queries from the
+  normalised frame, keys/values from the un-normalised first+last reference features, residual) at the levels of
+  ``attn_level`` (default [2, 3]; a level >= the level count is ignored), ``Combiner`` (1x1 conv of the references
+  added to the first / last frame of the chunk) elsewhere, and a final Combiner after ``norm_out`` + SiLU;
+* ``conv_out`` is the 2-D conv followed by ``time_mix_conv``, a Conv3d (3,1,1) on the RGB frames.
+
+Decode numerics are the reference's: ``post_quant_conv`` is never applied; frames are decoded in chunks of
+``temporal_length`` (16) and every temporal layer and Combiner works within a chunk, so the chunk size is part of
+the result (it is not a memory knob). Two ways to run one chunk give the same values up to float rounding:
+
+* ``VideoDecoder.forward``: the reference structure, every layer on the whole chunk at once;
+* ``VideoDecoder.stream`` (the default of ``decode``): spatial layers run ``frames_per_pass`` frames at a time and
+  are fused between the temporal layers, so a full-chunk tensor exists only at the temporal layers; time_stack
+  GroupNorm statistics are gathered per frame (then combined exactly) while frames are produced, and the (3,1,1)
+  convs see each frame's two neighbours. The memory floor is two full-chunk tensors of the top level.
+
+``decode_video`` adds the reference inference's middle-frame splice (frames T//2-1, T//2 from a decode of the
+(T-2)-frame latent). ``encode_video`` returns the posterior and the first/last-frame hidden states; the latent for
+the concat condition is the posterior **sample** (the reference draws it, ``get_first_stage_encoding``) unless the
+caller asks for the mode.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DynamiCrafterInputError
+from .vae import (SCALE_FACTOR, AutoencoderKL, Decoder, ResnetBlock, VAEConfig, _chunks, _fold, _silu,
+                  sample_posterior)
+
+TEMPORAL_LENGTH = 16                                                       # the reference UNet's temporal_length
+HEADS, DIM_HEAD = 8, 64                                                    # hard-coded in the reference fusion
+
+
+@dataclass(frozen=True)
+class DualRefVAEConfig(VAEConfig):
+    """``ddconfig`` of ToonCrafter's first stage; ``attn_level``: decoder levels with fusion cross-attention."""
+
+    attn_level: Tuple[int, ...] = (2, 3)
+
+
+TINY_DUALREF_VAE = DualRefVAEConfig(ch=32, ch_mult=(1, 2, 1), num_res_blocks=1)
+
+
+def dualref_config_from_ddconfig(dd: dict, embed_dim: int = 4) -> DualRefVAEConfig:
+    """Reference ``ddconfig`` dict -> config (``resolution`` is unused; ``attn_resolutions`` must be empty)."""
+    if list(dd.get("attn_resolutions", []) or []):
+        raise DynamiCrafterInputError("ToonCrafter ddconfig", "attn_resolutions [] (as every released VAE)",
+                                      f"{dd['attn_resolutions']}", "use the released first-stage config")
+    names = {f.name for f in fields(DualRefVAEConfig)}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in dd.items() if k in names}
+    return DualRefVAEConfig(embed_dim=embed_dim, **kw)
+
+
+def load_dualref_vae(state_dict: Dict[str, torch.Tensor], cfg: Optional[DualRefVAEConfig] = None,
+                     what: str = "ToonCrafter VAE", dtype=torch.float32, device=None) -> "DualRefAutoencoderKL":
+    """A first-stage state dict (``encoder.*``, ``decoder.*``, ``quant_conv.*``, ...) -> the model, loaded strictly;
+    one-line refusal naming what is missing (a plain SD VAE lacks the 148 decoder keys) or of the wrong shape."""
+    with torch.device("meta"):
+        vae = DualRefAutoencoderKL(cfg or DualRefVAEConfig(), dtype=dtype)
+    want = {k: tuple(t.shape) for k, t in vae.state_dict().items()}
+    missing = [k for k in want if k not in state_dict]
+    bad = [k for k in want if k in state_dict and tuple(state_dict[k].shape) != want[k]]
+    if missing or bad:
+        plain = all(("time_stack" in k or "mix_factor" in k or "attn_refinement" in k or "time_mix" in k)
+                    for k in missing) and not bad
+        raise DynamiCrafterInputError(
+            what, f"the {len(want)} keys of ToonCrafter's first stage (dual-reference decoder)",
+            (f"{len(missing)} missing decoder keys (first {missing[:3]})" if missing else "")
+            + (f"{'; ' if missing else ''}{len(bad)} of another shape (first {bad[:2]})" if bad else ""),
+            "this is a plain SD VAE: load the ToonCrafter checkpoint (or its first stage) instead" if plain
+            else "use the official ToonCrafter checkpoint or a file converted from it")
+    extra = sorted(set(state_dict) - set(want))
+    if extra:
+        raise DynamiCrafterInputError(what, "only first-stage keys", f"{len(extra)} others (first {extra[:3]})",
+                                      "pass the first_stage_model part of the checkpoint")
+    vae.load_state_dict({k: v.to(dtype) for k, v in state_dict.items()}, strict=True, assign=True)
+    return vae.to(device or "cpu").eval().requires_grad_(False)
+
+
+def _taps(taps: Optional[dict], name: str, t: torch.Tensor) -> None:
+    if taps is not None:
+        taps[name] = t.detach().clone()
+
+
+# =================================================================================================================
+# GroupNorm over a whole chunk from per-frame statistics (exact: Chan's parallel variance)
+# =================================================================================================================
+def _frame_stats(y: torch.Tensor, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[m, C, H, W] -> per frame and group (mean, biased var), float64 [m, G]."""
+    var, mean = torch.var_mean(y.float().reshape(y.shape[0], groups, -1), dim=-1, unbiased=False)
+    return mean.double(), var.double()
+
+
+def _combine_stats(parts: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame (mean, var) of equal-sized frames -> the chunk's (mean, var) per group, float64 [G]."""
+    means = torch.cat([p[0] for p in parts])
+    var = torch.cat([p[1] for p in parts]).mean(0) + (means - means.mean(0)).square().mean(0)
+    return means.mean(0), var
+
+
+def _norm_silu(norm: nn.GroupNorm, stats, x: torch.Tensor) -> torch.Tensor:
+    """silu(GroupNorm(x)) with given chunk statistics, computed in float32 like the reference's GroupNormSpecific."""
+    mean, var = stats
+    g, c = norm.num_groups, x.shape[1]
+    scale = (var + norm.eps).rsqrt().repeat_interleave(c // g)             # [C] float64
+    scale = scale * norm.weight.double() if norm.weight is not None else scale
+    shift = -mean.repeat_interleave(c // g) * scale
+    shift = shift + norm.bias.double() if norm.bias is not None else shift
+    y = torch.addcmul(shift.float().view(1, c, 1, 1), x.float(), scale.float().view(1, c, 1, 1))
+    return F.silu(y, inplace=True).to(x.dtype)
+
+
+# =================================================================================================================
+# Blocks
+# =================================================================================================================
+class TimeStack(nn.Module):
+    """The reference's temporal ResBlock (dims=3, no embedding): x + conv(silu(gn(conv(silu(gn(x)))))), (3,1,1)."""
+
+    def __init__(self, ops, ch, dropout=0.0, dtype=None, device=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        conv3d = getattr(ops, "Conv3d", nn.Conv3d)
+        self.in_layers = nn.Sequential(ops.GroupNorm(32, ch, eps=1e-5, **kw), nn.SiLU(),
+                                       conv3d(ch, ch, (3, 1, 1), padding=(1, 0, 0), **kw))
+        self.out_layers = nn.Sequential(ops.GroupNorm(32, ch, eps=1e-5, **kw), nn.SiLU(), nn.Dropout(dropout),
+                                        conv3d(ch, ch, (3, 1, 1), padding=(1, 0, 0), **kw))
+
+    @staticmethod
+    def _gn_silu(norm, x):
+        return _silu(norm(x.float()).to(x.dtype))
+
+    def forward(self, x5):                                                 # [b, C, T, H, W] -> same
+        h = self.in_layers[2](self._gn_silu(self.in_layers[0], x5))
+        h = self.out_layers[3](self._gn_silu(self.out_layers[0], h))
+        return x5 + h
+
+
+def _temporal_conv(conv: nn.Module, norm: nn.GroupNorm, stats, part: torch.Tensor, lo: int, a: int, b: int,
+                   n: int) -> torch.Tensor:
+    """Frames a..b-1 [b-a, C, H, W] of conv(silu(norm(src))), conv a (3,1,1) Conv3d with zero time padding, for an
+    n-frame source of which ``part`` holds frames lo..: per output frame, ``bias + sum_k W_k @ act[t+k-1]`` as
+    matrix products on the frame-major activations (same sums as the Conv3d; no 5-D layout or reorder copies)."""
+    s, e = max(a - 1, 0), min(b + 1, n)
+    act = _norm_silu(norm, stats, part[s - lo:e - lo])                     # frames s..e-1
+    c, hw = act.shape[1], act.shape[2] * act.shape[3]
+    act = act.view(e - s, c, hw)
+    w, bias = conv._wb(act) if hasattr(conv, "_wb") else (conv.weight, conv.bias)
+    taps = [w[:, :, k, 0, 0] for k in range(3)]                            # tap k reads frame t + k - 1
+    out = act.new_empty((b - a, w.shape[0], hw))
+    for t in range(a, b):
+        o = out[t - a]
+        torch.addmm(bias[:, None].expand(-1, hw), taps[1], act[t - s], out=o)
+        if t - 1 >= 0:
+            o.addmm_(taps[0], act[t - 1 - s])
+        if t + 1 < n:
+            o.addmm_(taps[2], act[t + 1 - s])
+    return out.view(b - a, w.shape[0], *part.shape[2:])
+
+
+class VideoResBlock(ResnetBlock):
+    """SD ResnetBlock (spatial, per frame), then ``time_stack`` over the chunk's frames, blended by
+    ``sigmoid(mix_factor)``."""
+
+    def __init__(self, ops, cin, cout, dropout=0.0, dtype=None, device=None):
+        super().__init__(ops, cin, cout, dropout, dtype=dtype, device=device)
+        self.time_stack = TimeStack(ops, cout, dropout, dtype=dtype, device=device)
+        self.mix_factor = nn.Parameter(torch.zeros(1, dtype=dtype, device=device))
+
+    def spatial(self, x):                                                  # [n, cin, H, W] -> [n, cout, H, W]
+        return ResnetBlock.forward(self, x)
+
+    def _alpha(self, like):
+        return torch.sigmoid(self.mix_factor.to(like.dtype))
+
+    def forward(self, x, timesteps: int, taps=None, name=""):             # [(b t), cin, H, W] -> [(b t), cout, H, W]
+        xs = self.spatial(x)
+        bt, c, h, w = xs.shape
+        x5 = xs.view(bt // timesteps, timesteps, c, h, w).transpose(1, 2)  # [b, C, t, H, W]
+        _taps(taps, name + ".time_stack.input", x5)
+        t5 = self.time_stack(x5)
+        _taps(taps, name + ".time_stack.output", t5)
+        a = self._alpha(t5)
+        out = a * t5 + (1.0 - a) * x5
+        return out.transpose(1, 2).reshape(bt, c, h, w)
+
+    def temporal_(self, buf: torch.Tensor, stats, frames_per_pass: int, keep_h1: bool = True) -> torch.Tensor:
+        """In place on one chunk's spatial output ``buf`` [n, C, H, W] whose in-norm statistics are ``stats``.
+
+        The first conv's output h1 is needed whole for the out-norm statistics; ``keep_h1`` stores it (one more
+        full-chunk tensor), else it is computed twice: once for the statistics, then frame by frame (each frame
+        once more, from the not yet merged ``buf`` frames) for the second conv.
+        """
+        ts, n = self.time_stack, buf.shape[0]
+        norm1, conv1, norm2, conv2 = ts.in_layers[0], ts.in_layers[2], ts.out_layers[0], ts.out_layers[3]
+        h1, parts = torch.empty_like(buf) if keep_h1 else None, []
+        for a, b in _chunks(n, frames_per_pass):
+            y = _temporal_conv(conv1, norm1, stats, buf, 0, a, b, n)
+            if keep_h1:
+                h1[a:b] = y
+            parts.append(_frame_stats(y, norm2.num_groups))
+            del y
+        stats2 = _combine_stats(parts)
+        alpha = self._alpha(buf)
+        ring, lo = None, 0                                                 # h1 frames lo.. (recomputed path)
+        for a, b in _chunks(n, frames_per_pass):
+            if keep_h1:
+                h2 = _temporal_conv(conv2, norm2, stats2, h1, 0, a, b, n)
+            else:                                                          # h1 frames a-1 .. b (clipped)
+                start = 0 if ring is None else lo + ring.shape[0]
+                end = min(b + 1, n)
+                new = _temporal_conv(conv1, norm1, stats, buf, 0, start, end, n) if start < end else None
+                ring = new if ring is None else ring[max(a - 1, 0) - lo:] if new is None else torch.cat(
+                    [ring[max(a - 1, 0) - lo:], new])
+                lo = max(a - 1, 0)
+                h2 = _temporal_conv(conv2, norm2, stats2, ring, lo, a, b, n)
+            buf[a:b] += h2.mul_(alpha)                                     # a*(x + h2) + (1-a)*x
+            del h2
+        return buf
+
+
+class Combiner(nn.Module):
+    """1x1 conv of the first/last reference features, added to the first/last frame of a chunk (sequentially)."""
+
+    def __init__(self, ops, ch, dtype=None, device=None):
+        super().__init__()
+        self.conv = ops.Conv2d(ch, ch, 1, dtype=dtype, device=device)
+
+    def prepare(self, ref):                                                # [2, C, h, w] (first, last) -> same
+        return self.conv(ref)
+
+    def apply(self, x, prep, a: int, b: int, n: int, inplace: bool = False):
+        """x: frames a..b-1 [b-a, C, H, W] of an n-frame chunk."""
+        if a > 0 and b < n:
+            return x
+        x = x if inplace else x.clone()
+        if a == 0:
+            x[0] += prep[0]
+        if b == n:
+            x[-1] += prep[1]
+        return x
+
+
+class Fusion(nn.Module):
+    """Cross-attention of each frame to the first+last reference tokens: 8 heads x 64 (hard-coded), queries from
+    GroupNorm(x), keys/values from the raw references, ``x + to_out(attn)``."""
+
+    def __init__(self, ops, ch, dtype=None, device=None):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        linear, inner = getattr(ops, "Linear", nn.Linear), HEADS * DIM_HEAD
+        self.to_q = linear(ch, inner, bias=False, **kw)
+        self.to_k = linear(ch, inner, bias=False, **kw)
+        self.to_v = linear(ch, inner, bias=False, **kw)
+        self.to_out = nn.Sequential(linear(inner, ch, **kw), nn.Dropout(0.0))
+        self.norm = ops.GroupNorm(32, ch, eps=1e-6, affine=True, **kw)
+
+    def prepare(self, ref):                                                # [2, C, h, w] -> k, v [1, 8, 2hw, 64]
+        tokens = ref.flatten(2).transpose(1, 2).reshape(1, -1, ref.shape[1])  # first-frame tokens, then last
+        return tuple(m(tokens).view(1, -1, HEADS, DIM_HEAD).transpose(1, 2) for m in (self.to_k, self.to_v))
+
+    def apply(self, x, prep, a: int, b: int, n: int, inplace: bool = False):
+        m, c, hh, ww = x.shape
+        q = self.to_q(self.norm(x).flatten(2).transpose(1, 2))            # [m, HW, 512]
+        q = q.view(m, hh * ww, HEADS, DIM_HEAD).transpose(1, 2)            # [m, 8, HW, 64]
+        k, v = (t.expand(m, -1, -1, -1) for t in prep)
+        out = F.scaled_dot_product_attention(q, k, v)                      # softmax(q k^T / 8) v
+        out = self.to_out(out.transpose(1, 2).reshape(m, hh * ww, HEADS * DIM_HEAD))  # [m, HW, C]
+        return x + out.transpose(1, 2).reshape(m, c, hh, ww)
+
+
+class AE3DConv(nn.Conv2d):
+    """Conv2d 3x3 to RGB, then ``time_mix_conv`` (Conv3d (3,1,1)) over the chunk's frames."""
+
+
+def _make_conv_out(ops, cin, cout, dtype=None, device=None):
+    conv = ops.Conv2d(cin, cout, 3, padding=1, dtype=dtype, device=device)
+    conv.time_mix_conv = getattr(ops, "Conv3d", nn.Conv3d)(cout, cout, (3, 1, 1), padding=(1, 0, 0),
+                                                          dtype=dtype, device=device)
+    return conv
+
+
+def _time_mix(conv3d, x, n):                                               # [(b t), 3, H, W] -> same, over t
+    x5 = x.view(-1, n, *x.shape[1:]).transpose(1, 2)
+    return conv3d(x5).transpose(1, 2).reshape(x.shape)
+
+
+# =================================================================================================================
+# Decoder
+# =================================================================================================================
+class VideoDecoder(Decoder):
+    """The reference ``VideoDecoder`` (time_mode conv-only, learned merge) with the dual-reference refinements."""
+
+    block_cls = VideoResBlock
+
+    def __init__(self, cfg: DualRefVAEConfig, ops, dtype=None, device=None):
+        super().__init__(cfg, ops, dtype=dtype, device=device)
+        kw = dict(dtype=dtype, device=device)
+        levels = len(cfg.ch_mult)
+        self.attn_level = tuple(lv for lv in getattr(cfg, "attn_level", (2, 3)) if lv < levels)
+        norm_out = self.norm_out
+        del self.norm_out, self.conv_out                                   # re-registered after attn_refinement:
+        self.attn_refinement = nn.ModuleList(
+            [(Fusion if lv in self.attn_level else Combiner)(ops, cfg.ch * cfg.ch_mult[lv], **kw) for lv in range(levels)]
+            + [Combiner(ops, cfg.ch * cfg.ch_mult[0], **kw)])
+        self.norm_out = norm_out                                           # the reference's key order
+        self.conv_out = _make_conv_out(ops, cfg.ch * cfg.ch_mult[0], cfg.out_ch, **kw)
+
+    def prepare(self, hidden: Optional[Sequence[torch.Tensor]]):
+        """One video's references: hidden[i] [C_i, 2, h_i, w_i] (first, last) -> per-refinement prepared tensors."""
+        if hidden is None:
+            return None
+        return [r.prepare(h.transpose(0, 1)) for r, h in zip(self.attn_refinement, hidden)]
+
+    # -- reference structure: every layer on the whole chunk ---------------------------------------------------------
+    def forward(self, z, prep=None, taps=None):                            # [n, 4, h, w] -> [n, 3, 8h, 8w] one chunk
+        n = z.shape[0]
+        h = self.conv_in(z)
+        _taps(taps, "conv_in", h)
+        h = self.mid.block_1(h, n, taps, "mid.block_1")
+        _taps(taps, "mid.block_1", h)
+        h = self.mid.attn_1(h)
+        _taps(taps, "mid.attn_1", h)
+        h = self.mid.block_2(h, n, taps, "mid.block_2")
+        _taps(taps, "mid.block_2", h)
+        for lv in reversed(range(len(self.up))):
+            stage = self.up[lv]
+            for j, block in enumerate(stage.block):
+                h = block(h, n, taps, f"up.{lv}.block.{j}")
+                _taps(taps, f"up.{lv}.block.{j}", h)
+            if prep is not None:
+                h = self.attn_refinement[lv].apply(h, prep[lv], 0, n, n, inplace=True)
+                _taps(taps, f"attn_refinement.{lv}", h)
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h)
+                _taps(taps, f"up.{lv}.upsample", h)
+        h = self.norm_out(h)
+        _taps(taps, "norm_out", h)
+        h = _silu(h)
+        if prep is not None:
+            h = self.attn_refinement[-1].apply(h, prep[-1], 0, n, n, inplace=True)
+            _taps(taps, f"attn_refinement.{len(self.up)}", h)
+        h = self.conv_out(h)
+        _taps(taps, "conv_out.time_mix_conv.input", h.view(1, n, *h.shape[1:]).transpose(1, 2))
+        h = _time_mix(self.conv_out.time_mix_conv, h, n)
+        _taps(taps, "conv_out", h)
+        return h
+
+    # -- low-memory structure: spatial layers a few frames at a time, fused between the temporal layers --------------
+    def _program(self, prep):
+        """The decoder as steps: ("frames", fn(x, a, b, n)) per-frame work, ("time", block) temporal barriers."""
+        steps = [("frames", lambda x, a, b, n: self.conv_in(x))]
+
+        def video(block, name):
+            steps.append(("frames", lambda x, a, b, n: block.spatial(x)))
+            steps.append(("time", block, name))
+
+        video(self.mid.block_1, "mid.block_1")
+        steps.append(("frames", lambda x, a, b, n: self.mid.attn_1(x)))
+        video(self.mid.block_2, "mid.block_2")
+        for lv in reversed(range(len(self.up))):
+            stage = self.up[lv]
+            for j, block in enumerate(stage.block):
+                video(block, f"up.{lv}.block.{j}")
+            if prep is not None:
+                ref, p = self.attn_refinement[lv], prep[lv]
+                steps.append(("frames", lambda x, a, b, n, ref=ref, p=p: ref.apply(x, p, a, b, n)))
+            if hasattr(stage, "upsample"):
+                steps.append(("frames", lambda x, a, b, n, up=stage.upsample: up(x)))
+        steps.append(("frames", lambda x, a, b, n: _silu(self.norm_out(x))))
+        if prep is not None:
+            steps.append(("frames", lambda x, a, b, n: self.attn_refinement[-1].apply(x, prep[-1], a, b, n)))
+        steps.append(("frames", lambda x, a, b, n: self.conv_out(x)))
+        return steps
+
+    @staticmethod
+    def _run_frames(buf, fns, frames_per_pass, owned, groups=None):
+        """Run per-frame ``fns`` over ``buf`` a few frames at a time into one buffer (``buf`` itself when owned and
+        the shape is unchanged); with ``groups``, also that buffer's per-frame GroupNorm statistics."""
+        n, out, parts = buf.shape[0], None, []
+        for a, b in _chunks(n, frames_per_pass):
+            y = buf[a:b]
+            for f in fns:
+                y = f(y, a, b, n)
+            if out is None:
+                same = owned and y.shape[1:] == buf.shape[1:] and y.dtype == buf.dtype
+                out = buf if same else y.new_empty((n,) + tuple(y.shape[1:]))
+            out[a:b] = y
+            if groups:
+                parts.append(_frame_stats(y, groups))
+            del y
+        return out, (_combine_stats(parts) if groups else None)
+
+    def stream(self, z, prep=None, frames_per_pass: int = 1, taps=None, keep_h1: str = "below-top"):
+        """One chunk [n, 4, h, w] -> [n, 3, 8h, 8w], same values as ``forward``. Peak activations: the full-chunk
+        tensors at a temporal layer (its input, plus h1 where kept) + the work of ``frames_per_pass`` frames at full
+        resolution (lower levels take proportionally more frames per pass: same pixels, fewer small calls).
+        ``keep_h1``: "all", "none", or "below-top" (recompute h1 only at the full-resolution level, where a
+        full-chunk tensor is largest; that adds one (3,1,1) conv per top-level block)."""
+        n, buf, owned, pending = z.shape[0], z, False, []
+        top = z.shape[-2] * z.shape[-1] * 4 ** (len(self.up) - 1)          # pixels of an output frame
+
+        def per_pass(hw, grow):                                            # same pixels per pass at every level
+            return frames_per_pass * max(1, top // (hw * grow))
+
+        for step in self._program(prep):
+            if step[0] == "frames":
+                pending.append(step[1])
+                continue
+            block, name = step[1], step[2]
+            hw = buf.shape[-2] * buf.shape[-1]                             # the pass may upsample once (x4)
+            buf, stats = self._run_frames(buf, pending, per_pass(hw, 4), owned,
+                                          groups=block.time_stack.in_layers[0].num_groups)
+            owned, pending = True, []
+            keep = keep_h1 == "all" or (keep_h1 == "below-top" and all(block is not b for b in self.up[0].block))
+            block.temporal_(buf, stats, per_pass(buf.shape[-2] * buf.shape[-1], 1), keep)
+            _taps(taps, name, buf)
+        buf, _ = self._run_frames(buf, pending, per_pass(buf.shape[-2] * buf.shape[-1], 4), owned)
+        return _time_mix(self.conv_out.time_mix_conv, buf, n)
+
+
+# =================================================================================================================
+# The autoencoder
+# =================================================================================================================
+class DualRefAutoencoderKL(AutoencoderKL):
+    """ToonCrafter's first stage: SD encoder (+ hidden states), video decoder with first/last-frame references.
+
+    ``dtype`` is the weight and compute dtype (fp32, bf16, fp16); time_stack norms compute in float32.
+    """
+
+    decoder_cls = VideoDecoder
+
+    def __init__(self, cfg: DualRefVAEConfig = DualRefVAEConfig(), dtype=None, device=None, operations=None):
+        super().__init__(cfg, dtype=dtype, device=device, operations=operations)
+
+    @property
+    def levels(self) -> int:
+        return len(self.cfg.ch_mult)
+
+    def encode_hidden(self, x: torch.Tensor, chunk_frames: Optional[int] = None):
+        """Video [B,3,T,H,W] in [-1,1] -> (mean, std) [B,4,T,h,w] unscaled, hidden: L+1 tensors
+        [B, C_i, 2, h_i, w_i] (level i's last block output, then conv_in's; index 0 / 1 = first / last frame)."""
+        if x.ndim != 5 or x.shape[1] != self.cfg.in_channels:
+            raise DynamiCrafterInputError("ToonCrafter VAE encode input", "[B, 3, T, H, W] video in [-1, 1]",
+                                          f"shape {list(x.shape)}", "pass the frames as one video")
+        bsz, t = x.shape[0], x.shape[2]
+        flat, unfold = _fold(x, self.cfg.in_channels, "ToonCrafter VAE encode input")
+        keep = {b * t + i for b in range(bsz) for i in (0, t - 1)}         # (b t) rows of first / last frames
+        means, stds, hid = [], [], {}
+        for a, b in _chunks(flat.shape[0], chunk_frames):
+            hidden: List[torch.Tensor] = []
+            moments = self.quant_conv(self.encoder(self._in(flat[a:b]), hidden))
+            mean, logvar = moments.chunk(2, dim=1)
+            means.append(mean)
+            stds.append(torch.exp(0.5 * logvar.clamp(-30.0, 20.0)))
+            for row in sorted(keep & set(range(a, b))):
+                hid[row] = [h[row - a].clone() for h in hidden]
+        hs = [torch.stack([torch.stack([hid[b * t][i], hid[b * t + t - 1][i]], 1) for b in range(bsz)])
+              for i in range(self.levels + 1)]                              # [B, C_i, 2, h_i, w_i]
+        return unfold(torch.cat(means)), unfold(torch.cat(stds)), hs
+
+    def check_hidden(self, hidden, z: torch.Tensor) -> None:
+        """One-line refusal unless ``hidden`` fits this decoder and latent (before any decoding)."""
+        f = self.downscale
+        bsz, h, w = z.shape[0], z.shape[-2], z.shape[-1]
+        want = [(self.cfg.ch * self.cfg.ch_mult[i], h * f // 2 ** i, w * f // 2 ** i) for i in range(self.levels)]
+        want.append((self.cfg.ch, h * f, w * f))
+        got = [tuple(t.shape) for t in hidden] if isinstance(hidden, (list, tuple)) else hidden
+        ok = isinstance(hidden, (list, tuple)) and len(hidden) == len(want) and all(
+            tuple(t.shape) == (bsz, c, 2, hh, ww) for t, (c, hh, ww) in zip(hidden, want))
+        if not ok:
+            raise DynamiCrafterInputError(
+                "ToonCrafter decode references", f"{len(want)} tensors [B={bsz}, C, 2, h, w] with (C, h, w) = {want}",
+                f"{got}", "encode the start and end images at the size of the video being decoded")
+
+    def decode(self, z: torch.Tensor, hidden=None, temporal_length: int = TEMPORAL_LENGTH,
+               frames_per_pass: Optional[int] = 1, chunk_frames: Optional[int] = None,
+               structure: str = "stream", keep_h1: str = "below-top") -> torch.Tensor:
+        """Unscaled latent [B,4,T,h,w] (or [T,4,h,w], one video) -> frames, same layout; ``post_quant_conv`` unused.
+
+        ``temporal_length``: the reference's decode chunk (numerics, not memory). ``frames_per_pass``
+        (alias ``chunk_frames``): frames per spatial pass of ``structure="stream"``; memory only, exact.
+        ``hidden``: from ``encode_hidden``; None skips every refinement (the reference's decode without refs).
+        ``structure``: "stream" (low memory) or "forward" (the reference's whole-chunk pass); ``keep_h1``: see
+        ``VideoDecoder.stream``.
+        """
+        frames_per_pass = chunk_frames or frames_per_pass
+        video = z.ndim == 5
+        z5 = z if video else z.transpose(0, 1)[None]
+        if z5.ndim != 5 or z5.shape[1] != self.cfg.embed_dim:
+            raise DynamiCrafterInputError("ToonCrafter VAE decode input", f"[B, {self.cfg.embed_dim}, T, h, w]",
+                                          f"shape {list(z.shape)}", "pass a video latent")
+        if hidden is not None:
+            self.check_hidden(hidden, z5)
+        bsz, t = z5.shape[0], z5.shape[2]
+        out = None
+        for bi in range(bsz):                                              # each video with its own references
+            prep = self.decoder.prepare(None if hidden is None else [self._in(h[bi]) for h in hidden])
+            for a, b in _chunks(t, temporal_length):
+                zc = self._in(z5[bi, :, a:b].transpose(0, 1))               # [n, 4, h, w]
+                y = (self.decoder(zc, prep) if structure == "forward"
+                     else self.decoder.stream(zc, prep, max(1, int(frames_per_pass or b - a)), keep_h1=keep_h1))
+                if out is None:
+                    out = y.new_empty((bsz, y.shape[1], t) + tuple(y.shape[2:]))
+                out[bi, :, a:b] = y.transpose(0, 1)
+                del y
+        return out if video else out[0].transpose(0, 1)
+
+    # -------------------------------------------------------------------------------------------------------------
+    def stream_bytes(self, frames: int, latent_h: int, latent_w: int, frames_per_pass: int) -> int:
+        """Upper estimate of ``stream``'s activation peak for one chunk: two full-chunk top-level tensors (time_stack
+        input and its first conv's output) + 5 full-resolution tensors of the channels entering the top level per
+        frame of a pass (as ``decode_bytes_per_frame``)."""
+        f = self.downscale
+        elem = torch.finfo(self.dtype).bits // 8
+        full = 2 * frames * self.cfg.ch * self.cfg.ch_mult[0] * latent_h * f * latent_w * f * elem
+        return int(full + frames_per_pass * self.decode_bytes_per_frame(latent_h, latent_w))
+
+    def frames_per_pass_for_cap(self, cap_bytes: int, frames: int, latent_h: int, latent_w: int) -> int:
+        """Largest frames per pass whose estimate fits ``cap_bytes`` (at least 1: the floor is two full tensors)."""
+        per = self.decode_bytes_per_frame(latent_h, latent_w)
+        floor = self.stream_bytes(frames, latent_h, latent_w, 0)
+        return int(min(frames, max(1, (cap_bytes - floor) // max(1, per))))
+
+
+# =================================================================================================================
+# Caller-facing helpers (the 0.18215 scale lives here)
+# =================================================================================================================
+def encode_video(vae: DualRefAutoencoderKL, video: torch.Tensor, sample: bool = True,
+                 generator: Optional[torch.Generator] = None, scale_factor: float = SCALE_FACTOR,
+                 noise: Optional[torch.Tensor] = None):
+    """[B,3,T,H,W] in [-1,1] -> (scaled latent [B,4,T,h,w], hidden states). ``sample`` (default, as the reference's
+    ``get_latent_z_with_hidden_states``): mean + std * noise (``noise`` given, or drawn with ``generator``)."""
+    mean, std, hidden = vae.encode_hidden(video)
+    if not sample:
+        return mean * scale_factor, hidden
+    if noise is None:
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+    return sample_posterior(mean, std, noise.to(mean), scale_factor), hidden
+
+
+def splice_index(t: int) -> List[int]:
+    """Latent frames of the reference's second decode: all but frames 1 and T-2."""
+    if t < 4:
+        raise DynamiCrafterInputError("ToonCrafter middle-frame splice", "a video of at least 4 frames",
+                                      f"{t} frames", "turn the splice off or decode more frames")
+    index = list(range(t))
+    del index[1]
+    del index[-2]
+    return index
+
+
+def decode_video(vae: DualRefAutoencoderKL, latents: torch.Tensor, hidden=None, splice_middle: bool = True,
+                 temporal_length: int = TEMPORAL_LENGTH, memory_cap_mb: Optional[float] = None,
+                 frames_per_pass: Optional[int] = None, structure: str = "stream",
+                 scale_factor: float = SCALE_FACTOR) -> torch.Tensor:
+    """Scaled latents [B,4,T,h,w] -> frames [B,3,T,H,W] in about [-1,1], as the reference inference returns them.
+
+    ``splice_middle``: frames T//2-1 and T//2 are replaced by frames T//2-2, T//2-1 of a decode of the latent
+    without frames 1 and T-2 (the reference's final assembly; T < 6 is misaligned there too, T < 4 refused).
+    ``memory_cap_mb`` picks ``frames_per_pass`` when it is not given (exact; floor: ``stream_bytes(.., 0)``).
+    """
+    if latents.ndim != 5:
+        raise DynamiCrafterInputError("ToonCrafter decode latent", "[B, 4, T, h, w]", f"shape {list(latents.shape)}",
+                                      "pass a video latent")
+    t = latents.shape[2]
+    index = splice_index(t) if splice_middle else None
+    if frames_per_pass is None:
+        frames_per_pass = 1
+        if memory_cap_mb:
+            frames_per_pass = vae.frames_per_pass_for_cap(int(memory_cap_mb * 2 ** 20), min(t, temporal_length),
+                                                          latents.shape[-2], latents.shape[-1])
+    if hidden is not None:
+        vae.check_hidden(hidden, latents)
+    z = latents * (1.0 / scale_factor)                                     # the reference multiplies by 1/s
+    kw = dict(temporal_length=temporal_length, frames_per_pass=frames_per_pass, structure=structure)
+    out = vae.decode(z, hidden, **kw)
+    if index is not None:
+        mid = vae.decode(z[:, :, index], hidden, **kw)
+        out[:, :, t // 2 - 1:t // 2 + 1] = mid[:, :, t // 2 - 2:t // 2]
+    return out
+
+
+__all__ = ["DualRefAutoencoderKL", "DualRefVAEConfig", "TINY_DUALREF_VAE", "VideoDecoder", "TEMPORAL_LENGTH",
+           "load_dualref_vae",
+           "dualref_config_from_ddconfig", "encode_video", "decode_video", "splice_index"]

@@ -1,0 +1,251 @@
+"""Context windows in the host: the DCN_Windows options node, and per-window conditioning of our MODEL under the host's
+own context windows (``ContextWindowsManual``, dim 0: frames as batch).
+
+One implementation slices our conditioning for a window (``window_cond``): the concat latent's rows by the window's
+index list, the frame count set to the window's length, the image tokens and text unchanged (a 16-frame window reuses
+P's 256 tokens, one per frame), and the conditioning layout checked (``model.windows.check_window_conditioning``)
+so a window never runs with the wrong concat. Hosts call it through
+- ``IndexListCallbacks.RESIZE_COND_ITEM`` (ComfyUI 2026-01 and later), registered on the context handler when sampling
+  starts (an ON_PRE_RUN callback on our ModelPatcher);
+- ``DynamiCrafterModel.apply_model`` for hosts without that callback (2025-10 does not slice model conds on dim 0):
+  the concat stays full-length through the host (``FrameConcat`` is never truncated to a window's batch) and is
+  sliced there by ``transformer_options["context_window"].index_list``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+import comfy.conds
+
+from ..model.errors import DynamiCrafterInputError
+from ..model.log import logger
+from ..model.windows import (
+    FUSE_METHODS, MAX_FRAMES, SCHEDULES, WindowSpec, chain_spec, check_window_conditioning,
+)
+
+LAYOUT_KEY = "dcn_layout"
+WINDOWED_KEYS = ("c_concat", "dcn_frames", LAYOUT_KEY)
+
+
+class FrameConcat(comfy.conds.CONDNoiseShape):
+    """The concat latent over all T frames. A window's batch (fewer rows than T) keeps all T rows, so the model
+    slices the window's own frames (``window_cond``) instead of the host truncating to the first frames."""
+
+    def process_cond(self, batch_size, area=None, **kwargs):
+        rows = self.cond.shape[0]
+        if 1 < batch_size < rows:
+            data = self.cond
+            if area is not None:
+                dims = len(area) // 2
+                for i in range(dims):
+                    data = data.narrow(i + 2, area[i + dims], area[i])
+            return self._copy_with(data)
+        return super().process_cond(batch_size, area=area, **kwargs)
+
+
+class Layout(comfy.conds.CONDConstant):
+    """(kind, frames, keyframes, loop) of the conditioning: what a window must look like
+    (``check_window_conditioning``)."""
+
+
+def layout_of(info: dict, frames: int) -> tuple:
+    """The Layout tuple of a conditioning record (DCN_Conditioning's) for a video of ``frames`` frames."""
+    return (info.get("concat_kind", "image"), int(frames), int(info.get("keyframes", 0)),
+            bool(info.get("loop_windows", False)))
+
+
+def window_cond(key: str, value, index_list: Sequence[int], layout: tuple):
+    """One conditioning item of our MODEL for a window (``None``: the item is not frame-dependent).
+
+    ``value`` is a cond object (``comfy.conds``) or its tensor / int. c_concat: rows of the window (a [K*T] stack of
+    K conds is sliced per cond); dcn_frames: the window length; dcn_layout: checked, unchanged."""
+    kind, frames, keyframes, loop = layout
+    idx = [int(i) for i in index_list]
+    if key == LAYOUT_KEY:
+        check_window_conditioning(kind, frames, idx, keyframes, loop)
+        return value
+    if key == "dcn_frames":
+        return comfy.conds.CONDConstant(len(idx)) if isinstance(value, comfy.conds.CONDRegular) else len(idx)
+    if key == "c_concat":
+        tensor = value.cond if isinstance(value, comfy.conds.CONDRegular) else value
+        rows = tensor.shape[0]
+        if rows % frames:
+            if rows % len(idx) == 0:
+                return value                                               # already the window's rows
+            raise DynamiCrafterInputError("context window", f"a concat latent of {frames} frames per video",
+                                          f"{rows} rows", "connect the LATENT of DCN_Conditioning")
+        k = rows // frames
+        sel = torch.tensor(idx, device=tensor.device)
+        out = tensor.reshape((k, frames) + tuple(tensor.shape[1:])).index_select(1, sel)
+        out = out.reshape((k * len(idx),) + tuple(tensor.shape[1:]))
+        return value._copy_with(out) if isinstance(value, comfy.conds.CONDRegular) else out
+    return None
+
+
+def resize_cond_item(cond_key, cond_value, window, x_in, device, new_cond_item):
+    """``IndexListCallbacks.RESIZE_COND_ITEM`` of the host's context windows: our items for ``window``."""
+    if "concat_latent" in new_cond_item and "image_tokens" in new_cond_item:
+        # the conditioning node's record (read by extra_conds before sampling, not by the model): kept as it is
+        # (the 2026-01 host's generic path calls a plain tensor here and fails)
+        return cond_value if isinstance(cond_value, torch.Tensor) else None
+    if cond_key not in WINDOWED_KEYS:
+        return None
+    layout_item = new_cond_item.get(LAYOUT_KEY)
+    if layout_item is None:
+        return None
+    layout = layout_item.cond if isinstance(layout_item, comfy.conds.CONDRegular) else layout_item
+    out = window_cond(cond_key, cond_value, window.index_list, layout)
+    if isinstance(out, comfy.conds.CONDRegular) and isinstance(out.cond, torch.Tensor) and device is not None:
+        out = out._copy_with(out.cond.to(device))
+    return out
+
+
+def apply_window(x: torch.Tensor, c_concat, transformer_options, kwargs: dict):
+    """apply_model for hosts without RESIZE_COND_ITEM (and a check on those with it): the window's concat rows and
+    frame count. Returns (c_concat, kwargs)."""
+    window = transformer_options.get("context_window") if isinstance(transformer_options, dict) else None
+    layout = kwargs.get(LAYOUT_KEY)
+    if window is None or layout is None:
+        return c_concat, kwargs
+    idx = list(window.index_list)
+    if getattr(window, "dim", 0) != 0:
+        raise DynamiCrafterInputError("context windows dim", "0 (DynamiCrafter's frames are the batch)",
+                                      str(window.dim), "set dim 0 on ContextWindowsManual")
+    if len(idx) == layout[1]:
+        return c_concat, kwargs
+    window_cond(LAYOUT_KEY, layout, idx, layout)
+    if x.shape[0] % len(idx):
+        raise DynamiCrafterInputError("context window", f"a batch of whole {len(idx)}-frame windows",
+                                      f"{x.shape[0]} rows", "use ContextWindowsManual with dim 0")
+    kwargs = dict(kwargs, dcn_frames=len(idx))
+    if c_concat is not None and c_concat.shape[0] != x.shape[0]:
+        c_concat = window_cond("c_concat", c_concat, idx, layout)
+    if c_concat is not None and c_concat.shape[0] != x.shape[0]:
+        raise DynamiCrafterInputError("context window", f"{x.shape[0]} concat rows", f"{c_concat.shape[0]}",
+                                      "use ContextWindowsManual with dim 0")
+    return c_concat, kwargs
+
+
+def prepare_handler(handler) -> None:
+    """Ready the host's context handler for our MODEL (each run, idempotent): ``resize_cond_item`` registered where
+    the host has RESIZE_COND_ITEM, dim 0 required, and one sigma for its step lookup."""
+    if handler is None or getattr(handler, "callbacks", None) is None:
+        return
+    import comfy.context_windows as cw
+    import comfy.patcher_extension as pe
+
+    kind = getattr(cw.IndexListCallbacks, "RESIZE_COND_ITEM", None)
+    if kind is not None and not pe.get_callbacks_with_key(kind, "dcn", handler.callbacks):
+        pe.add_callback_with_key(kind, "dcn", resize_cond_item, handler.callbacks)
+    if getattr(handler, "dim", 0) != 0:
+        raise DynamiCrafterInputError("context windows dim", "0 (DynamiCrafter's frames are the batch)",
+                                      str(handler.dim), "set dim 0 on ContextWindowsManual")
+    if not getattr(handler, "_dcn_one_sigma", False) and hasattr(handler, "set_step"):
+        # frames as batch: the host passes one sigma per frame (all equal); the 2025-10 handler compares the whole
+        # vector with its sigma list (a size error), later hosts take timestep[0]. Give it one sigma.
+        step = handler.set_step
+        handler.set_step = lambda timestep, model_options: step(timestep.reshape(-1)[:1], model_options)
+        handler._dcn_one_sigma = True
+
+
+def _on_pre_run(patcher) -> None:
+    """ModelPatcher ON_PRE_RUN callback (the host calls it when sampling starts, before the first step)."""
+    prepare_handler((getattr(patcher, "model_options", None) or {}).get("context_handler"))
+
+
+def install(patcher) -> None:
+    """Give a ModelPatcher of our model the host-window hook (no-op on hosts without patcher callbacks)."""
+    try:
+        import comfy.patcher_extension as pe
+    except ImportError:  # 2024 hosts: no context windows at all
+        return
+    if hasattr(patcher, "add_callback_with_key") and hasattr(pe, "CallbacksMP"):
+        patcher.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, "dcn_windows", _on_pre_run)
+
+
+# ================================================================================================================
+# DCN_Windows
+# ================================================================================================================
+class DCN_Windows:
+    """Context-window settings for DCN_Sampler: 16-frame windows over a long video, fused each step."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "context_length": ("INT", {"default": 16, "min": 2, "max": MAX_FRAMES, "step": 1,
+                                       "tooltip": "Frames per window; 16 = the trained length (other lengths share "
+                                                  "the image tokens over the window and lose motion quality)."}),
+            "context_overlap": ("INT", {"default": 4, "min": 0, "max": MAX_FRAMES - 1, "step": 1,
+                                        "tooltip": "Frames shared by neighbouring windows (less than the window)."}),
+            "context_schedule": (list(SCHEDULES), {"default": "standard_static",
+                                                   "tooltip": "static: fixed windows, the last shifted back to the "
+                                                              "end; uniform: joins move every step; looped: the "
+                                                              "video is a closed loop (windows wrap around)."}),
+            "fuse_method": (list(FUSE_METHODS), {"default": "pyramid",
+                                                 "tooltip": "Weights of overlapping windows: pyramid (centre "
+                                                            "frames count most), flat, overlap-linear (ramps)."}),
+            "freenoise": ("BOOLEAN", {"default": False,
+                                      "tooltip": "FreeNoise: later windows start from shuffled copies of the first "
+                                                 "window's noise (more consistent content, same cost)."}),
+            "max_windows_per_call": ("INT", {"default": 1, "min": 0, "max": 64, "step": 1,
+                                             "tooltip": "Windows per UNet call: more is faster on a GPU with "
+                                                        "memory to spare; 0 = all. 1 = the memory of 16 frames."}),
+        }}
+
+    RETURN_TYPES = ("DCN_WINDOWS",)
+    OUTPUT_TOOLTIPS = ("Context-window settings for DCN_Sampler's windows input.",)
+    FUNCTION = "windows"
+    CATEGORY = "DynamiCrafter/sampling"
+    DESCRIPTION = "Long videos: sample in windows of the trained length, fused every step (keyframe chains use " \
+                  "their own segments)."
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, context_length=None, context_overlap=None):
+        from .widgets import widget_problem
+
+        problem = widget_problem(cls, context_length=context_length, context_overlap=context_overlap)
+        if problem is not True:
+            return problem
+        if context_length is not None and context_overlap is not None and int(context_overlap) >= int(context_length):
+            return (f"context_overlap: expected less than context_length ({context_length}), found {context_overlap}; "
+                    "use about a quarter of the window")
+        return True
+
+    def windows(self, context_length, context_overlap, context_schedule, fuse_method, freenoise,
+                max_windows_per_call):
+        spec = WindowSpec(int(context_length), int(context_overlap), context_schedule, fuse_method,
+                          int(max_windows_per_call), bool(freenoise))
+        spec.check(max(int(context_length) + 1, 2))
+        return (spec,)
+
+
+def resolve_windows(spec: Optional[WindowSpec], info: dict, frames: int, trained: int) -> Optional[WindowSpec]:
+    """The windows a run uses: a keyframe chain's own segments; a long loop's looped windows; else ``spec`` or, for
+    a video longer than the trained length, the default windows (with a note)."""
+    kind = info.get("concat_kind", "image")
+    if kind == "chain":
+        length = int(info["window"])
+        own = chain_spec(length, bool(info.get("loop_windows")), spec.fuse if spec else "pyramid",
+                         spec.max_windows_per_call if spec else 1)
+        if spec is not None and (spec.length, spec.overlap) != (own.length, own.overlap):
+            logger.info("keyframe chain: its own windows (%d frames, overlap 1, one per segment) replace the "
+                        "DCN_Windows settings", length)
+        return own
+    if frames <= (spec.length if spec else trained):
+        return spec
+    if kind == "pair":
+        raise DynamiCrafterInputError(
+            "frames", f"at most {spec.length if spec else trained} frames for start/end-image interpolation",
+            str(frames), "use keyframes (an IMAGE batch) for longer interpolation, or fewer frames")
+    if spec is None:
+        spec = WindowSpec()
+        logger.info("%d frames: sampled in %d-frame context windows (overlap %d, %s, %s); DCN_Windows changes it",
+                    frames, spec.length, spec.overlap, spec.schedule, spec.fuse)
+    if info.get("loop_windows") and not spec.schedule.startswith("looped"):
+        spec = WindowSpec(spec.length, spec.overlap, "looped_static", spec.fuse, spec.max_windows_per_call,
+                          spec.freenoise)
+        logger.info("loop: windows wrap around (looped_static)")
+    spec.check(frames, trained)
+    return spec
