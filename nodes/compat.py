@@ -5,6 +5,7 @@ a version number.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import types
 from typing import List, Optional, Tuple
@@ -185,6 +186,23 @@ def diffusion_model_wrappers(transformer_options) -> list:
     if pe is None or not isinstance(transformer_options, dict) or not hasattr(pe.WrappersMP, "DIFFUSION_MODEL"):
         return []
     return pe.get_all_wrappers(pe.WrappersMP.DIFFUSION_MODEL, transformer_options)
+
+
+def check_diffusion_wrappers(transformer_options: dict, channels_in: int, channels_out: int) -> None:
+    """Refuse a diffusion-model wrapper this host's version cannot apply to our UNet. EasyCache before it learned the
+    model's output channels (its holder takes no ``output_channels``: 2025-10 and older) caches the whole UNet input;
+    with the concat latent (8 channels in, 4 out) its skipped steps return the rows of one conditioning only."""
+    holder = transformer_options.get("easycache")
+    keys = (transformer_options.get("wrappers") or {}).get("diffusion_model") or {}
+    if holder is None or "easycache" not in keys or channels_in == channels_out:
+        return
+    if "output_channels" in inspect.signature(type(holder).__init__).parameters:
+        return
+    raise DynamiCrafterInputError(
+        "EasyCache",
+        f"a ComfyUI whose EasyCache caches the model's {channels_out} output channels (v0.3.70 of 2025-11-18 or later)",
+        f"this host's EasyCache, which caches all {channels_in} input channels (the concat latent too)",
+        "update ComfyUI, use LazyCache with DCN_Guider, or remove EasyCache")
 
 
 def run_wrapped(fn, owner, wrappers, *args, **kwargs):

@@ -52,6 +52,7 @@ class DynamiCrafterUNet(UNetModel):
         WrappersMP.DIFFUSION_MODEL patches run around the UNet as they do around the host's own UNets)."""
         wrappers = compat.diffusion_model_wrappers(transformer_options)
         if wrappers:
+            compat.check_diffusion_wrappers(transformer_options, self.cfg.in_channels, self.cfg.out_channels)
             out = compat.run_wrapped(self._forward, self, wrappers, x, timesteps, context, control,
                                      transformer_options, **kwargs)
         else:
