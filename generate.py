@@ -37,6 +37,9 @@ from typing import List, Optional, Tuple
 
 if __package__:  # imported as part of the pack (tests)
     from . import headless
+    from .model.errors import DynamiCrafterInputError
+    from .model.fileio import check_free_space, place_file
+    from .model.limits import RANGES, available_memory, check_image_file, check_run_memory, estimate_run_bytes
     from .model.variants import get_variant
     from .weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
         remote_metadata, tiny_checkpoint
@@ -44,6 +47,10 @@ else:  # run as a script: register this folder as the package ``comfyui_dynamicr
     import _bootstrap
     import headless
     _bootstrap.register()
+    from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
+    from comfyui_dynamicrafter.model.fileio import check_free_space, place_file
+    from comfyui_dynamicrafter.model.limits import (RANGES, available_memory, check_image_file, check_run_memory,
+                                                    estimate_run_bytes)
     from comfyui_dynamicrafter.model.variants import get_variant
     from weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
         remote_metadata, tiny_checkpoint
@@ -82,6 +89,22 @@ class UserError(Exception):
     """Bad input or a missing file: printed as it is (no traceback), exit status 2."""
 
 
+# The pack's exception types for bad input (model/errors.py and its subclasses): a node that raises one is reported
+# in its own one line, without the host's traceback.
+INPUT_ERRORS = ("DynamiCrafterInputError", "NonFiniteError", "OutputWriteError")
+
+
+class _HostTracebacks(logging.Filter):
+    """Drops the host executor's own log of a node's exception (a banner and a traceback): run_graph reports it,
+    in one line for bad input, with the traceback for anything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or os.path.basename(record.pathname) != "execution.py":
+            return True
+        msg = record.getMessage()
+        return not (msg.startswith("!!! Exception during processing") or msg.startswith("Traceback"))
+
+
 # =====================================================================================================================
 # inputs and outputs (checked before anything heavy starts)
 # =====================================================================================================================
@@ -93,23 +116,65 @@ def check_image(path: str, what: str) -> str:
         raise UserError(f"{what}: {path} is not a file")
     if not os.access(path, os.R_OK):
         raise UserError(f"{what}: {path} cannot be read (permission denied)")
-    try:
-        from PIL import Image
-        with Image.open(path) as im:
-            im.load()
-            size = im.size
-    except Exception as e:  # PIL raises several types for broken files
-        raise UserError(f"{what}: {path} is not a readable image ({type(e).__name__}: {e})") from None
-    if min(size) < 16:
-        raise UserError(f"{what}: {path} is {size[0]}x{size[1]} px; use an image of at least 64x64")
+    # the header only: size x frames against the pixel limit and 16-bit greyscale (LoadImage whitens it), before any
+    # pixel is decoded
+    hdr = check_image_file(path, what)
+    if min(hdr.width, hdr.height) < 16:
+        raise UserError(f"{what}: {path} is {hdr.width}x{hdr.height} px; use an image of at least 64x64")
     return path
+
+
+# flag -> (argument name, RANGES key): the numbers checked (finite, in the widgets' range) before a host starts
+NUMBER_FLAGS = {"--width": ("width", "width"), "--height": ("height", "height"), "--frames": ("frames", "frames"),
+                "--steps": ("steps", "steps"), "--motion": ("motion", "motion"), "--cfg": ("cfg", "cfg"),
+                "--cfg-image": ("cfg_image", "cfg"), "--eta": ("eta", "eta"),
+                "--guidance-rescale": ("guidance_rescale", "guidance_rescale"), "--fps": ("fps", "fps"),
+                "--crf": ("crf", "crf")}
+
+
+def check_numbers(args) -> None:
+    """Every number finite and within the range its widget takes, named by its flag (before any host starts)."""
+    if __package__:  # torch comes with it: imported once a run is asked for, not at import
+        from .model.guards import check_finite_number
+    else:
+        from comfyui_dynamicrafter.model.guards import check_finite_number
+
+    for flag, (name, key) in NUMBER_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        lo, hi = RANGES[key]
+        check_finite_number(flag, value, lo, hi)
+        if name in ("width", "height") and value and (value < 64 or value % 8):
+            raise DynamiCrafterInputError(flag, "0 (the variant's own) or a multiple of 8 from 64 to 8192 px",
+                                          str(value), "pick a size such as 512 or 320")
+
+
+def planned_size(args, variant: str, tiny: bool) -> Tuple[int, int, int]:
+    """(width, height, frames) the run will use: the arguments, else the variant's (or the tiny check's) own."""
+    v = get_variant(variant)
+    w, h = TINY_SIZE[variant] if tiny else (v.width, v.height)
+    return args.width or w, args.height or h, args.frames or v.frames
+
+
+def check_room(args, req, cpu: bool) -> None:
+    """Before the host starts: the run's activations against the device's memory (a lower bound), and the output's
+    folder against a (small) estimate of the video's size."""
+    w, h, frames = planned_size(args, req.variant, args.tiny)
+    unet = get_variant(req.variant, tiny="tiny" if args.tiny else False).unet
+    have, label = available_memory("cpu" if cpu else "cuda")
+    check_run_memory(estimate_run_bytes(unet, w, h, frames, branches=3, dtype_bytes=2), have, label,
+                     f"{w}x{h} x {frames} frames", what="--width/--height/--frames")
+    # H.264 / WebP / GIF of this many pixels take at least about 1/200 byte per pixel (+ headers): far below the
+    # real size, so a refusal here is certain, and the final move checks the real size again
+    check_free_space(os.path.dirname(req.out_path), 1024 + w * h * frames // 200, "--out")
 
 
 def labelled_output(out: str, tiny: bool) -> str:
     if not tiny:
         return out
     stem, ext = os.path.splitext(out)
-    return stem if stem.endswith(TINY_LABEL) else stem + TINY_LABEL + ext
+    return out if stem.endswith(TINY_LABEL) else stem + TINY_LABEL + ext
 
 
 def check_output(out: str) -> Tuple[str, str]:
@@ -189,8 +254,12 @@ def run_graph(host: headless.Host, prompt: dict) -> dict:
     for event, data in res.messages:
         if event == "execution_error":
             msg = (data.get("exception_message") or "").strip()
-            raise UserError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                            f"{data.get('exception_type')}: {msg}")
+            kind = str(data.get("exception_type") or "")
+            where = f"node {data.get('node_id')} ({data.get('node_type')})"
+            if kind.rsplit(".", 1)[-1] in INPUT_ERRORS:  # bad input, said in one line by the node
+                raise UserError(f"{where}: {msg}")
+            tb = "".join(data.get("traceback") or []).rstrip()  # anything else: a bug, with its traceback
+            raise UserError(f"{where} failed: {kind}: {msg}" + (f"\n{tb}" if tb else ""))
         if event == "execution_interrupted":
             raise UserError("interrupted")
     if not res.success:
@@ -202,8 +271,17 @@ def run_graph(host: headless.Host, prompt: dict) -> dict:
 # the workflow
 # =====================================================================================================================
 def load_workflow(kind: str) -> dict:
-    with open(WORKFLOWS[kind], encoding="utf-8") as f:
-        return json.load(f)
+    path = WORKFLOWS[kind]
+    try:
+        with open(path, encoding="utf-8") as f:
+            graph = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"workflow {os.path.relpath(path, ROOT)}: not a readable JSON graph ({e}); restore the file "
+                        "from the pack (git checkout, or reinstall)") from None
+    if not isinstance(graph, dict) or not all(isinstance(v, dict) and "class_type" in v for v in graph.values()):
+        raise UserError(f"workflow {os.path.relpath(path, ROOT)}: not an API-format graph; restore the file from the "
+                        "pack (git checkout, or reinstall)")
+    return graph
 
 
 def _nodes_of(prompt: dict, class_type: str) -> List[str]:
@@ -372,11 +450,12 @@ def where_to_put(mf: ModelFile, folders: List[str], target: str) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger().addFilter(_HostTracebacks())  # the executor logs through the root logger itself
     for name in ("DynamiCrafter", "generate"):
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         return generate(args)
-    except (UserError, WeightsError) as e:
+    except (UserError, WeightsError, DynamiCrafterInputError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
 
@@ -441,6 +520,10 @@ def read_request(args) -> Request:
     missing = [f"--{n}" for n in ("image", "prompt", "out") if getattr(args, n) is None]
     if missing:
         raise UserError(f"missing {', '.join(missing)} (python generate.py --help)")
+    check_numbers(args)
+    if args.ckpt and os.path.dirname(args.ckpt) and not os.path.isfile(os.path.expanduser(args.ckpt)):
+        raise UserError(f"--ckpt: {os.path.abspath(os.path.expanduser(args.ckpt))} is not a file (give a file "
+                        "name from the model folders or the path of a checkpoint)")
     req.image = check_image(args.image, "--image")
     req.keyframes = [check_image(k, "--keyframes") for k in (args.keyframes or [])[1:]]
     if args.end_image:
@@ -490,7 +573,12 @@ def resolve_weights(args, req: Request, host: headless.Host, target: str, cpu: b
     if args.tiny:
         return None
     mf = req.model_file
-    path = host.find_checkpoint((args.ckpt,) if args.ckpt else mf.alternatives)
+    if args.ckpt and os.path.dirname(args.ckpt):  # a path: its folder is searched first, so the loader lists it
+        path = os.path.abspath(os.path.expanduser(args.ckpt))
+        host.set_model_folders(headless.MODEL_FOLDER,
+                               [os.path.dirname(path)] + host.model_folders(headless.MODEL_FOLDER))
+    else:
+        path = host.find_checkpoint((args.ckpt,) if args.ckpt else mf.alternatives)
     if path is not None:
         if not _demo_on_cpu(args, cpu):
             return path
@@ -563,7 +651,7 @@ def write_output(outputs: dict, prompt: dict, host: headless.Host, out_path: str
         raise UserError(f"the save node reported no file: {outputs.get(save_id)}")
     produced = saved[0].get("fullpath") or os.path.join(host.dirs["output"], saved[0]["subfolder"],
                                                         saved[0]["filename"])
-    shutil.move(produced, out_path)
+    place_file(produced, out_path, "--out")  # temp file beside --out, fsync, rename: an old file is never half replaced
     return probe_video(out_path)
 
 
@@ -573,6 +661,8 @@ def generate(args) -> int:
     req = read_request(args)
     info = find_host(args.comfyui)
     cpu = args.cpu or not _cuda()
+    if not args.download_only:
+        check_room(args, req, cpu)
     workdir = tempfile.mkdtemp(prefix="dynamicrafter-generate-")
     try:
         host = open_host(info, workdir, cpu, args.models_dir)

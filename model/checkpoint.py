@@ -35,6 +35,7 @@ import torch
 from .dtypes import dtype_from_name
 from .errors import DynamiCrafterInputError
 from .fileio import atomic_file
+from .guards import NonFiniteError, describe_nonfinite, is_finite_tensor
 
 # ----------------------------------------------------------------------------------------------------------------
 # Layout facts
@@ -123,14 +124,19 @@ def resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]
 # Opening a file (header / mmap only)
 # ----------------------------------------------------------------------------------------------------------------
 def _sniff(path: str) -> str:
-    """'safetensors' | 'zip' | 'pickle' from the first bytes (a renamed file is still read by its content)."""
+    """'safetensors' | 'zip' | 'pickle' | 'unknown' from the first bytes (a renamed file is still read by its
+    content)."""
     with open(path, "rb") as f:
         head = f.read(9)
     if head[:4] == b"PK\x03\x04":
         return "zip"
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
-    return "pickle"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"  # a pickle protocol 2-5 header: what torch.save's legacy format writes
+    if head[:1] in (b"(", b"c", b"]", b"}", b")", b"N"):
+        return "pickle"  # the usual first opcodes of a protocol 0/1 pickle (MARK, GLOBAL, empty containers, None)
+    return "unknown"
 
 
 def _pickle_error(name: str, err: BaseException) -> DynamiCrafterInputError:
@@ -280,6 +286,13 @@ class CheckpointFile:
                 "the file is incomplete or damaged: download it again",
             )
         kind = _sniff(self.path)
+        if kind == "unknown":
+            with open(self.path, "rb") as f:
+                first = f.read(8).hex(" ")
+            raise DynamiCrafterInputError(
+                f"checkpoint '{self.name}'", "a .safetensors file, a PyTorch zip checkpoint or a PyTorch pickle",
+                f"none of them (first bytes {first}); nothing was unpickled",
+                "the file is damaged or not a model: download it again and compare its size with the source")
         deepspeed = False
         if kind == "safetensors" or (ext in SAFETENSORS_EXTS and kind != "zip"):  # a renamed .ckpt is still read
             self.format = "safetensors"
@@ -321,7 +334,12 @@ class CheckpointFile:
         return keys
 
     def _torch_load(self, mmap: bool):
+        renamed = self.name.lower().endswith(SAFETENSORS_EXTS)  # torch.load would hand a path so named to safetensors
         try:
+            if renamed:
+                self.notes.append("a PyTorch checkpoint named .safetensors: read as what it is (weights only)")
+                with open(self.path, "rb") as f:
+                    return torch.load(f, map_location="cpu", weights_only=True)
             return torch.load(self.path, map_location="cpu", weights_only=True, mmap=mmap)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
                 struct.error) as err:  # what torch.load raises for refused, truncated or garbled files
@@ -389,12 +407,15 @@ def open_checkpoint(path: Union[str, os.PathLike]) -> CheckpointFile:
 # Writing (streamed safetensors, atomic)
 # ----------------------------------------------------------------------------------------------------------------
 def write_safetensors(path: Union[str, os.PathLike], items: Sequence[Tuple[str, Shape, torch.dtype]],
-                      read: Callable[[str], torch.Tensor], metadata: Optional[Mapping[str, str]] = None) -> int:
+                      read: Callable[[str], torch.Tensor], metadata: Optional[Mapping[str, str]] = None,
+                      finite: Optional[str] = None) -> int:
     """Stream tensors into a ``.safetensors`` file atomically; returns the file size.
 
     ``items`` lists (name, shape, dtype) so the header is written first; ``read(name)`` yields each tensor (of that
-    shape; converted to that dtype here) one at a time, so at most one tensor is held in memory. The file is
-    written to a temporary name in the same folder, fsync'ed, then renamed over ``path``.
+    shape; converted to that dtype here) one at a time, so at most one tensor is held in memory. The free space for
+    the whole file is checked first; the file is written to a temporary name in the same folder, fsync'ed, then
+    renamed over ``path``. With ``finite`` (what to name in the message) every tensor is checked for NaN/Inf after
+    the cast, and the write stops at the first bad one (nothing is left behind).
     """
     if sys.byteorder != "little":  # the format is little-endian; keep the simple path honest
         raise RuntimeError("write_safetensors needs a little-endian machine")
@@ -413,14 +434,20 @@ def write_safetensors(path: Union[str, os.PathLike], items: Sequence[Tuple[str, 
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
-    with atomic_file(path) as f:
+    with atomic_file(path, expected_bytes=8 + len(blob) + offset) as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dt in order:
             t = read(name)
             if tuple(t.shape) != tuple(shape):
                 raise RuntimeError(f"write_safetensors: {name} has shape {list(t.shape)}, header says {list(shape)}")
+            src_finite = finite is None or is_finite_tensor(t)
             t = t.to(dtype=dt, device="cpu").contiguous()
+            if finite is not None and not is_finite_tensor(t):
+                cast = "" if not src_finite else f" after the cast to {dt} (the source values overflow it)"
+                raise NonFiniteError(finite, "finite weights", f"tensor '{name}' holds {describe_nonfinite(t)}{cast}",
+                                     "convert with --dtype fp32 or bf16" if cast else
+                                     "the source file is damaged or from a diverged training run: use another copy")
             if t.numel():
                 f.write(t.reshape(-1).view(torch.uint8).numpy().data)
             del t

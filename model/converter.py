@@ -18,6 +18,7 @@ from .config import Variant
 from .detect import Detection, detect_variant, file_variant, validate_checkpoint
 from .dtypes import DTYPES, dtype_name
 from .errors import DynamiCrafterInputError
+from .fileio import write_errors
 from .log import logger
 
 @dataclass(frozen=True)
@@ -115,5 +116,14 @@ def convert_checkpoint(src: Union[str, os.PathLike], dst: Union[str, os.PathLike
             meta[META_CONFIG] = config
         logger.info("convert '%s' -> '%s': %s, parts %s, %s", ck.name, os.path.basename(dst), det.variant,
                     ",".join(parts), dtype_name(target))
-        size = write_safetensors(dst, items, lambda name: ck.tensor(names[name]), meta)
+        def read(name: str) -> torch.Tensor:
+            try:
+                return ck.tensor(names[name])
+            except OSError as err:  # the source, not the destination: named as such
+                raise DynamiCrafterInputError(f"checkpoint '{ck.name}'", "a readable source file",
+                                              f"{err.strerror or err} reading '{names[name]}'",
+                                              "check the source file and its disk, then convert again") from None
+
+        with write_errors(dst, "convert destination"):
+            size = write_safetensors(dst, items, read, meta, finite=f"checkpoint '{ck.name}'")
     return ConvertResult(dst, det, parts, len(items), size, meta)

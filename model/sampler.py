@@ -29,6 +29,7 @@ import torch
 
 from .config import ScheduleConfig
 from .errors import DynamiCrafterInputError
+from .guards import check_latent_finite
 from .log import logger
 from .schedule import (
     check_parameterization, ddim_schedule, model_buffers, pred_x0_eps_from_eps, pred_x0_eps_from_v,
@@ -245,6 +246,7 @@ def ddim_sample(
         if return_trajectory:
             trajectory.append({"t": t, "index": index, "x_prev": x_prev, "pred_x0": pred_x0,
                                "model_output": model_output})
+        check_latent_finite(x_prev, k + 1, n)  # stop at the first bad step: nothing downstream is saved as success
         x = x_prev
         if callback is not None:
             callback(k, n, x_prev, pred_x0)

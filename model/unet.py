@@ -37,6 +37,8 @@ from torch.utils.checkpoint import checkpoint
 from . import attention as attn
 from .attention import BasicTransformerBlock, Context, SpatialTransformer, TemporalTransformer, sdpa_attention
 from .config import UNetConfig
+from .control import add_residual
+from .control import from_host as control_residuals
 
 # ================================================================================================================
 # Host-injectable layer namespace, embeddings, norms
@@ -300,8 +302,11 @@ class UNetModel(nn.Module):
         return Context(text, image, frames, per_frame=False)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, fs: Optional[torch.Tensor] = None,
-                **kwargs) -> torch.Tensor:
+                control: Optional[dict] = None, **kwargs) -> torch.Tensor:
+        """``control``: ControlNet residuals as the hosts hand them ({"input", "middle", "output"} lists, rows
+        ``(b t)``), added where the hosts' SD UNet adds them (model/control.py)."""
         b, _, t, h, w = x.shape
+        res = control_residuals(control, len(self.input_blocks))
         in_dtype = x.dtype
         dt = self.dtype
         ctx = self.split_context(context.to(dt), t)
@@ -315,7 +320,7 @@ class UNetModel(nn.Module):
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         # Guidance branches of one step share x, t and fs: the layers before the first cross-attention see
         # identical inputs, so run them for sample 0 only (Block repeats the rows where context first enters).
-        shared = (self.share_branch_prefix and b > 1 and not torch.is_grad_enabled() and _same_rows(x)
+        shared = (self.share_branch_prefix and b > 1 and res is None and not torch.is_grad_enabled() and _same_rows(x)
                   and _same_rows(timesteps) and (fs is None or not self.cfg.fs_condition or _same_rows(fs)))
         x_in = x[:1] if shared else x
         hcur = x_in.to(dt).transpose(1, 2).reshape(x_in.shape[0] * t, -1, h, w)  # [(b t), in_ch, h, w]
@@ -327,10 +332,16 @@ class UNetModel(nn.Module):
             hcur = block(hcur, emb, ctx, t, ckpt, b)
             if i == 0 and self.cfg.addition_attention:
                 hcur = self.init_attn(hcur, emb, ctx, t, ckpt, b)          # first skip is after init_attn
+            if res is not None:
+                hcur = add_residual(hcur, res.input[i], f"input residual for block {i}")
             skips.append(hcur)
         hcur = self.middle_block(hcur, emb, ctx, t, ckpt, b)
+        if res is not None:
+            hcur = add_residual(hcur, res.middle, "middle residual")
         for block in self.output_blocks:
             skip = skips.pop()
+            if res is not None:
+                skip = add_residual(skip, res.output[len(skips)], f"output residual for block {len(skips)}")
             if skip.shape[0] != hcur.shape[0]:
                 skip = torch.cat([skip] * (hcur.shape[0] // skip.shape[0]))
             hcur = block(torch.cat([hcur, skip], dim=1), emb, ctx, t, ckpt, b)

@@ -24,9 +24,11 @@ import folder_paths
 
 from ..model import adapters as ad
 from ..model.errors import DynamiCrafterInputError
+from ..model.guards import check_state_dict_finite
 from ..model.log import logger
 from . import compat
 from .loader import ImageProjector
+from .widgets import check_numbers
 
 ADAPTER_FOLDER = "dynamicrafter_adapters"
 ADAPTER_EXTENSIONS = (".safetensors",)
@@ -46,7 +48,38 @@ def _folders() -> List[str]:
 
 
 def list_adapters() -> List[str]:
-    return compat.list_files(_folders(), ADAPTER_EXTENSIONS)
+    names = compat.list_files(_folders(), ADAPTER_EXTENSIONS)
+    warn_adapters_in_loras(names)
+    return names
+
+
+_said: Dict[Tuple[str, float], bool] = {}
+
+
+def warn_adapters_in_loras(names: List[str]) -> None:
+    """Name, once per file version, a DynamiCrafter adapter in ``models/loras`` that ComfyUI's own LoRA loaders list
+    but cannot apply (its keys are the adapter's own, which they do not map): it works only through this node. The
+    trainer's kohya-key copies of LoRA-only adapters are what the stock loaders apply, and are not named."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in names:
+        path = compat.find_file(["loras"], name) if "loras" in folder_paths.folder_names_and_paths else None
+        if path is None:
+            continue
+        try:
+            key = (path, os.path.getmtime(path))
+            if key in _said:
+                continue
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                kohya = any(k.startswith("lora_unet_") for k in f.keys())  # the stock loaders' LoRA naming
+        except (OSError, SafetensorError):
+            continue
+        _said[key] = meta.get(ad.META_FORMAT) is not None and not kohya
+        if _said[key]:
+            logger.warning("models/loras/%s is a DynamiCrafter adapter: ComfyUI's LoRA loaders list it but find none "
+                           "of its keys and change nothing; apply it with DynamiCrafter Apply Adapter (the trainer "
+                           "also writes a kohya-key copy of a LoRA-only adapter, which the stock loaders apply)", name)
 
 
 def adapter_path(name: str) -> str:
@@ -123,6 +156,8 @@ def apply_adapter(model, image_proj, adapter_name: str, strength: float) -> Tupl
         raise DynamiCrafterInputError(label, err.expected, err.found, err.todo) from None
     shapes = ad.model_shapes(model.model.diffusion_model, image_proj.model)
     info = ad.validate_adapter(tensors, meta, variant, shapes, name=label)
+    check_state_dict_finite(tensors, label, "the adapter was saved from a diverged training run: export an earlier "
+                                            "step's adapter (or lower the learning rate and train again)")
     full_keys = list(info.full_keys)
     lora, full = unet_patches(tensors, info, full_keys)
     has_p = any(k.startswith(ad.P_PREFIX) for k in tensors)
@@ -180,6 +215,7 @@ class DCN_ApplyAdapter:
                    "DynamiCrafter model; refuses adapters of another variant or P shape before patching.")
 
     def apply(self, model, image_proj, adapter_name, strength_model=1.0):
+        check_numbers(type(self), strength_model=strength_model)
         m, p, summary = apply_adapter(model, image_proj, adapter_name, float(strength_model))
         return {"ui": {"text": [summary]}, "result": (m, p)}
 

@@ -19,6 +19,8 @@ import folder_paths
 
 from ..headless import CHECKPOINT_FOLDERS, LEGACY_FOLDER_NAMES, MODEL_FOLDER
 from ..model.errors import DynamiCrafterInputError
+from ..model.fileio import walk_files
+from ..model.log import logger
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -48,15 +50,31 @@ def checkpoint_folders() -> List[str]:
     return [k for k in dict.fromkeys(keys) if k is not None and k in folder_paths.folder_names_and_paths]
 
 
+_warned_loops: set = set()
+
+
 def list_files(keys: List[str], extensions: Optional[Tuple[str, ...]] = None) -> List[str]:
-    """File names in the host's model folders ``keys`` (first listing wins), optionally by extension."""
+    """File names in the host's model folders ``keys`` (first listing wins), optionally by extension.
+
+    Our own bounded walk (model/fileio.walk_files: symlinks followed, every real folder once), not the host's
+    ``get_filename_list``: its ``os.walk(followlinks=True)`` never ends on a folder with two links to ``.``. Such a
+    link is named once in the log, since the host's own loaders listing that folder would still hang."""
     names: List[str] = []
     for key in keys:
-        try:
-            found = folder_paths.get_filename_list(key)
-        except OSError:  # a folder that vanished: list the others
-            continue
-        names.extend(n for n in found if extensions is None or n.lower().endswith(extensions))
+        folders, exts = folder_paths.folder_names_and_paths.get(key, ([], set()))
+        wanted = tuple(e.lower() for e in (extensions if extensions is not None else exts)) or None
+        for folder in folders:
+            found = walk_files(folder, wanted)
+            for loop in found.loops:
+                where = os.path.join(folder, loop)
+                if where not in _warned_loops:
+                    _warned_loops.add(where)
+                    logger.warning("model folder %s: %s links back to a folder above it; it is listed once here, "
+                                   "but ComfyUI's own loaders (os.walk with followlinks) would walk it for ever: "
+                                   "remove the link", folder, where)
+            if found.truncated:
+                logger.warning("model folder %s: listing stopped at %s", folder, found.truncated)
+            names.extend(found.files)
     return list(dict.fromkeys(names))
 
 

@@ -19,13 +19,14 @@ import comfy.model_management
 from ..model.conditioning import concat_latent
 from ..model.config import Variant
 from ..model.errors import DynamiCrafterInputError
+from ..model.limits import RANGES, available_memory, check_run_memory, estimate_run_bytes
 from ..model.log import logger
 from ..model.windows import MAX_FRAMES as WINDOW_MAX_FRAMES, chain_frames, keyframe_concat
 from .encode import to_rgb
 from .native import COND_KEY, KNOWN_TEXT_ENCODERS
 from .widgets import widget_problem
 
-MAX_SIZE = 8192
+MAX_SIZE = RANGES["width"][1]
 MAX_FRAMES = WINDOW_MAX_FRAMES
 
 
@@ -115,6 +116,14 @@ def _vae_latent(vae, rgb: torch.Tensor) -> torch.Tensor:
     return lat.float().to(comfy.model_management.intermediate_device())
 
 
+def check_run_fits(variant: Variant, width: int, height: int, frames: int) -> None:
+    """Refuse a size the sampling device cannot hold (a lower bound: three guidance branches, 2-byte activations),
+    before the VAE or the UNet touch it."""
+    have, label = available_memory(comfy.model_management.get_torch_device())
+    parts = estimate_run_bytes(variant.unet, width, height, frames, branches=3, dtype_bytes=2)
+    check_run_memory(parts, have, label, f"{width}x{height} x {frames} frames", what="width/height/frames")
+
+
 def build_conditioning(positive, negative, image_embeds, vae, start_image, width: int, height: int, frames: int,
                        motion: int, loop: bool, end_image=None, keyframes=None):
     """-> (positive, image_only, negative, latent, notes). See the module docstring."""
@@ -130,6 +139,7 @@ def build_conditioning(positive, negative, image_embeds, vae, start_image, width
     _check_text(positive, "positive", width_d)
     _check_text(negative, "negative", width_d)
     width, height, notes = resolve_size(variant, width, height)
+    check_run_fits(variant, width, height, frames)
     start, n = to_rgb(start_image, "start_image")
     notes += n
     if start.shape[0] > 1:

@@ -15,6 +15,7 @@ import comfy.model_management
 
 from ..model.conditioning import CLIP_MEAN, CLIP_STD, clip_preprocess
 from ..model.errors import DynamiCrafterInputError
+from ..model.guards import check_image_finite
 from ..model.log import logger
 
 _KNOWN_VISION = {1024: "a ViT-L/14 image encoder (the SD1.5/SDXL-style clip_vision)",
@@ -27,6 +28,7 @@ def to_rgb(image: torch.Tensor, what: str) -> Tuple[torch.Tensor, List[str]]:
     if not isinstance(image, torch.Tensor) or image.ndim != 4:
         raise DynamiCrafterInputError(what, "an IMAGE [batch, height, width, channels]",
                                       repr(getattr(image, "shape", type(image))), "connect a LoadImage-style output")
+    check_image_finite(image, what)
     c = image.shape[-1]
     if c == 3:
         return image, []

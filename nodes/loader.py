@@ -33,9 +33,10 @@ from ..model.checkpoint import open_checkpoint
 from ..model.config import Variant
 from ..model.detect import detect_variant, file_variant, validate_checkpoint
 from ..model.dtypes import FP8_DTYPES, compute_dtype_names, dtype_from_name
-from ..model.fileio import atomic_file
 from ..model.errors import DynamiCrafterInputError
+from ..model.fileio import atomic_file
 from ..model.formats import is_tooncrafter
+from ..model.guards import check_state_dict_finite
 from ..model.log import logger
 from ..model.resampler import Resampler
 from ..model.variants import variant_names
@@ -245,6 +246,9 @@ def load_checkpoint(path: str, variant: str = "auto", weight_dtype: str = "defau
         vision = {k: ck.tensor(full) for k, full in ck.parts["image_encoder"].items()}
         vae_sd = {k: ck.tensor(full) for k, full in ck.parts["vae"].items()}
         name = ck.name
+        for part, sd in (("unet", unet_sd), ("image_proj", proj_sd), ("text_encoder", text),
+                         ("image_encoder", vision), ("vae", vae_sd)):  # one reduction per tensor, before any build
+            check_state_dict_finite(((ck.parts[part][k], t) for k, t in sd.items()), f"ckpt_name '{name}'")
     storage = None if weight_dtype == "default" else dtype_from_name(weight_dtype, what="weight_dtype", allow_fp8=True)
     model = build_model(v, unet_sd, storage)
     del unet_sd

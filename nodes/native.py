@@ -19,6 +19,7 @@ import comfy.supported_models_base
 
 from ..model.config import Variant
 from ..model.errors import DynamiCrafterInputError
+from ..model.guards import NonFiniteError, describe_nonfinite, is_finite_tensor
 from ..model.log import logger
 from ..model.unet import UNetModel
 from . import compat
@@ -59,6 +60,11 @@ class DynamiCrafterUNet(UNetModel):
         sink = transformer_options.get("dcn_output_sink") if isinstance(transformer_options, dict) else None
         if sink is not None:
             sink.append(out)                                               # raw v/eps for the exact DDIM path
+        elif not is_finite_tensor(out):  # a host sampler: stop at the first bad step (the exact one checks its latent)
+            raise NonFiniteError(
+                f"DynamiCrafter UNet output at timestep {int(timesteps.flatten()[0].round())}", "finite values",
+                describe_nonfinite(out), "nothing was saved; a NaN/Inf came from the weights, a LoRA / patch, the "
+                "guidance scale or the input image, or fp16 overflowed: check those or run in bf16/fp32")
         return out
 
     def _forward(self, x, timesteps, context=None, control=None, transformer_options={}, dcn_image_tokens=None,
@@ -79,8 +85,15 @@ class DynamiCrafterUNet(UNetModel):
         fs = None
         if dcn_fs is not None:
             fs = torch.full((b,), int(dcn_fs), dtype=torch.long, device=x.device)
-        out = super().forward(x5, ts, ctx, fs)                             # [b, 4, t, h, w]
+        out = super().forward(x5, ts, ctx, fs, control=control)            # [b, 4, t, h, w]
         return out.transpose(1, 2).reshape(n, -1, h, w)                    # [(b t), 4, h, w]
+
+
+def _motion(variant_name: str) -> str:
+    from ..model.variants import VARIANTS
+
+    v = VARIANTS.get(variant_name)
+    return f"{v.motion_input.replace('_', ' ')} {v.default_motion}" if v is not None else "unknown motion input"
 
 
 class DynamiCrafterConfig(comfy.supported_models_base.BASE):
@@ -142,6 +155,12 @@ class DynamiCrafterModel(comfy.model_base.BaseModel):
                 "plain text conditioning", "connect the positive/negative outputs of the DynamiCrafter "
                 "Conditioning node (DCN_Conditioning) to the sampler, not CLIPTextEncode directly",
             )
+        built_for = info.get("variant")
+        if built_for is not None and built_for != self.dc_variant.name:
+            raise DynamiCrafterInputError(
+                "conditioning", f"conditioning built for the {self.dc_variant.name} model being sampled",
+                f"conditioning built for {built_for} (its image projector P, {_motion(built_for)})",
+                "make the conditioning with the image_proj of the same DCN_Loader whose MODEL samples it")
         frames, h, w = noise.shape[0], noise.shape[-2], noise.shape[-1]
         concat = info["concat_latent"]
         if tuple(concat.shape[0:1]) + tuple(concat.shape[-2:]) != (frames, h, w):

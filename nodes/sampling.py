@@ -26,7 +26,7 @@ from ..model.schedule import (
     ddim_timesteps, denoised_from_eps, denoised_from_v, eps_from_denoised, input_scale, model_buffers, model_sigmas,
     rescale_at, scale_arr, sigma_to_t, sigma_view, start_noise, v_from_denoised,
 )
-from . import compat
+from . import compat, control
 from .native import COND_KEY
 from .windows import LAYOUT_KEY, resolve_windows, window_cond
 
@@ -218,6 +218,15 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     ms = base.model_sampling
     prepared = {n: _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device, BRANCH_CONDS[n], seed)
                 for n in names}
+    controls = {n: control.branch_control(compat.convert_cond(conds[BRANCH_CONDS[n]])) for n in names}
+    if spec is not None and frames > spec.length and any(c is not None for c in controls.values()):
+        raise DynamiCrafterInputError(
+            "windows", "no ControlNet on the conditioning while DCN_Sampler windows the video",
+            f"a ControlNet and DCN_Windows ({frames} frames)", "sample without DCN_Windows, or use KSampler / "
+            "SamplerCustom, whose ControlNet residuals the UNet adds")
+    control_models = control.prepare(model, controls)
+    if control_models:
+        compat.load_models(control_models)
     batched = _cat_conds([prepared[n] for n in names], device)
     topts_base = compat.transformer_options(model)  # with the patcher's wrappers (TorchCompileModel, ...)
     wrapper = model.model_options.get("model_function_wrapper")
@@ -241,6 +250,10 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
         else:                                                              # rows: branch, window, frame
             cond = _cat_conds([_window_conds(prepared[b], w, frames) for b in branches for w in wins], device)
         c = dict(cond, transformer_options=topts)
+        if control_models:  # the ControlNets' residuals for this batch (no windows: refused before sampling)
+            residuals = control.step_control(controls, branches, xk, sigma, cond, frames, topts)
+            if residuals is not None:
+                c["control"] = residuals
         if wrapper is not None:
             wrapper(base.apply_model, {"input": xk, "timestep": sigma, "c": c,
                                        "cond_or_uncond": topts["cond_or_uncond"]})
@@ -264,9 +277,12 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     unet = base.diffusion_model
     # the conds are the same every step: their text/image K/V are projected once per run (exact; freed after it)
     with unet.context_cache() if hasattr(unet, "context_cache") else contextlib.nullcontext():
-        out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
-                          cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
-                          callback=callback, windows=spec, freenoise_seed=seed)
+        try:
+            out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
+                              cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
+                              callback=callback, windows=spec, freenoise_seed=seed)
+        finally:
+            control.cleanup(controls)
     video = out[0].transpose(0, 1)                                         # [t, 4, h, w] model space
     video = base.process_latent_out(video.float()).to(comfy.model_management.intermediate_device())
     result = dict(latent)

@@ -19,7 +19,8 @@ import torch
 import folder_paths
 
 from ..model.errors import DynamiCrafterInputError
-from ..model.fileio import atomic_path
+from ..model.fileio import atomic_path, check_free_space, write_errors
+from ..model.guards import check_image_finite
 from ..model.log import logger
 from ..model.videoio import write_mp4
 
@@ -119,12 +120,14 @@ def save_video(images, filename_prefix: str, fmt: str, fps: float, crf: int, pro
     file = f"{name}_{counter:05}_.{fmt}"
     path = os.path.join(folder, file)
     meta = _metadata(prompt, extra_pnginfo)                                # the graph, unless --disable-metadata
-    if fmt == "mp4":
-        write_mp4(path, frames, fps, crf, meta)
-    elif fmt == "webp":
-        write_webp(path, frames, fps, quality=max(1, 100 - int(crf)), metadata=meta)
-    else:
-        write_gif(path, frames, fps)
+    with write_errors(path, "DynamiCrafter Save Video"):  # a full / read-only output folder: one line, no partial file
+        check_free_space(folder, t * h * w // 200 + 1024, "DynamiCrafter Save Video")  # far below the real size
+        if fmt == "mp4":
+            write_mp4(path, frames, fps, crf, meta)
+        elif fmt == "webp":
+            write_webp(path, frames, fps, quality=max(1, 100 - int(crf)), metadata=meta)
+        else:
+            write_gif(path, frames, fps)
     saved = {"filename": file, "subfolder": subfolder, "type": "output"}
     ui = {"gifs": [dict(saved, format=MIME[fmt], frame_rate=float(fps), frame_count=int(t),
                         fullpath=path)]}
@@ -173,6 +176,7 @@ class DCN_SaveVideo:
     DESCRIPTION = "Saves the video frames as mp4 (H.264), animated WebP or GIF in the output folder."
 
     def save(self, images, filename_prefix, format, fps, crf, prompt=None, extra_pnginfo=None):
+        check_image_finite(images, "images")  # a NaN video is refused, never saved as black frames
         ui, _ = save_video(images, filename_prefix, format, fps, crf, prompt, extra_pnginfo)
         return {"ui": ui}
 

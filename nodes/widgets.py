@@ -7,9 +7,11 @@ span several inputs or need the file system only, and there call ``widget_proble
 """
 from __future__ import annotations
 
+import math
 from typing import Union
 
 from ..model.errors import DynamiCrafterInputError
+from ..model.guards import check_finite_number
 
 _LISTED = 20  # longer choice lists (file names) are summarised, as the host does
 
@@ -25,6 +27,8 @@ def _out_of_range(name: str, kind: str, opts: dict, value) -> Union[bool, str]:
     except (TypeError, ValueError):
         return str(DynamiCrafterInputError(name, f"a number ({kind})", repr(value), "enter a number"))
     lo, hi = opts.get("min"), opts.get("max")
+    if not math.isfinite(number):
+        return str(DynamiCrafterInputError(name, "a finite number", repr(value), "NaN and Inf are not values"))
     if (lo is not None and number < lo) or (hi is not None and number > hi):
         span = f"{lo} to {hi}" if lo is not None and hi is not None else (f"at least {lo}" if hi is None
                                                                             else f"at most {hi}")
@@ -51,3 +55,14 @@ def widget_problem(node_cls, **values) -> Union[bool, str]:
             if problem is not True:
                 return problem
     return True
+
+
+def check_numbers(node_cls, **values) -> None:
+    """Refuse, in one line naming the input, a number widget's value that is NaN / Inf or outside its declared
+    range. Node functions call it first: the hosts' own range check lets NaN through (every comparison with NaN is
+    false), and the API accepts "nan" for a FLOAT."""
+    declared = _declarations(node_cls)
+    for name, value in values.items():
+        kind, opts = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else {})
+        if kind in ("INT", "FLOAT"):
+            check_finite_number(name, value, opts.get("min"), opts.get("max"), todo="set a value in the widget's range")
