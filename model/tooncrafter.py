@@ -31,7 +31,6 @@ caller asks for the mode.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple
 

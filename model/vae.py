@@ -11,7 +11,6 @@ The latent scale factor 0.18215 is applied only by ``encode_latent`` / ``decode_
 """
 from __future__ import annotations
 
-import dataclasses
 import types
 from dataclasses import dataclass
 from typing import Optional, Tuple
