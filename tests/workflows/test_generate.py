@@ -13,6 +13,7 @@ import time
 import pytest
 
 from comfyui_dynamicrafter import generate, headless, weights
+from comfyui_dynamicrafter.tests.workflows.conftest import tiny_lora_adapter
 
 SCRIPT = generate.__file__
 START = generate.EXAMPLE_START
@@ -176,33 +177,6 @@ def test_tiny_tooncrafter_interpolation(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # --adapter: the shipped adapter workflow (DCN_ApplyAdapter) on the tiny checkpoint
 # ---------------------------------------------------------------------------------------------------------------------
-def tiny_lora_adapter(path) -> str:
-    """A LoRA adapter (model/adapters.py format, nonzero rank-2 pairs on every to_v projection) that fits the tiny 512
-    checkpoint generate.py --tiny writes: what the trainer exports, without a training run."""
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from comfyui_dynamicrafter.model import adapters as ad
-    from comfyui_dynamicrafter.model.checkpoint import META_VARIANT
-
-    ckpt = weights.tiny_checkpoint(os.path.join(generate.DEFAULT_CACHE, "tiny-weights"), "512")
-    g = torch.Generator().manual_seed(7)
-    tensors = {}
-    with safe_open(ckpt, framework="pt") as f:
-        for key in f.keys():
-            if key.startswith(ad.UNET_PREFIX) and key.endswith("to_v.weight"):
-                out_f, in_f = f.get_slice(key).get_shape()
-                mod = key[:-len(".weight")]
-                tensors[mod + ad.LORA_DOWN] = torch.randn(2, in_f, generator=g) * 0.5
-                tensors[mod + ad.LORA_UP] = torch.randn(out_f, 2, generator=g) * 0.5
-                tensors[mod + ad.LORA_ALPHA] = torch.tensor(2.0)
-    assert tensors
-    save_file(tensors, str(path), metadata={ad.META_FORMAT: ad.FORMAT, META_VARIANT: "512", ad.META_STAGE: "test",
-                                            ad.META_GROUPS: '["lora"]', ad.META_STEP: "0"})
-    return str(path)
-
-
 def decoded_frames(path):
     """The mp4's frames as decoded RGB arrays (H.264 is lossy but deterministic: equal input, equal frames)."""
     import av
@@ -215,7 +189,7 @@ def test_adapter_workflow_strength_0_is_none_and_1_changes_the_frames(tmp_path):
     """generate.py --adapter runs dynamicrafter_512_adapter (DCN_ApplyAdapter) in the real executor: strength 0 gives
     the frames of the plain image-to-video run bit for bit, strength 1 other frames."""
     import numpy as np
-    adapter = tiny_lora_adapter(tmp_path / "my_adapter.safetensors")
+    adapter = tiny_lora_adapter(str(tmp_path / "my_adapter.safetensors"))
     base = ["--tiny", "--image", START, "--prompt", "a boat", *SMALL, "--crf", "0"]
     p = run(*base, "--out", str(tmp_path / "none.mp4"))
     assert p.returncode == 0, p.stdout + p.stderr
