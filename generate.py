@@ -8,6 +8,7 @@
     python generate.py --keyframes a.png b.png c.png --prompt "..." --out chain.mp4        # keyframe chain
     python generate.py --image a.png --loop --frames 64 --prompt "..." --out long_loop.mp4  # long loop
     python generate.py --image a.png --prompt "..." --out check.mp4 --tiny                 # pipeline check
+    python generate.py --image a.png --prompt "..." --out my.mp4 --adapter adapter.safetensors:0.8  # your adapter
     python generate.py --download-only [--variant 512-interp]                              # just fetch weights
 
 It runs the shipped API-format workflow (workflows/api/) with your values in the ComfyUI host it finds: the one named
@@ -64,7 +65,10 @@ WORKFLOWS = {
     "keyframes": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_keyframes.json"),
     "long_loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_loop.json"),
     "tooncrafter": os.path.join(ROOT, "workflows", "api", "tooncrafter_interpolation.json"),
+    "adapter": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_adapter.json"),
 }
+ADAPTER_FOLDER = "dynamicrafter_adapters"   # nodes/adapter.py's model folder (the node lists it first)
+ADAPTER_STRENGTH = (-10.0, 10.0)            # DCN_ApplyAdapter's strength_model widget range
 WINDOW = 16   # the models' trained length: longer videos run in context windows of this many frames
 MAX_FRAMES = 256
 EXAMPLE_START = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_start.png")
@@ -148,6 +152,31 @@ def check_numbers(args) -> None:
         if name in ("width", "height") and value and (value < 64 or value % 8):
             raise DynamiCrafterInputError(flag, "0 (the variant's own) or a multiple of 8 from 64 to 8192 px",
                                           str(value), "pick a size such as 512 or 320")
+
+
+def check_adapter(value: str) -> Tuple[str, float]:
+    """--adapter FILE[:strength] -> (absolute path, strength): an existing .safetensors file and a finite strength in
+    DCN_ApplyAdapter's range (before any host starts; the node validates the tensors against the model)."""
+    if __package__:
+        from .model.guards import check_finite_number
+    else:
+        from comfyui_dynamicrafter.model.guards import check_finite_number
+
+    lo, hi = ADAPTER_STRENGTH
+    path, strength = value, 1.0
+    head, sep, tail = value.rpartition(":")
+    # FILE:strength; a file whose name holds ':' and a drive letter ("C:\\...") stay paths
+    if sep and head and not os.path.isfile(os.path.expanduser(value)) and not {"/", os.sep} & set(tail):
+        path, strength = head, check_finite_number("--adapter strength", tail, lo, hi,
+                                                   todo=f"give FILE or FILE:strength with a strength from {lo:g} "
+                                                        f"to {hi:g} (1.0 = as trained, 0 = no change)")
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise UserError(f"--adapter: {path} is not a file; give the trainer's adapter.safetensors "
+                        "(output_dir/adapter.safetensors, see training/README.md)")
+    if not path.endswith(".safetensors"):
+        raise UserError(f"--adapter: {path} is not a .safetensors file; give the trainer's adapter.safetensors")
+    return path, strength
 
 
 def planned_size(args, variant: str, tiny: bool) -> Tuple[int, int, int]:
@@ -346,6 +375,10 @@ def apply_settings(prompt: dict, s: dict) -> dict:
                              eta=s["eta"], guidance_rescale=s["guidance_rescale"])
     p[save]["inputs"].update(filename_prefix="generate/dynamicrafter", format=s["format"], fps=float(s["fps"]),
                              crf=s["crf"])
+    for node in _nodes_of(p, "DCN_ApplyAdapter"):
+        if s.get("adapter") is None:
+            raise RuntimeError("this workflow needs an adapter file")
+        p[node]["inputs"].update(adapter_name=s["adapter"], strength_model=float(s["adapter_strength"]))
     return p
 
 
@@ -419,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "in, else the embedded one)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is there")
     ap.add_argument("--cache-dir", default=DEFAULT_CACHE, help="where --tiny keeps its weights")
+    ap.add_argument("--adapter", metavar="FILE[:strength]",
+                    help="apply a trained adapter (the trainer's adapter.safetensors; strength -10 to 10, default "
+                         "1.0, 0 = no change) with the workflow dynamicrafter_512_adapter (image to video)")
     return ap
 
 
@@ -474,6 +510,8 @@ class Request:
     loop: bool = False
     out_path: Optional[str] = None
     fmt: Optional[str] = None
+    adapter: Optional[str] = None    # --adapter: absolute path of the file, and its strength
+    adapter_strength: float = 1.0
 
     @property
     def model_file(self) -> ModelFile:
@@ -513,6 +551,11 @@ def read_request(args) -> Request:
             raise UserError("--variant tooncrafter interpolates between two frames: give --image and --end-image "
                             "(no --loop, --keyframes or --frames over 16)")
         kind = "tooncrafter"
+    if args.adapter is not None:
+        if kind != "image_to_video":
+            raise UserError(f"--adapter: the adapter workflow is image to video (up to {WINDOW} frames, one start "
+                            "image); leave out --end-image, --loop, --keyframes and --variant tooncrafter")
+        kind = "adapter"
     req = Request(kind, args.variant or ("512-interp" if kind in ("loop", "interpolation", "keyframes") else "512"),
                   loop=bool(args.loop))
     if args.download_only:
@@ -521,6 +564,8 @@ def read_request(args) -> Request:
     if missing:
         raise UserError(f"missing {', '.join(missing)} (python generate.py --help)")
     check_numbers(args)
+    if args.adapter is not None:
+        req.adapter, req.adapter_strength = check_adapter(args.adapter)
     if args.ckpt and os.path.dirname(args.ckpt) and not os.path.isfile(os.path.expanduser(args.ckpt)):
         raise UserError(f"--ckpt: {os.path.abspath(os.path.expanduser(args.ckpt))} is not a file (give a file "
                         "name from the model folders or the path of a checkpoint)")
@@ -623,6 +668,8 @@ def run_settings(args, req: Request, ckpt_path: str, tiny: bool) -> dict:
     s.update(ckpt_name=os.path.basename(ckpt_path), variant=req.variant, prompt=args.prompt, negative=args.negative,
              seed=args.seed, cfg=args.cfg, cfg_image=args.cfg_image, eta=args.eta, fps=args.fps, crf=args.crf,
              format=req.fmt)
+    if req.adapter:
+        s.update(adapter=os.path.basename(req.adapter), adapter_strength=req.adapter_strength)
     if req.kind == "keyframes":  # the chain sets the length: (N-1)*15+1, closed N*15
         n = 1 + len(req.keyframes)
         s["frames"] = n * (WINDOW - 1) if req.loop else (n - 1) * (WINDOW - 1) + 1
@@ -641,6 +688,13 @@ def build_prompt(req: Request, settings: dict, input_dir: str) -> dict:
         settings.setdefault("keyframes", []).append(f"keyframe{i + 2}" + os.path.splitext(k)[1].lower())
         shutil.copyfile(k, os.path.join(input_dir, settings["keyframes"][-1]))
     return apply_settings(load_workflow(req.kind), settings)
+
+
+def use_adapter(req: Request, host: headless.Host) -> None:
+    """The --adapter file's folder put first in the host's adapter folder (the node lists the file by its name)."""
+    folders = host.model_folders(ADAPTER_FOLDER) or [os.path.join(host.folder_paths.models_dir, ADAPTER_FOLDER)]
+    host.set_model_folders(ADAPTER_FOLDER, [os.path.dirname(req.adapter)] + folders)
+    print(f"adapter: {req.adapter}, strength {req.adapter_strength:g}", flush=True)
 
 
 def write_output(outputs: dict, prompt: dict, host: headless.Host, out_path: str) -> Tuple[int, float, tuple]:
@@ -678,6 +732,8 @@ def generate(args) -> int:
         else:
             check_weights(ckpt_path)
             print(f"model: {ckpt_path}", flush=True)
+        if req.adapter:
+            use_adapter(req, host)
         s = run_settings(args, req, ckpt_path, tiny)
         prompt = build_prompt(req, s, host.dirs["input"])
         print(f"workflow: {os.path.relpath(WORKFLOWS[req.kind], ROOT)} ({req.kind}), variant {req.variant}, "

@@ -34,6 +34,7 @@ CKPT_TOON = "tooncrafter_512_interp.ckpt"
 PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
 LOOP_PROMPT = "a small sailboat rocking on gentle waves at sunset"
 SEED = 123
+ADAPTER_FILE = "adapter.safetensors"   # the trainer's output name (training/README.md)
 
 # Per type: (non-widget input slots [(name, type)], output slots [(name, type)], widget names in order).
 # A widget name None is a front-end-only value (seed control, image upload): in the UI file, not in the API file.
@@ -71,6 +72,8 @@ SPECS: Dict[str, Tuple[list, list, list]] = {
                                ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
                               [("output", "LATENT"), ("denoised_output", "LATENT")], []),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")], []),
+    "DCN_ApplyAdapter": ([("model", "MODEL"), ("image_proj", "DCN_IMAGE_PROJ")],
+                         [("model", "MODEL"), ("image_proj", "DCN_IMAGE_PROJ")], ["adapter_name", "strength_model"]),
     "DCN_SaveVideo": ([("images", "IMAGE")], [], ["filename_prefix", "format", "fps", "crf"]),
     "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], [("VIDEO", "VIDEO")], ["fps"]),
     "SaveVideo": ([("video", "VIDEO")], [], ["filename_prefix", "format", "codec"]),
@@ -178,7 +181,9 @@ def _model_note(ckpt: str, repo: str, extra: str = "") -> str:
             f"workflows/input/.\n{extra}")
 
 
-def _common(g: Graph, ckpt: str, variant: str, prompt: str, end: bool):
+def _common(g: Graph, ckpt: str, variant: str, prompt: str, end: bool, adapter: bool = False):
+    """Loader, images, prompts, image encode; with ``adapter``, a DCN_ApplyAdapter on the loader's MODEL and P whose
+    P feeds the image encode (the caller connects its MODEL to the sampler)."""
     loader = g.add("DCN_Loader", (30, 380), (370, 200), [ckpt, variant, "default"])
     start = g.add("LoadImage", (30, 630), (370, 340), [START_IMAGE, "image"], title="Start image")
     end_id = g.add("LoadImage", (30, 1010), (370, 340), [END_IMAGE, "image"], title="End image") if end else None
@@ -188,7 +193,13 @@ def _common(g: Graph, ckpt: str, variant: str, prompt: str, end: bool):
     g.connect(loader, "clip", pos, "clip")
     g.connect(loader, "clip", neg, "clip")
     g.connect(loader, "clip_vision", enc, "clip_vision")
-    g.connect(loader, "image_proj", enc, "image_proj")
+    if adapter:
+        apply = g.add("DCN_ApplyAdapter", (450, 600), (360, 110), [ADAPTER_FILE, 1.0], title="Your adapter")
+        g.connect(loader, "model", apply, "model")
+        g.connect(loader, "image_proj", apply, "image_proj")
+        g.connect(apply, "image_proj", enc, "image_proj")
+    else:
+        g.connect(loader, "image_proj", enc, "image_proj")
     g.connect(start, "IMAGE", enc, "image")
     return loader, start, end_id, pos, neg, enc
 
@@ -205,7 +216,8 @@ def _conditioning(g, loader, start, end_id, pos, neg, enc, motion: int, loop: bo
     return cond
 
 
-def _exact_tail(g, loader, cond, prefix: str, steps: int = 50, windows: Optional[list] = None):
+def _exact_tail(g, loader, cond, prefix: str, steps: int = 50, windows: Optional[list] = None,
+                model: Optional[int] = None):
     samp = g.add("DCN_Sampler", (1270, 60), (330, 330),
                  [SEED, "fixed", steps, 7.5, 7.5, 1.0, 0.7, "auto", "multi"])
     if windows is not None:
@@ -214,7 +226,7 @@ def _exact_tail(g, loader, cond, prefix: str, steps: int = 50, windows: Optional
     for name in ("positive", "image_only", "negative"):
         g.connect(cond, name, samp, name)
     g.connect(cond, "latent", samp, "latent")
-    g.connect(loader, "model", samp, "model")
+    g.connect(model or loader, "model", samp, "model")
     dec = g.add("VAEDecode", (1650, 60), (210, 50))
     g.connect(samp, "LATENT", dec, "samples")
     g.connect(loader, "vae", dec, "vae")
@@ -254,6 +266,29 @@ EXACT_GRAPHS = {
         "512x320, 16 frames, motion 5, 50 steps, cfg 7.5 / 7.5, rescale 0.7, 8 fps.",
         "512-interp", LOOP_PROMPT, False, 5, True, "DynamiCrafter/loop"),
 }
+
+
+ADAPTER_NOTE = (
+    "ADAPTER FILE - pick it in 'Your adapter' (DynamiCrafter Apply Adapter) > adapter_name\n"
+    f"{ADAPTER_FILE} is what the pack's trainer writes (python train.py --config ...: output_dir/{ADAPTER_FILE}; "
+    "see training/README.md, 'From my videos to my adapter in my workflow'). It goes into "
+    "ComfyUI/models/dynamicrafter_adapters/ (models/loras works too); rename it freely, press R after adding it. "
+    "It must be trained for the loaded variant (512 here). strength_model 1.0 = as trained, 0 = no change. "
+    "From the command line: python generate.py ... --adapter FILE[:strength].")
+
+
+def adapter_graph() -> Graph:
+    """image_to_video with the trainer's adapter applied between the loader's MODEL / P and the rest."""
+    g = Graph("dynamicrafter_512_adapter", "DynamiCrafter 512: image to video with your trained adapter")
+    g.add("Note", (30, 30), (370, 300), [_model_note(
+        CKPT_512, "Doubiiu/DynamiCrafter_512", "\n" + ADAPTER_NOTE + "\nDEFAULTS as the image-to-video workflow: "
+        "512x320, 16 frames, motion 24, 50 DDIM steps, eta 1.0, cfg 7.5 / 7.5, rescale 0.7, 8 fps.")],
+        color=NOTE_COLOR)
+    loader, start, _, pos, neg, enc = _common(g, CKPT_512, "auto", PROMPT, end=False, adapter=True)
+    apply = next(n["id"] for n in g.nodes if n["type"] == "DCN_ApplyAdapter")
+    cond = _conditioning(g, loader, start, None, pos, neg, enc, motion=24, loop=False)
+    _exact_tail(g, loader, cond, "DynamiCrafter/adapter", model=apply)
+    return g
 
 
 LONG_FRAMES = 64
@@ -371,7 +406,7 @@ def advanced() -> Graph:
 
 GRAPHS = {**{kind: functools.partial(_exact_graph, *args) for kind, args in EXACT_GRAPHS.items()},
           "long_video": long_video, "keyframes": keyframes, "long_loop": long_loop, "advanced": advanced,
-          "tooncrafter": tooncrafter}
+          "tooncrafter": tooncrafter, "adapter": adapter_graph}
 
 
 def example_images() -> Dict[str, "object"]:

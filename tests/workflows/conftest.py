@@ -2,10 +2,12 @@
 workflows' model pickers get in these tests, and the example input images in the host's input folder."""
 import os
 import shutil
+from typing import Optional
 
 import pytest
 
 from comfyui_dynamicrafter import generate, weights
+from comfyui_dynamicrafter.scripts import build_workflows
 from comfyui_dynamicrafter.tests import hosting
 from comfyui_dynamicrafter.tests.workflows import wfcheck
 
@@ -20,8 +22,38 @@ def tiny_files() -> dict:
     return {real: weights.tiny_checkpoint(folder, v) for real, v in TINY_FOR.items()}
 
 
-def install_inputs(model_dir: str, input_dir: str) -> dict:
-    """Link the tiny files into a host's dynamicrafter folder, copy the example images; real name -> tiny name."""
+def tiny_lora_adapter(path: str) -> str:
+    """A LoRA adapter (model/adapters.py format, nonzero rank-2 pairs on every to_v projection) that fits the tiny 512
+    checkpoint generate.py --tiny writes: what the trainer exports, without a training run."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from comfyui_dynamicrafter.model import adapters as ad
+    from comfyui_dynamicrafter.model.checkpoint import META_VARIANT
+
+    ckpt = weights.tiny_checkpoint(os.path.join(generate.DEFAULT_CACHE, "tiny-weights"), "512")
+    g = torch.Generator().manual_seed(7)
+    tensors = {}
+    with safe_open(ckpt, framework="pt") as f:
+        for key in f.keys():
+            if key.startswith(ad.UNET_PREFIX) and key.endswith("to_v.weight"):
+                out_f, in_f = f.get_slice(key).get_shape()
+                mod = key[:-len(".weight")]
+                tensors[mod + ad.LORA_DOWN] = torch.randn(2, in_f, generator=g) * 0.5
+                tensors[mod + ad.LORA_UP] = torch.randn(out_f, 2, generator=g) * 0.5
+                tensors[mod + ad.LORA_ALPHA] = torch.tensor(2.0)
+    assert tensors
+    save_file(tensors, path, metadata={ad.META_FORMAT: ad.FORMAT, META_VARIANT: "512", ad.META_STAGE: "test",
+                                       ad.META_GROUPS: '["lora"]', ad.META_STEP: "0"})
+    return path
+
+
+def install_inputs(model_dir: str, input_dir: str, adapter_dir: Optional[str] = None) -> dict:
+    """Link the tiny files into a host's dynamicrafter folder, copy the example images, and write a tiny adapter
+    under the name the adapter workflow picks into ``adapter_dir``; real name -> tiny name."""
+    if adapter_dir and not os.path.isfile(os.path.join(adapter_dir, build_workflows.ADAPTER_FILE)):
+        tiny_lora_adapter(os.path.join(adapter_dir, build_workflows.ADAPTER_FILE))
     names = {}
     for real, path in tiny_files().items():
         dst = os.path.join(model_dir, os.path.basename(path))
@@ -48,6 +80,7 @@ def wf_host(wf_host_info, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def wf_tiny(wf_host):
-    names = install_inputs(wf_host.model_dirs["dynamicrafter"], wf_host.dirs["input"])
+    names = install_inputs(wf_host.model_dirs["dynamicrafter"], wf_host.dirs["input"],
+                           wf_host.model_dirs["dynamicrafter_adapters"])
     wf_host.refresh_models()
     return names

@@ -84,7 +84,7 @@ def server(tmp_path_factory):
     if info.label != "pypi-2024-03" and importlib.util.find_spec("comfyui_frontend_package") is None:
         pytest.skip(f"{info.describe()}: its server needs comfyui_frontend_package, not installed here")
     srv = hosting.HostServer(info, str(tmp_path_factory.mktemp("browser-server")))
-    names = install_inputs(srv.model_dirs["dynamicrafter"], srv.dirs["input"])
+    names = install_inputs(srv.model_dirs["dynamicrafter"], srv.dirs["input"], srv.model_dirs["dynamicrafter_adapters"])
     t0 = time.monotonic()
     srv.start()
     srv.started_in = time.monotonic() - t0

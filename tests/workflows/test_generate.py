@@ -13,6 +13,7 @@ import time
 import pytest
 
 from comfyui_dynamicrafter import generate, headless, weights
+from comfyui_dynamicrafter.tests.workflows.conftest import tiny_lora_adapter
 
 SCRIPT = generate.__file__
 START = generate.EXAMPLE_START
@@ -171,6 +172,56 @@ def test_tiny_tooncrafter_interpolation(tmp_path):
             str(tmp_path / "u.mp4"))
     assert q.returncode == 2 and "--end-image" in q.stderr and len(q.stderr.strip().splitlines()) == 1
     print(f"tiny tooncrafter: {p.seconds:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --adapter: the shipped adapter workflow (DCN_ApplyAdapter) on the tiny checkpoint
+# ---------------------------------------------------------------------------------------------------------------------
+def decoded_frames(path):
+    """The mp4's frames as decoded RGB arrays (H.264 is lossy but deterministic: equal input, equal frames)."""
+    import av
+    import numpy as np
+    with av.open(str(path)) as c:
+        return np.stack([fr.to_ndarray(format="rgb24") for fr in c.decode(c.streams.video[0])])
+
+
+def test_adapter_workflow_strength_0_is_none_and_1_changes_the_frames(tmp_path):
+    """generate.py --adapter runs dynamicrafter_512_adapter (DCN_ApplyAdapter) in the real executor: strength 0 gives
+    the frames of the plain image-to-video run bit for bit, strength 1 other frames."""
+    import numpy as np
+    adapter = tiny_lora_adapter(str(tmp_path / "my_adapter.safetensors"))
+    base = ["--tiny", "--image", START, "--prompt", "a boat", *SMALL, "--crf", "0"]
+    p = run(*base, "--out", str(tmp_path / "none.mp4"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "dynamicrafter_512_image_to_video.json (image_to_video)" in p.stdout
+    got = {}
+    for strength in ("0", "1"):
+        q = run(*base, "--out", str(tmp_path / f"s{strength}.mp4"), "--adapter", f"{adapter}:{strength}")
+        assert q.returncode == 0, q.stdout + q.stderr
+        assert "dynamicrafter_512_adapter.json (adapter), variant 512" in q.stdout, q.stdout
+        assert f"adapter: {adapter}, strength {strength}" in q.stdout
+        got[strength] = decoded_frames(tmp_path / f"s{strength}.tiny-random-weights.mp4")
+    none = decoded_frames(tmp_path / "none.tiny-random-weights.mp4")
+    assert none.shape == (4, 64, 64, 3)
+    assert np.array_equal(got["0"], none)
+    diff = np.abs(got["1"].astype(int) - none.astype(int))
+    assert diff.max() > 0, "the adapter at strength 1 changed nothing"
+    print(f"adapter strength 1 vs none: mean |diff| {diff.mean():.2f} / 255, max {diff.max()}")
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("missing.txt", "--adapter: "),
+    ("{F}:nan", "--adapter strength"),
+    ("{F}:11", "--adapter strength"),
+])
+def test_bad_adapter_argument_is_one_line_before_the_host(tmp_path, value, needle):
+    f = tmp_path / "a.safetensors"
+    f.write_bytes(b"x")
+    p = run("--tiny", "--image", START, "--prompt", "x", "--out", str(tmp_path / "o.mp4"),
+            "--adapter", value.format(F=f))
+    assert p.returncode == 2 and needle in p.stderr, p.stdout + p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "ComfyUI:" not in p.stdout  # no host started
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -19,14 +19,15 @@ IDS = [wfcheck.name_of(p) for p in UI_FILES]
 
 def allowed_files() -> dict:
     """Combo values a user supplies as files: the official model file names (listed by the loader once the file
-    is in a model folder) and the example images (listed by LoadImage once copied into ComfyUI/input)."""
+    is in a model folder), the example images (listed by LoadImage once copied into ComfyUI/input) and the
+    trainer's adapter file name (listed by DCN_ApplyAdapter once in models/dynamicrafter_adapters)."""
     models = {m.filename for m in generate.MODEL_FILES.values()}
     images = set(os.listdir(wfcheck.INPUT_DIR))
-    return {"ckpt_name": models, "image": images}
+    return {"ckpt_name": models, "image": images, "adapter_name": {build_workflows.ADAPTER_FILE}}
 
 
-def test_the_eight_workflows_are_there():
-    assert IDS == ["dynamicrafter_512_advanced_guider", "dynamicrafter_512_image_to_video",
+def test_the_nine_workflows_are_there():
+    assert IDS == ["dynamicrafter_512_adapter", "dynamicrafter_512_advanced_guider", "dynamicrafter_512_image_to_video",
                    "dynamicrafter_512_interpolation", "dynamicrafter_512_keyframes", "dynamicrafter_512_long_loop",
                    "dynamicrafter_512_long_video", "dynamicrafter_512_loop", "tooncrafter_interpolation"]
     for p in UI_FILES:
