@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -38,9 +37,12 @@ from typing import List, Optional, Tuple
 
 if __package__:  # imported as part of the pack (tests)
     from . import headless
+    from .cli_checks import (TINY_LABEL, check_adapter, check_image, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
+                            check_output, labelled_output)
+    from .graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video
     from .model.errors import DynamiCrafterInputError
     from .model.fileio import check_free_space, place_file
-    from .model.limits import RANGES, available_memory, check_image_file, check_run_memory, estimate_run_bytes
+    from .model.limits import available_memory, check_run_memory, estimate_run_bytes
     from .model.variants import get_variant
     from .weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
         remote_metadata, tiny_checkpoint
@@ -48,34 +50,22 @@ else:  # run as a script: register this folder as the package ``comfyui_dynamicr
     import _bootstrap
     import headless
     _bootstrap.register()
+    from cli_checks import (TINY_LABEL, check_adapter, check_image, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
+                            check_output, labelled_output)
+    from graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video
     from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
     from comfyui_dynamicrafter.model.fileio import check_free_space, place_file
-    from comfyui_dynamicrafter.model.limits import (RANGES, available_memory, check_image_file, check_run_memory,
-                                                    estimate_run_bytes)
+    from comfyui_dynamicrafter.model.limits import available_memory, check_run_memory, estimate_run_bytes
     from comfyui_dynamicrafter.model.variants import get_variant
     from weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
         remote_metadata, tiny_checkpoint
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
-WORKFLOWS = {
-    "image_to_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_image_to_video.json"),
-    "interpolation": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_interpolation.json"),
-    "loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_loop.json"),
-    "long_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_video.json"),
-    "keyframes": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_keyframes.json"),
-    "long_loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_loop.json"),
-    "tooncrafter": os.path.join(ROOT, "workflows", "api", "tooncrafter_interpolation.json"),
-    "adapter": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_adapter.json"),
-}
 ADAPTER_FOLDER = "dynamicrafter_adapters"   # nodes/adapter.py's model folder (the node lists it first)
-ADAPTER_STRENGTH = (-10.0, 10.0)            # DCN_ApplyAdapter's strength_model widget range
 WINDOW = 16   # the models' trained length: longer videos run in context windows of this many frames
 MAX_FRAMES = 256
 EXAMPLE_START = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_start.png")
 EXAMPLE_END = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_end.png")
 EXAMPLE_PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
-OUT_FORMATS = {".mp4": "mp4", ".webp": "webp", ".gif": "gif"}
-TINY_LABEL = ".tiny-random-weights"
 PACK_MODELS = os.path.join(ROOT, "models", headless.MODEL_FOLDER)
 DEFAULT_CACHE = os.path.join(ROOT, ".cache")
 
@@ -87,10 +77,6 @@ COMMON_DEFAULTS = dict(steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=
 # The tiny pipeline check: small frames, few steps (the tiny UNet needs multiples of 16 px).
 TINY_SIZE = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64), "tooncrafter": (128, 80)}
 TINY_STEPS = 10
-
-
-class UserError(Exception):
-    """Bad input or a missing file: printed as it is (no traceback), exit status 2."""
 
 
 # The pack's exception types for bad input (model/errors.py and its subclasses): a node that raises one is reported
@@ -110,75 +96,8 @@ class _HostTracebacks(logging.Filter):
 
 
 # =====================================================================================================================
-# inputs and outputs (checked before anything heavy starts)
+# inputs and outputs (checked before anything heavy starts; the checks of single arguments are in cli_checks.py)
 # =====================================================================================================================
-def check_image(path: str, what: str) -> str:
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.exists(path):
-        raise UserError(f"{what}: {path} does not exist")
-    if not os.path.isfile(path):
-        raise UserError(f"{what}: {path} is not a file")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"{what}: {path} cannot be read (permission denied)")
-    # the header only: size x frames against the pixel limit and 16-bit greyscale (LoadImage whitens it), before any
-    # pixel is decoded
-    hdr = check_image_file(path, what)
-    if min(hdr.width, hdr.height) < 16:
-        raise UserError(f"{what}: {path} is {hdr.width}x{hdr.height} px; use an image of at least 64x64")
-    return path
-
-
-# flag -> (argument name, RANGES key): the numbers checked (finite, in the widgets' range) before a host starts
-NUMBER_FLAGS = {"--width": ("width", "width"), "--height": ("height", "height"), "--frames": ("frames", "frames"),
-                "--steps": ("steps", "steps"), "--motion": ("motion", "motion"), "--cfg": ("cfg", "cfg"),
-                "--cfg-image": ("cfg_image", "cfg"), "--eta": ("eta", "eta"),
-                "--guidance-rescale": ("guidance_rescale", "guidance_rescale"), "--fps": ("fps", "fps"),
-                "--crf": ("crf", "crf")}
-
-
-def check_numbers(args) -> None:
-    """Every number finite and within the range its widget takes, named by its flag (before any host starts)."""
-    if __package__:  # torch comes with it: imported once a run is asked for, not at import
-        from .model.guards import check_finite_number
-    else:
-        from comfyui_dynamicrafter.model.guards import check_finite_number
-
-    for flag, (name, key) in NUMBER_FLAGS.items():
-        value = getattr(args, name)
-        if value is None:
-            continue
-        lo, hi = RANGES[key]
-        check_finite_number(flag, value, lo, hi)
-        if name in ("width", "height") and value and (value < 64 or value % 8):
-            raise DynamiCrafterInputError(flag, "0 (the variant's own) or a multiple of 8 from 64 to 8192 px",
-                                          str(value), "pick a size such as 512 or 320")
-
-
-def check_adapter(value: str) -> Tuple[str, float]:
-    """--adapter FILE[:strength] -> (absolute path, strength): an existing .safetensors file and a finite strength in
-    DCN_ApplyAdapter's range (before any host starts; the node validates the tensors against the model)."""
-    if __package__:
-        from .model.guards import check_finite_number
-    else:
-        from comfyui_dynamicrafter.model.guards import check_finite_number
-
-    lo, hi = ADAPTER_STRENGTH
-    path, strength = value, 1.0
-    head, sep, tail = value.rpartition(":")
-    # FILE:strength; a file whose name holds ':' and a drive letter ("C:\\...") stay paths
-    if sep and head and not os.path.isfile(os.path.expanduser(value)) and not {"/", os.sep} & set(tail):
-        path, strength = head, check_finite_number("--adapter strength", tail, lo, hi,
-                                                   todo=f"give FILE or FILE:strength with a strength from {lo:g} "
-                                                        f"to {hi:g} (1.0 = as trained, 0 = no change)")
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise UserError(f"--adapter: {path} is not a file; give the trainer's adapter.safetensors "
-                        "(output_dir/adapter.safetensors, see training/README.md)")
-    if not path.endswith(".safetensors"):
-        raise UserError(f"--adapter: {path} is not a .safetensors file; give the trainer's adapter.safetensors")
-    return path, strength
-
-
 def planned_size(args, variant: str, tiny: bool) -> Tuple[int, int, int]:
     """(width, height, frames) the run will use: the arguments, else the variant's (or the tiny check's) own."""
     v = get_variant(variant)
@@ -197,34 +116,6 @@ def check_room(args, req, cpu: bool) -> None:
     # H.264 / WebP / GIF of this many pixels take at least about 1/200 byte per pixel (+ headers): far below the
     # real size, so a refusal here is certain, and the final move checks the real size again
     check_free_space(os.path.dirname(req.out_path), 1024 + w * h * frames // 200, "--out")
-
-
-def labelled_output(out: str, tiny: bool) -> str:
-    if not tiny:
-        return out
-    stem, ext = os.path.splitext(out)
-    return out if stem.endswith(TINY_LABEL) else stem + TINY_LABEL + ext
-
-
-def check_output(out: str) -> Tuple[str, str]:
-    """-> (absolute path, format). The folder is created when missing; a probe file proves it is writable."""
-    path = os.path.abspath(os.path.expanduser(out))
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in OUT_FORMATS:
-        raise UserError(f"--out {out}: the file name must end in one of {', '.join(OUT_FORMATS)} (it picks the format)")
-    if os.path.isdir(path):
-        raise UserError(f"--out {out}: is a folder; give a file name such as {os.path.join(out, 'video' + ext)}")
-    folder = os.path.dirname(path)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".generate-probe-", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write into {folder} ({e.strerror or e}); choose another place") from None
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise UserError(f"--out {out}: the file exists and cannot be overwritten (permission denied)")
-    return path, OUT_FORMATS[ext]
 
 
 # =====================================================================================================================
@@ -294,110 +185,6 @@ def run_graph(host: headless.Host, prompt: dict) -> dict:
     if not res.success:
         raise UserError(f"the workflow failed: {res.messages}")
     return res.outputs
-
-
-# =====================================================================================================================
-# the workflow
-# =====================================================================================================================
-def load_workflow(kind: str) -> dict:
-    path = WORKFLOWS[kind]
-    try:
-        with open(path, encoding="utf-8") as f:
-            graph = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"workflow {os.path.relpath(path, ROOT)}: not a readable JSON graph ({e}); restore the file "
-                        "from the pack (git checkout, or reinstall)") from None
-    if not isinstance(graph, dict) or not all(isinstance(v, dict) and "class_type" in v for v in graph.values()):
-        raise UserError(f"workflow {os.path.relpath(path, ROOT)}: not an API-format graph; restore the file from the "
-                        "pack (git checkout, or reinstall)")
-    return graph
-
-
-def _nodes_of(prompt: dict, class_type: str) -> List[str]:
-    return [k for k, v in prompt.items() if v.get("class_type") == class_type]
-
-
-def _one(prompt: dict, class_type: str) -> str:
-    ids = _nodes_of(prompt, class_type)
-    if len(ids) != 1:
-        raise RuntimeError(f"the workflow has {len(ids)} {class_type} nodes, expected one")
-    return ids[0]
-
-
-def _source(prompt: dict, node: str, input_name: str) -> str:
-    link = prompt[node]["inputs"].get(input_name)
-    if not isinstance(link, list):
-        raise RuntimeError(f"the workflow's node {node} has no link on {input_name}")
-    return str(link[0])
-
-
-def _set_keyframes(p: dict, cond: str, names: List[str]) -> None:
-    """The keyframes after the start image as LoadImage nodes joined by a chain of ImageBatch nodes."""
-    if not names:
-        raise RuntimeError("this workflow needs keyframes")
-    for k in [k for k, v in p.items() if v["class_type"] == "ImageBatch"]:   # the shipped batch and its images
-        for src in p[k]["inputs"].values():
-            if isinstance(src, list) and p.get(str(src[0]), {}).get("class_type") == "LoadImage":
-                p.pop(str(src[0]), None)
-        p.pop(k)
-    ids = iter(str(i) for i in range(1000, 2000))
-    loads = []
-    for name in names:
-        nid = next(ids)
-        p[nid] = {"class_type": "LoadImage", "inputs": {"image": name}}
-        loads.append([nid, 0])
-    link = loads[0]
-    for nxt in loads[1:]:
-        nid = next(ids)
-        p[nid] = {"class_type": "ImageBatch", "inputs": {"image1": link, "image2": nxt}}
-        link = [nid, 0]
-    p[cond]["inputs"]["keyframes"] = link
-
-
-def apply_settings(prompt: dict, s: dict) -> dict:
-    """The shipped workflow with the run's values (node roles found through the links, not by id)."""
-    p = json.loads(json.dumps(prompt))
-    loader, cond, samp, save = (_one(p, t) for t in ("DCN_Loader", "DCN_Conditioning", "DCN_Sampler",
-                                                     "DCN_SaveVideo"))
-    p[loader]["inputs"].update(ckpt_name=s["ckpt_name"], variant=s["variant"])
-    p[_source(p, cond, "start_image")]["inputs"]["image"] = s["image"]
-    if "end_image" in p[cond]["inputs"]:
-        if s.get("end_image") is None:
-            raise RuntimeError("this workflow needs an end image")
-        p[_source(p, cond, "end_image")]["inputs"]["image"] = s["end_image"]
-    if "keyframes" in p[cond]["inputs"]:
-        _set_keyframes(p, cond, s.get("keyframes") or [])
-        p[cond]["inputs"]["loop"] = bool(s.get("loop"))
-    p[_source(p, cond, "positive")]["inputs"]["text"] = s["prompt"]
-    p[_source(p, cond, "negative")]["inputs"]["text"] = s["negative"]
-    p[cond]["inputs"].update(width=s["width"], height=s["height"], frames=s["frames"], motion=s["motion"])
-    p[samp]["inputs"].update(seed=s["seed"], steps=s["steps"], cfg_text=s["cfg"], cfg_image=s["cfg_image"],
-                             eta=s["eta"], guidance_rescale=s["guidance_rescale"])
-    p[save]["inputs"].update(filename_prefix="generate/dynamicrafter", format=s["format"], fps=float(s["fps"]),
-                             crf=s["crf"])
-    for node in _nodes_of(p, "DCN_ApplyAdapter"):
-        if s.get("adapter") is None:
-            raise RuntimeError("this workflow needs an adapter file")
-        p[node]["inputs"].update(adapter_name=s["adapter"], strength_model=float(s["adapter_strength"]))
-    return p
-
-
-def probe_video(path: str) -> Tuple[int, float, Tuple[int, int]]:
-    """(frames, fps, (width, height)) of the written file."""
-    if path.endswith(".mp4"):
-        import av
-        with av.open(path) as c:
-            s = c.streams.video[0]
-            n = sum(1 for _ in c.decode(s))
-            return n, float(s.average_rate or s.guessed_rate), (s.width, s.height)
-    from PIL import Image
-    with Image.open(path) as im:
-        n = getattr(im, "n_frames", 1)
-        if n > 1:
-            im.seek(1)
-        im.load()
-        dur = im.info.get("duration") or 0
-        return n, (1000.0 / dur if dur else 0.0), im.size
 
 
 # =====================================================================================================================
