@@ -172,7 +172,9 @@ def test_ckpt_as_an_absolute_path_runs_and_nan_weights_are_refused(tiny_files, t
     p = run("--ckpt", str(d / "mine_nan.safetensors"), "--image", START, "--prompt", "x", "--out", str(out2), *SMALL)
     err = p.stderr.strip().splitlines()[-1]
     assert p.returncode == 2 and key[len("model.diffusion_model."):] in err and "1 NaN" in err, p.stderr[-2000:]
-    assert "Traceback" not in p.stderr and not out2.exists()
+    # the only tracebacks allowed are the host's own, for built-in nodes it cannot import (v0.8.0 without torchaudio)
+    tracebacks = p.stderr.split("Traceback (most recent call last):")[1:]
+    assert [t for t in tracebacks if "load_custom_node" not in t] == [] and not out2.exists(), p.stderr[-2000:]
     p = run("--ckpt", str(d / "missing.safetensors"), "--image", START, "--prompt", "x", "--out", str(out2), *SMALL)
     one_line_refusal(p, "--ckpt", "is not a file")
 
