@@ -1,6 +1,6 @@
 """Training checkpoints: written atomically, found again on resume, never left half-written under a final name.
 
-A checkpoint is written to ``<name>.tmp-<pid>`` in the same folder, flushed and fsync'ed, then renamed over the final
+A checkpoint is written to a temporary ``.<name>.tmp-<pid>-<n>`` in the same folder (model/fileio.py), flushed and fsync'ed, then renamed over the final
 name with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsync'ed. ``latest.json`` (same procedure)
 names the newest complete checkpoint. A process killed at any point leaves either the old or the new file complete;
 a stray temporary file is ignored (and removed on the next save). Resume takes the file ``latest.json`` names if it
@@ -90,7 +90,8 @@ def list_checkpoints(folder: str) -> List[Tuple[int, str]]:
 def save_checkpoint(folder: str, step: int, state: Dict[str, Any], keep: int = 3) -> str:
     """Write ``state`` as the checkpoint of ``step`` atomically, point ``latest.json`` at it, prune old ones."""
     os.makedirs(folder, exist_ok=True)
-    for stale in glob.glob(os.path.join(folder, "*.tmp-*")):  # left by a killed process
+    # left by a killed process (model/fileio.py names its temporary files ".<name>.tmp-<pid>-<n>")
+    for stale in glob.glob(os.path.join(folder, "*.tmp-*")) + glob.glob(os.path.join(folder, ".*.tmp-*")):
         try:
             os.remove(stale)
         except OSError:
