@@ -1,7 +1,7 @@
 """Training checkpoints: written atomically, found again on resume, never left half-written under a final name.
 
-A checkpoint is written to a temporary ``.<name>.tmp-<pid>-<n>`` in the same folder (model/fileio.py), flushed and fsync'ed, then renamed over the final
-name with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsync'ed. ``latest.json`` (same procedure)
+A checkpoint is written to a temporary ``.<name>.tmp-<pid>-<n>`` in the same folder (model/fileio.py), flushed and
+fsync'ed, then renamed over the final name with ``os.replace`` (atomic on POSIX and Windows), and the folder is fsync'ed. ``latest.json`` (same procedure)
 names the newest complete checkpoint. A process killed at any point leaves either the old or the new file complete;
 a stray temporary file is ignored (and removed on the next save). Resume takes the file ``latest.json`` names if it
 loads, else the newest ``step_*.pt`` that loads.
