@@ -1,10 +1,13 @@
 """The shipped tiny recipe (training/presets/tiny.yaml) end to end from the command line: generate.py --tiny's
 checkpoint file, `train.py demo-data` clips, training with samples and intermediate adapters; the encoders come from
-the checkpoint (not random), the samples are decodable mp4s and the adapters read back (the kohya copy too)."""
+the checkpoint (not random), the samples are decodable mp4s and the adapters read back (the kohya copy too); the
+trained adapter changes what the shipped adapter workflow makes through `generate.py --adapter` (the real executor)."""
 import os
+import subprocess
 import sys
 
 import av
+import numpy as np
 import yaml
 
 from comfyui_dynamicrafter.model import adapters as ad
@@ -50,3 +53,21 @@ def test_tiny_recipe_trains_an_adapter_from_generate_tiny_checkpoint(tmp_path):
     assert back.keys() == tensors.keys()
     assert sorted(os.listdir(os.path.join(out, "adapters")))[0] == f"adapter_step_{every:08d}.safetensors"
     print([ln for ln in r.stderr.splitlines() if "done:" in ln][-1])
+
+    # the trained adapter in the shipped adapter workflow, through generate.py (same tiny file: same cache folder)
+    def video(name, *extra):
+        dst = tmp_path / name
+        p = subprocess.run([sys.executable, os.path.join(REPO, "generate.py"), "--tiny", "--cache-dir",
+                            str(tmp_path / "cache"), "--image", generate.EXAMPLE_START, "--prompt", "a boat", "--out",
+                            str(dst), "--frames", "4", "--width", "64", "--height", "64", "--steps", "2", "--crf", "0",
+                            *extra], capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
+                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        got = str(dst).replace(".mp4", ".tiny-random-weights.mp4")
+        with av.open(got) as c:
+            return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+    plain = video("plain.mp4")
+    adapted = video("adapted.mp4", "--adapter", os.path.join(out, "adapter.safetensors") + ":10")
+    assert plain.shape == adapted.shape and not np.array_equal(plain, adapted)
+    print(f"trained adapter at strength 10: mean |diff| {np.abs(plain.astype(int) - adapted).mean():.2f}/255")
