@@ -28,6 +28,9 @@ VARIANT_CONFIG = {
     "512": "configs/inference_512_v1.0.yaml",
     "1024": "configs/inference_1024_v1.0.yaml",
     "512-interp": "configs/training_512_v1.0/config_interp.yaml",
+    # ToonCrafter's UNet and P have the 512-interp layout (its own manifest adds only the first stage's decoder keys,
+    # checked in tests/model/test_tooncrafter.py)
+    "tooncrafter": "configs/training_512_v1.0/config_interp.yaml",
 }
 EXPECTED_COUNTS = {"256": (1532, 1_438_854_996), "512": (1516, 1_438_854_980)}
 
@@ -107,6 +110,10 @@ def test_registry_config_matches_the_reference_config(variant):
         if name == "default_fs" and variant == "512-interp":
             # Training config says 10; inference runs the interp checkpoint with the 512 inference config (24).
             assert v.unet.default_fs == 24
+            continue
+        if name == "default_fs" and variant == "tooncrafter":
+            # the UNet's own default is the 512 inference config's; scripts/run.sh's frame stride 10 is the motion
+            assert v.unet.default_fs == 24 and v.default_motion == 10
             continue
         got = getattr(v.unet, name)
         assert (list(got) if isinstance(got, tuple) else got) == value, f"unet {name}"

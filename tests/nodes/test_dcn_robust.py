@@ -176,6 +176,21 @@ NAN_ADAPTER, OK_ADAPTER = "dc_test_nan_lora.safetensors", "dc_test_small_lora.sa
 LORA_MODULE = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _host_model_folders(host):
+    """The folders this module adds to the host (adapters, loras, controlnet) are taken out again at its end, so later
+    modules see only the harness's own folders."""
+    import folder_paths
+    saved = {k: (list(v[0]), v[1]) for k, v in folder_paths.folder_names_and_paths.items()}
+    yield
+    for k in list(folder_paths.folder_names_and_paths):
+        if k not in saved:
+            folder_paths.folder_names_and_paths.pop(k)
+    for k, (paths, exts) in saved.items():
+        folder_paths.folder_names_and_paths[k] = (paths, exts)
+    host.refresh_models()
+
+
 @pytest.fixture(scope="module")
 def adapters(host, dc, tmp_path_factory):
     """Two one-pair LoRA adapters (the trainer's format) for the tiny 512 model; one holds a NaN."""
