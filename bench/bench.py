@@ -33,7 +33,6 @@ if __package__ in (None, "", "bench"):
     __package__ = _bootstrap.register() + ".bench"
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from ..model import config, sampler, unet, vae, variants  # noqa: E402
 from ..model.dtypes import DTYPES as _DTYPES, FP8_DTYPES as _FP8_DTYPES  # noqa: E402
@@ -41,6 +40,7 @@ from . import ops  # noqa: E402
 from .machine import _status_kb, machine_info, mib, reset_peak_rss  # noqa: E402
 from .variants import (ATTENTION_FUNCTIONS, set_attention, set_inplace, set_reference_layout,  # noqa: E402
                        set_temporal_conv)
+from .weights import init_random_  # noqa: E402
 
 BENCH_VERSION = 1
 CASES = ("forward", "guided", "sample", "vae", "parity")
@@ -153,27 +153,6 @@ def vae_config(name: str):
     if name == "mid":
         return dataclasses.replace(vae.VAEConfig(), ch=64)
     return vae.VAEConfig()
-
-
-def init_random_(model, seed: int) -> None:
-    """Deterministic random weights, the same values for every storage dtype: N(0, 1/fan_in) for matrices and
-    convs, 1 for norm scales, 0 for biases (activations stay O(1) through the depth)."""
-    norm_scales = {id(m.weight) for m in model.modules()
-                   if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and getattr(m, "weight", None) is not None}
-    with torch.no_grad():
-        for i, (name, p) in enumerate(model.named_parameters()):
-            if p.dim() >= 2:
-                g = torch.Generator(device="cpu").manual_seed(seed * 100003 + i)
-                fan_in = p[0].numel()
-                src = torch.randn(p.shape, generator=g, dtype=torch.float32) * fan_in ** -0.5
-                p.copy_(src)
-                del src
-            elif id(p) in norm_scales:
-                p.fill_(1.0)
-            else:
-                p.zero_()
-        for b in model.buffers():
-            b.zero_()
 
 
 class Worker:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,28 +25,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _rss_kb(field: str = "VmRSS"):
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def worker(args) -> dict:
@@ -59,7 +36,6 @@ def worker(args) -> dict:
     import importlib
 
     import torch
-    from torch import nn
 
     torch.set_grad_enabled(False)
     if args.threads:
@@ -68,6 +44,8 @@ def worker(args) -> dict:
     unet_mod = importlib.import_module(pkg + ".model.unet")
     sampler = importlib.import_module(pkg + ".model.sampler")
     windows = importlib.import_module(pkg + ".model.windows")
+    init_random_ = importlib.import_module(pkg + ".bench.weights").init_random_
+    machine = importlib.import_module(pkg + ".bench.machine")
 
     v = variants.get_variant("512", tiny=args.config == "tiny")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -75,20 +53,10 @@ def worker(args) -> dict:
     with torch.device("meta"):
         unet = unet_mod.UNetModel(v.unet, dtype=dtype)
     unet = unet.to_empty(device="cpu").eval()
-    norms = {id(m.weight) for m in unet.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))
-             and getattr(m, "weight", None) is not None}
-    g = torch.Generator().manual_seed(0)
-    for p in unet.parameters():                       # N(0, 1/fan_in) matrices, norm scales 1, biases 0
-        if p.dim() >= 2:
-            p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
-        elif id(p) in norms:
-            p.fill_(1.0)
-        else:
-            p.zero_()
-    for b in unet.buffers():
-        b.zero_()
+    init_random_(unet, 0)                             # N(0, 1/fan_in) matrices, norm scales 1, biases 0
     build_s = time.perf_counter() - t0
-    rss_build = _rss_kb()
+    rss_build = machine._status_kb("VmRSS")
+    g = torch.Generator().manual_seed(0)
 
     T, h, w = args.frame, args.height // 8, args.width // 8
     d = v.unet.context_dim
@@ -162,12 +130,17 @@ def main(argv=None) -> dict:
         for r in rows:
             r["time_ratio"] = round(r["min_step_s"] / (r["windows"] * t16), 3)
             r["rss_ratio"] = round(r["peak_rss_mb"] / rss16, 3)
+    sys.path.insert(0, ROOT)
+    import _bootstrap
+    import importlib
+
     import torch
+    machine_info = importlib.import_module(_bootstrap.register() + ".bench.machine").machine_info
 
     result = {"case": "long", "command": " ".join([os.path.relpath(sys.executable, ROOT)] +
                                                    [os.path.relpath(os.path.abspath(__file__), ROOT)] +
                                                    (argv if argv is not None else sys.argv[1:])),
-              "cpu": cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
+              "machine": machine_info(),
               "threads": args.threads or torch.get_num_threads(), "config": args.config + " (random weights)",
               "height": args.height, "width": args.width, "dtype": args.dtype, "window": 16,
               "overlap": args.overlap, "schedule": "standard_static", "fuse": "pyramid", "per_call": args.per_call,

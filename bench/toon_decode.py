@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -34,36 +33,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def _status(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0                       # kB -> MiB
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    flags = open("/proc/cpuinfo").read()
-                    ext = [x for x in ("avx512f", "amx_tile") if x in flags]
-                    return line.split(":", 1)[1].strip() + (f" ({', '.join(ext)})" if ext else "")
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def worker(args) -> None:
     import _bootstrap
     _bootstrap.register()
     import torch
+    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss
+    from comfyui_dynamicrafter.bench.weights import init_random_
     from comfyui_dynamicrafter.model.dtypes import dtype_from_name
     from comfyui_dynamicrafter.model.tooncrafter import DualRefAutoencoderKL, DualRefVAEConfig
 
@@ -72,13 +47,12 @@ def worker(args) -> None:
         vae = DualRefAutoencoderKL(DualRefVAEConfig(), dtype=dtype)
     del vae.encoder                                                        # decode only
     vae.to_empty(device="cpu").eval()
+    init_random_(vae, args.seed)                                           # N(0, 1/fan_in); norm scales 1; biases 0
+    with torch.no_grad():                                                  # mix factors: time_stack weight != 1/2
+        for m in vae.modules():
+            if hasattr(m, "mix_factor"):
+                m.mix_factor.fill_(0.5)
     g = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad():                                                  # N(0, 1/fan_in); norms 1/0; biases 0
-        for name, p in vae.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / (p[0].numel() ** 0.5))
-            else:
-                p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
     cfg, f = vae.cfg, vae.downscale
     h, w = args.height // f, args.width // f
     z = torch.randn(1, cfg.embed_dim, args.frames, h, w, generator=g)
@@ -91,13 +65,13 @@ def worker(args) -> None:
         kw.update(structure="stream", frames_per_pass=args.frames_per_pass, keep_h1=args.keep_h1)
     runs = []
     for i in range(args.warmup + args.repeats):
-        rss0 = _status("VmRSS")
-        _reset_peak()
+        rss0 = mib(_status_kb("VmRSS"))
+        reset_peak_rss()
         t0 = time.perf_counter()
         with torch.no_grad():
             y = vae.decode(z, hs, **kw)
         dt = time.perf_counter() - t0
-        runs.append(dict(warmup=i < args.warmup, seconds=dt, rss_before_mb=rss0, peak_rss_run_mb=_status("VmHWM")))
+        runs.append(dict(warmup=i < args.warmup, seconds=dt, rss_before_mb=rss0, peak_rss_run_mb=mib(_status_kb("VmHWM"))))
         if i < args.warmup + args.repeats - 1:
             del y
     torch.save(y.float(), args.out)
@@ -123,10 +97,13 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
+    import _bootstrap
+    _bootstrap.register()
     import torch
+    from comfyui_dynamicrafter.bench.machine import machine_info
 
     result = dict(case="tooncrafter decode", command="python " + " ".join(shlex.quote(a) for a in sys.argv),
-                  cpu=_cpu_name(), settings={k: v for k, v in vars(args).items() if k not in ("worker", "out")},
+                  machine=machine_info(), settings={k: v for k, v in vars(args).items() if k not in ("worker", "out")},
                   sides={})
     outs = {}
     with tempfile.TemporaryDirectory() as tmp:

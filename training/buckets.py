@@ -17,10 +17,11 @@ for other lengths, as at inference).
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-from torch.utils.data import Sampler
+
+from .data import EndlessBatchSampler
 
 Shape = Tuple[int, int, int]   # frames, height, width
 
@@ -59,7 +60,7 @@ class Buckets:
             f"{f}x{h}x{w}: {len(m)}" for (f, h, w), m in zip(self.shapes, self.members))
 
 
-class BucketBatchSampler(Sampler):
+class BucketBatchSampler(EndlessBatchSampler):
     """This rank's keys ``(epoch, index, bucket)`` for micro-batch ``start``, ``start+1``, ... (endless)."""
 
     def __init__(self, buckets: Buckets, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
@@ -87,15 +88,6 @@ class BucketBatchSampler(Sampler):
         e, j = divmod(m, self.per_epoch)
         k, idx = self._epoch_plan(e)[j]
         return [(e, i, k) for i in idx[self.rank * self.b:(self.rank + 1) * self.b]]
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int, int]]]:
-        m = self.start
-        while True:
-            yield self.batch(m)
-            m += 1
-
-    def __len__(self) -> int:  # endless; DataLoader only needs it for warnings
-        return 2 ** 62
 
 
 __all__ = ["Buckets", "BucketBatchSampler", "bucket_resolution"]

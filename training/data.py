@@ -325,7 +325,25 @@ def collate(items: List[dict]) -> dict:
 # ================================================================================================================
 # Sample order: one global stream of (epoch, index), cut into global batches, each split over the ranks
 # ================================================================================================================
-class GlobalBatchSampler(Sampler):
+class EndlessBatchSampler(Sampler):
+    """Micro-batches ``start``, ``start+1``, ... of ``batch(m)`` without end (the trainer counts steps)."""
+
+    start = 0
+
+    def batch(self, m: int) -> list:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list]:
+        m = self.start
+        while True:
+            yield self.batch(m)
+            m += 1
+
+    def __len__(self) -> int:  # endless; DataLoader only needs it for warnings
+        return 2 ** 62
+
+
+class GlobalBatchSampler(EndlessBatchSampler):
     """Yields this rank's list of (epoch, index) keys for micro-batch ``start``, ``start+1``, ... (endless).
 
     Position p of the global stream is item ``perm_e[p mod N]`` of epoch ``e = p // N`` (``perm_e`` a permutation
@@ -351,15 +369,6 @@ class GlobalBatchSampler(Sampler):
         base = m * self.b * self.world + self.rank * self.b
         return [self._item(p) for p in range(base, base + self.b)]
 
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        m = self.start
-        while True:
-            yield self.batch(m)
-            m += 1
 
-    def __len__(self) -> int:  # endless; DataLoader only needs it for warnings
-        return 2 ** 62
-
-
-__all__ = ["VideoCsvDataset", "ImageTextDataset", "GlobalBatchSampler", "Dropout", "SkipSample", "collate",
+__all__ = ["VideoCsvDataset", "ImageTextDataset", "EndlessBatchSampler", "GlobalBatchSampler", "Dropout", "SkipSample", "collate",
            "resize_center_crop", "choose_clip", "sample_rng", "sample_seed", "read_csv"]

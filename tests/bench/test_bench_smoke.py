@@ -100,3 +100,33 @@ def test_parity_default_set_is_found():
     from comfyui_dynamicrafter.bench import bench
 
     assert bench.default_fixture_set(str(fixtures_root())) == str(sets[0])
+
+
+def _script(tmp_path, name, *args):
+    out = tmp_path / (name + ".json")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", name + ".py"), *args, "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {"cpu_model", "logical_cpus", "torch"} <= set(result["machine"])
+    return result
+
+
+def test_toon_decode_bench_compares_equal_outputs(tmp_path):
+    """The real decoder architecture at 32x48 px, 4 frames: both sides run, ours equals the reference structure
+    (the time_stack is live: mix factors 0.5, norm scales 1), and the ratios are reported."""
+    r = _script(tmp_path, "toon_decode", "--frames", "4", "--height", "32", "--width", "48", "--repeats", "1")
+    assert set(r["sides"]) == {"reference", "ours"}
+    for side in r["sides"].values():
+        assert side["min_seconds"] > 0 and side["peak_rss_mb"] > side["runs"][0]["rss_before_mb"] > 0
+    assert {"time", "peak_rss", "activation_peak"} <= set(r["ours_over_reference"])
+    diff = r["output_diff"]
+    assert 0 < diff["max_abs"] and diff["max_abs_relative"] < 1e-5, diff       # float noise, not an identity
+
+
+def test_long_video_bench_reports_ratios(tmp_path):
+    r = _script(tmp_path, "long_video", "--config", "tiny", "--frames", "16", "20", "--steps", "1",
+                "--height", "32", "--width", "32")
+    rows = {row["frames"]: row for row in r["rows"]}
+    assert rows[16]["windows"] == 1 and rows[20]["windows"] == 2
+    assert rows[16]["time_ratio"] == 1.0 and rows[20]["rss_ratio"] > 0

@@ -2,6 +2,9 @@
 workflows' model pickers get in these tests, and the example input images in the host's input folder."""
 import os
 import shutil
+import subprocess
+import sys
+import time
 from typing import Optional
 
 import pytest
@@ -14,6 +17,16 @@ from comfyui_dynamicrafter.tests.workflows import wfcheck
 # Tiny random-weight stand-ins for the real files the workflows name (what a user picks in ckpt_name).
 TINY_FOR = {"dynamicrafter_512.ckpt": "512", "dynamicrafter_512_interp.ckpt": "512-interp",
             "tooncrafter_512_interp.ckpt": "tooncrafter"}
+
+
+def run_generate(*args, timeout=600) -> subprocess.CompletedProcess:
+    """generate.py as a user runs it (offline, no stdin); ``.seconds`` is its wall time."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, generate.__file__, *args], capture_output=True, text=True, env=env,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
+    p.seconds = time.monotonic() - t0
+    return p
 
 
 def tiny_files() -> dict:

@@ -8,26 +8,16 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from comfyui_dynamicrafter import generate, headless, weights
-from comfyui_dynamicrafter.tests.workflows.conftest import tiny_lora_adapter
+from comfyui_dynamicrafter.tests.workflows.conftest import run_generate as run, tiny_lora_adapter
 
 SCRIPT = generate.__file__
 START = generate.EXAMPLE_START
 END = generate.EXAMPLE_END
 SMALL = ["--frames", "4", "--width", "64", "--height", "64", "--steps", "2"]
-
-
-def run(*args, timeout=600):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    t0 = time.monotonic()
-    p = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
-    p.seconds = time.monotonic() - t0
-    return p
 
 
 def frames_fps(path):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-import sys
-import time
 import zlib
 
 import numpy as np
@@ -15,20 +13,11 @@ import pytest
 from PIL import Image
 
 from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter.tests.workflows.conftest import run_generate as run
 
-SCRIPT = generate.__file__
 START = generate.EXAMPLE_START
 SMALL = ["--frames", "4", "--width", "64", "--height", "64", "--steps", "2"]
 BEFORE_HOST_S = 20  # the host starts in 27-45 s on this machine: an answer before this came before it
-
-
-def run(*args, timeout=600):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    t0 = time.monotonic()
-    p = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
-    p.seconds = time.monotonic() - t0
-    return p
 
 
 def one_line_refusal(p, *needles):
