@@ -192,22 +192,29 @@ class _Activations:
         return self.slots[k % 3]
 
 
-def _temporal_frame(conv: nn.Module, act: _Activations, t: int, n: int, out: torch.Tensor) -> torch.Tensor:
+def _taps_of(conv: nn.Module, like: torch.Tensor):
+    """A (3,1,1) Conv3d's weight as three [Cout, Cin] matrices (tap k reads frame t+k-1) and its bias, once per call."""
+    w, bias = conv._wb(like) if hasattr(conv, "_wb") else (conv.weight, conv.bias)
+    return [w[:, :, k, 0, 0].contiguous() for k in range(3)], bias
+
+
+def _temporal_frame(taps, act: _Activations, t: int, n: int, out: torch.Tensor) -> torch.Tensor:
     """Frame t of an n-frame (3,1,1) Conv3d with zero time padding into ``out`` [C, H, W]: ``bias + sum_k W_k @
-    act[t+k-1]`` as matrix products on frame-major activations (the Conv3d's sums; no 5-D layout or reorder copies)."""
+    act[t+k-1]`` as matrix products on frame-major activations (the Conv3d's sums; no 5-D layout or reorder copies).
+    ``taps``: from ``_taps_of``."""
+    (w0, w1, w2), bias = taps
     nxt = act[t + 1] if t + 1 < n else None                               # advance first: t-1 stays in the slots
     cur = act[t]
     c, hw = cur.shape[0], cur.shape[1] * cur.shape[2]
-    w, bias = conv._wb(cur) if hasattr(conv, "_wb") else (conv.weight, conv.bias)
-    o = out.view(w.shape[0], hw)
+    o = out.view(w1.shape[0], hw)
     if bias is not None:
-        torch.addmm(bias[:, None].expand(-1, hw), w[:, :, 1, 0, 0], cur.view(c, hw), out=o)
+        torch.addmm(bias[:, None].expand(-1, hw), w1, cur.view(c, hw), out=o)
     else:
-        torch.mm(w[:, :, 1, 0, 0], cur.view(c, hw), out=o)
+        torch.mm(w1, cur.view(c, hw), out=o)
     if t > 0:
-        o.addmm_(w[:, :, 0, 0, 0], act[t - 1].view(c, hw))
+        o.addmm_(w0, act[t - 1].view(c, hw))
     if nxt is not None:
-        o.addmm_(w[:, :, 2, 0, 0], nxt.view(c, hw))
+        o.addmm_(w2, nxt.view(c, hw))
     return out
 
 
@@ -245,21 +252,22 @@ class VideoResBlock(ResnetBlock):
         ts, n = self.time_stack, buf.shape[0]
         norm1, conv1, norm2, conv2 = ts.in_layers[0], ts.in_layers[2], ts.out_layers[0], ts.out_layers[3]
         frame = buf[0]
+        taps1, taps2 = _taps_of(conv1, frame), _taps_of(conv2, frame)
         act1 = _Activations(norm1, stats, lambda k, slot: buf[k], frame)
         h1 = torch.empty_like(buf) if keep_h1 else None
         scratch, parts = torch.empty_like(frame), []
         for t in range(n):
-            y = _temporal_frame(conv1, act1, t, n, h1[t] if keep_h1 else scratch)
+            y = _temporal_frame(taps1, act1, t, n, h1[t] if keep_h1 else scratch)
             parts.append(_frame_stats(y[None], norm2.num_groups))
         stats2 = _combine_stats(parts)
         if keep_h1:
             act2 = _Activations(norm2, stats2, lambda k, slot: h1[k], frame)
         else:                                                              # h1 frame k again, into act2's slot
             act1 = _Activations(norm1, stats, lambda k, slot: buf[k], frame)
-            act2 = _Activations(norm2, stats2, lambda k, slot: _temporal_frame(conv1, act1, k, n, slot), frame)
+            act2 = _Activations(norm2, stats2, lambda k, slot: _temporal_frame(taps1, act1, k, n, slot), frame)
         alpha = self._alpha(buf)
         for t in range(n):                                                 # buf[t] is read (act1) before merged
-            h2 = _temporal_frame(conv2, act2, t, n, scratch)
+            h2 = _temporal_frame(taps2, act2, t, n, scratch)
             buf[t] += h2.mul_(alpha)                                       # a*(x + h2) + (1-a)*x
         return buf
 

@@ -322,6 +322,25 @@ class InProcessHost(headless.Host):
                 ncm.pop(k, None)
             ncm.update(saved)
 
+    @contextlib.contextmanager
+    def swapped_folders(self, folders: Dict[str, str]):
+        """Temporarily point the host's model folder keys (e.g. "loras") at one folder each (extensions kept, or
+        .safetensors for a key the host lacks), then give the previous entries back; models are re-listed both ways."""
+        fnp = self.folder_paths.folder_names_and_paths
+        saved = {k: fnp.get(k) for k in folders}
+        for k, d in folders.items():
+            fnp[k] = ([d], saved[k][1] if saved[k] else {".safetensors"})
+        self.refresh_models()
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    fnp.pop(k, None)
+                else:
+                    fnp[k] = v
+            self.refresh_models()
+
     def reset_cache(self):
         """Drop the executor's cached node outputs (the next prompt recomputes every node)."""
         self._queue.join()

@@ -93,17 +93,8 @@ def adapters(host, dc, tmp_path_factory):
               metadata=ad.read_adapter(b)[1])
     save_file(tensors, os.path.join(folders["loras"], FOR_1024), metadata=dict(meta, **{ad.META_VARIANT: "1024"}))
     save_file({k: v for k, v in tensors.items() if ad.is_lora_key(k, tensors)}, os.path.join(folders["loras"], NOT_ADAPTER))
-    saved = {k: fnp.get(k) for k in folders}
-    for k, d in folders.items():
-        fnp[k] = ([d], saved[k][1] if saved[k] else {".safetensors"})
-    host.refresh_models()
-    yield {"tensors": tensors, "meta": meta, "path": a}
-    for k, v in saved.items():
-        if v is None:
-            fnp.pop(k, None)
-        else:
-            fnp[k] = v
-    host.refresh_models()
+    with host.swapped_folders(folders):
+        yield {"tensors": tensors, "meta": meta, "path": a}
 
 
 def _graph(adapter=None, strength=1.0, model_ckpt=None):

@@ -38,24 +38,13 @@ def lora_files(host, dc, tmp_path_factory):
         out = train(TrainConfig.from_dict(s))["adapter"]
     finally:
         torch.set_num_threads(n)
-    fp = host.modules["folder_paths"]
-    fnp = fp.folder_names_and_paths
     folders = {"dynamicrafter_adapters": str(tmp_path_factory.mktemp("adapters")),
                "loras": str(tmp_path_factory.mktemp("loras"))}
     shutil.copy(out["adapter"], os.path.join(folders["dynamicrafter_adapters"], ADAPTER))
     shutil.copy(out["kohya"], os.path.join(folders["loras"], KOHYA))
     save_file(load_file(out["kohya"]), os.path.join(folders["loras"], FOREIGN))          # no metadata
-    saved = {k: fnp.get(k) for k in folders}
-    for k, d in folders.items():
-        fnp[k] = ([d], saved[k][1] if saved[k] else {".safetensors"})
-    host.refresh_models()
-    yield out
-    for k, v in saved.items():
-        if v is None:
-            fnp.pop(k, None)
-        else:
-            fnp[k] = v
-    host.refresh_models()
+    with host.swapped_folders(folders):
+        yield out
 
 
 def _graph(kind: str, name: str = None):
