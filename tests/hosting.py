@@ -27,7 +27,6 @@ import queue
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -40,6 +39,7 @@ from comfyui_dynamicrafter import headless
 from comfyui_dynamicrafter.headless import (  # noqa: F401 (re-exported for the tests)
     HOST_ENV, PACK_DIRNAME, HostInfo, HostNotFound, is_host_dir, pack_location,
 )
+from comfyui_dynamicrafter.tests.scratch import scratch_dir
 
 # Model folder kinds the harness creates. Keys are the current host's names; the 2024-03 host calls two of them
 # "unet" and "clip" (headless.LEGACY_FOLDER_NAMES; HostInfo.folder_key gives a host's name).
@@ -65,8 +65,9 @@ def find_host() -> HostInfo:
 
 
 def make_workdir(workdir: Optional[str] = None) -> Dict[str, str]:
-    """Create the temporary folders: models/<kind>, input, output, temp, user. Returns name -> path."""
-    workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="dc-host-"))
+    """Create the folders models/<kind>, input, output, temp, user (in a fresh scratch_dir unless given).
+    Returns name -> path."""
+    workdir = os.path.abspath(workdir or scratch_dir("dc-host-"))
     dirs = {"root": workdir}
     for name in ("input", "output", "temp", "user"):
         dirs[name] = os.path.join(workdir, name)

@@ -2,9 +2,10 @@
 
 Real-size part (marked ``slow``): a synthetic FULL 512 checkpoint with every key and shape of the 512 manifest
 (UNet, P, VAE, text and image encoders, schedule buffers; 2.6 B fp16 values tiled from one random block) is written
-once per session as ``model.ckpt`` (torch.save of {"state_dict": ...}) and ``model.safetensors``; both load
-strictly into the real-size modules, and the converter turns the .ckpt into a bf16 pruned file whose metadata
-decides the variant. Memory: the synthetic dict (5.2 GB) exists only while the two files are written.
+as ``model.ckpt`` (torch.save of {"state_dict": ...}), then as ``model.safetensors``: a module-scoped fixture per
+format, so one 5 GB file is on disk at a time and none outlives this module. Each loads strictly into the real-size
+modules, and the converter turns each into a bf16 pruned file whose metadata decides the variant. Memory: the
+synthetic dict (5.2 GB) exists only while a file is written.
 
 Everything else uses tiny variants from the same registry (same key structure, small widths).
 """
@@ -150,27 +151,31 @@ def assert_loaded(res, sd, prefix_map=None, dtype=None):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Real size (one synthetic full 512 checkpoint per session)
+# Real size (one synthetic full 512 checkpoint per format; only one 5 GB file is on disk at a time)
 # ----------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def full512(tmp_path_factory):
+@pytest.fixture(scope="module", params=["pickle", "safetensors"])
+def full512(request, tmp_path_factory):
+    """The file in one format; pytest runs every test of the first format and tears it down before the second."""
     keys = manifest_keys("manifest_inference_512_v1.0.json")
     folder = tmp_path_factory.mktemp("dcfull")  # no variant hint in the path: detection must default
     tiler = Tiler(torch.float16)
     sd = {k: tiler.make(k, s) for k, s in keys.items()}
-    ckpt, st = folder / "model.ckpt", folder / "model.safetensors"
-    crc = _save_config.save.compute_crc32 if _save_config else None
-    if _save_config:
-        _save_config.save.compute_crc32 = False  # halves torch.save here; torch.load does not check it under mmap
-    try:
-        torch.save({"state_dict": sd}, ckpt)
-    finally:
+    if request.param == "pickle":
+        path = folder / "model.ckpt"
+        crc = _save_config.save.compute_crc32 if _save_config else None
         if _save_config:
-            _save_config.save.compute_crc32 = crc
-    save_file(sd, str(st))
+            _save_config.save.compute_crc32 = False  # halves torch.save here; torch.load does not check it under mmap
+        try:
+            torch.save({"state_dict": sd}, path)
+        finally:
+            if _save_config:
+                _save_config.save.compute_crc32 = crc
+    else:
+        path = folder / "model.safetensors"
+        save_file(sd, str(path))
     del sd
     gc.collect()
-    yield SimpleNamespace(folder=folder, ckpt=ckpt, st=st, tiler=tiler, keys=keys)
+    yield SimpleNamespace(folder=folder, path=path, format=request.param, tiler=tiler, keys=keys)
     shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -193,11 +198,11 @@ def _check_real(res, full, dtype):
 
 
 @pytest.mark.slow
-def test_real_size_ckpt_loads_strictly_with_default_variant(full512):
-    res = loading.load_dynamicrafter(full512.ckpt, other_parts=("vae", "schedule"))
+def test_real_size_loads_strictly_with_default_variant(full512):
+    res = loading.load_dynamicrafter(full512.path, other_parts=("vae", "schedule"))
     assert (res.family, res.variant.name, res.decided_by) == ("512-family", "512", "default")
     assert "by default" in res.reason and "no 'attn2.alpha'" in res.reason
-    assert res.format == "pickle" and res.storage_dtype == torch.float16
+    assert res.format == full512.format and res.storage_dtype == torch.float16
     _check_real(res, full512, torch.float16)
     assert len(res.other["vae"]) == 248 and len(res.other["schedule"]) == 13
     assert torch.equal(res.other["schedule"]["scale_arr"], full512.tiler.expected("scale_arr"))
@@ -206,27 +211,27 @@ def test_real_size_ckpt_loads_strictly_with_default_variant(full512):
 
 
 @pytest.mark.slow
-def test_real_size_safetensors_loads_strictly_with_explicit_variant(full512):
-    res = loading.load_dynamicrafter(full512.st, variant="1024")
+def test_real_size_loads_strictly_with_explicit_variant(full512):
+    res = loading.load_dynamicrafter(full512.path, variant="1024")
     assert (res.family, res.variant.name, res.decided_by) == ("512-family", "1024", "argument")
-    assert res.variant.schedule.base_scale == 0.3 and res.format == "safetensors"
+    assert res.variant.schedule.base_scale == 0.3 and res.format == full512.format
     _check_real(res, full512, torch.float16)
 
 
 @pytest.mark.slow
 def test_real_size_refusals_read_no_tensor(full512, monkeypatch):
     reads = ReadCounter(monkeypatch)
-    msg = refused(loading.load_dynamicrafter, full512.ckpt, variant="256")
+    msg = refused(loading.load_dynamicrafter, full512.path, variant="256")
     assert "'256' chosen explicitly" in msg and "attn2.alpha" in msg and "the 256 model has 16" in msg
-    msg = refused(loading.load_dynamicrafter, full512.st, variant="4096")
+    msg = refused(loading.load_dynamicrafter, full512.path, variant="4096")
     assert all(n in msg for n in variant_names())
     assert reads.n == 0
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def converted_bf16(full512):
     dst = full512.folder / "dc_pruned_bf16.safetensors"
-    res = conv.convert_checkpoint(full512.ckpt, dst, variant="1024", dtype="bf16")
+    res = conv.convert_checkpoint(full512.path, dst, variant="1024", dtype="bf16")
     yield res
     dst.unlink(missing_ok=True)
 
@@ -241,7 +246,7 @@ def test_real_size_convert_bf16_roundtrip_metadata_decides(full512, converted_bf
         keys = set(f.keys())
         assert f.get_slice(U + "out.2.weight").get_dtype() == "BF16"
     assert meta[ck.META_VARIANT] == "1024" and meta[ck.META_FAMILY] == "512-family"
-    assert meta[ck.META_SOURCE] == "model.ckpt" and meta[ck.META_FORMAT] == ck.FORMAT_VERSION
+    assert meta[ck.META_SOURCE] == full512.path.name and meta[ck.META_FORMAT] == ck.FORMAT_VERSION
     assert meta[ck.META_PARTS] == "unet,image_proj" and meta[ck.META_DTYPE] == "bf16"
     assert keys == {k for k in full512.keys if k.startswith((U, P))}
 

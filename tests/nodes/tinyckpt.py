@@ -1,4 +1,4 @@
-"""Tiny random-weight DynamiCrafter checkpoints for the host tests, written once per process.
+"""Tiny random-weight DynamiCrafter checkpoints for the host tests, written once per process (removed at its exit).
 
 The tensors come from model/tiny.py (the same builders ``generate.py --tiny`` uses); here they are written as the
 set of files the tests need (see ``checkpoints``). tests/model/test_tiny.py checks that the VAE's key shapes are
@@ -7,7 +7,6 @@ the real checkpoint's (manifest).
 from __future__ import annotations
 
 import functools
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -19,6 +18,7 @@ from comfyui_dynamicrafter.model.tiny import (full_checkpoint, random_tensors, t
                                               variant_metadata, vision_tower_shapes)
 from comfyui_dynamicrafter.model.variants import SMALL_CONFIGS
 from comfyui_dynamicrafter.tests.fixtures import fixtures_root
+from comfyui_dynamicrafter.tests.scratch import scratch_dir
 
 
 def manifest_path() -> Path:
@@ -43,7 +43,7 @@ def checkpoints(root: Optional[str] = None) -> Dict[str, str]:
     Every DynamiCrafter file names its small config in its metadata, as model/tiny.py writes it.
     - ``sd15``: a few keys of an SD1.5 image checkpoint (not DynamiCrafter)
     """
-    root = Path(root or tempfile.mkdtemp(prefix="dc-tiny-ckpt-"))
+    root = Path(root or scratch_dir("dc-tiny-ckpt-"))
     root.mkdir(parents=True, exist_ok=True)
     out = {}
     full = full_checkpoint("512", seed=10)
@@ -86,7 +86,7 @@ def toon_checkpoints(root: Optional[str] = None) -> Dict[str, str]:
     - ``toon_pruned``: the same UNet + P only, metadata variant ``tooncrafter``
     - ``toon_vae``: the first stage alone (``first_stage_model.*``)
     """
-    root = Path(root or tempfile.mkdtemp(prefix="dc-tiny-toon-"))
+    root = Path(root or scratch_dir("dc-tiny-toon-"))
     root.mkdir(parents=True, exist_ok=True)
     full = full_checkpoint("tooncrafter", seed=50)
     out = {"toon": _save(root / "toon_tiny_full.safetensors", full, None)}

@@ -4,6 +4,7 @@ nearly full file system keeps the user's existing file; symlink loops in a model
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import zlib
@@ -147,7 +148,8 @@ def tiny_files(tmp_path_factory):
     sd[key] = sd[key].clone()
     sd[key].view(-1)[0] = float("nan")
     save_file(sd, str(d / "mine_nan.safetensors"), metadata=variant_metadata("512"))
-    return d, key
+    yield d, key
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_ckpt_as_an_absolute_path_runs_and_nan_weights_are_refused(tiny_files, tmp_path):
