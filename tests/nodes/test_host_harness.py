@@ -198,3 +198,26 @@ def test_http_server_runs_graph_and_reports_errors(host_info, host_server):
     assert "IMPORT FAILED" not in pack_lines[0], log
     srv.stop()
     assert srv.proc.poll() is not None
+
+
+def test_scratch_folders_go_when_the_process_exits(tmp_path):
+    """What the tests share for a whole process (tiny checkpoints, host folders) is not left in the temp folder."""
+    import subprocess
+    import sys
+
+    from comfyui_dynamicrafter import _bootstrap
+
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('b', {_bootstrap.__file__!r})\n"
+            "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b); b.register()\n"
+            "from comfyui_dynamicrafter.tests.scratch import scratch_dir\n"
+            "from comfyui_dynamicrafter.tests.hosting import make_workdir\n"
+            "d = scratch_dir('dc-probe-'); open(d + '/f.bin', 'wb').write(b'x' * 1000)\n"
+            "w = make_workdir()['root']; open(w + '/models/vae/v.bin', 'wb').write(b'y')\n"
+            "print(d); print(w)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    made = p.stdout.split()
+    assert len(made) == 2 and all(m.startswith(str(tmp_path)) for m in made), p.stdout
+    assert not any(os.path.exists(m) for m in made) and os.listdir(tmp_path) == []
