@@ -158,6 +158,7 @@ def full512(request, tmp_path_factory):
     """The file in one format; pytest runs every test of the first format and tears it down before the second."""
     keys = manifest_keys("manifest_inference_512_v1.0.json")
     folder = tmp_path_factory.mktemp("dcfull")  # no variant hint in the path: detection must default
+    _check_room(folder, keys)
     tiler = Tiler(torch.float16)
     sd = {k: tiler.make(k, s) for k, s in keys.items()}
     if request.param == "pickle":
@@ -177,6 +178,16 @@ def full512(request, tmp_path_factory):
     gc.collect()
     yield SimpleNamespace(folder=folder, path=path, format=request.param, tiler=tiler, keys=keys)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_room(folder: Path, keys: dict) -> None:
+    """Fail in one line, before writing, when the temp folder cannot hold the file and its bf16 conversion."""
+    need = sum(_prod(s) for s in keys.values()) * 2 + sum(_prod(s) for k, s in keys.items() if k.startswith((U, P))) * 2
+    free = shutil.disk_usage(folder).free
+    if free < need + (512 << 20):
+        pytest.fail(f"the real-size checkpoint tests need {need / 1e9:.1f} GB free (+0.5 GB) in {folder}, found "
+                    f"{free / 1e9:.1f} GB: free disk space there or point TMPDIR (or --basetemp) at a larger disk",
+                    pytrace=False)
 
 
 SAMPLE_KEYS = (U + "input_blocks.0.0.weight", U + "out.2.weight", U + "fps_embedding.2.bias",
