@@ -434,7 +434,7 @@ def use_tiny_weights(args, req: Request, host: headless.Host) -> str:
     """The tiny random-weight checkpoint of the variant, put first in the host's dynamicrafter folders."""
     if not args.tiny:  # a fallback: the output name says so too
         req.out_path, req.fmt = check_output(labelled_output(args.out, True))
-    path = tiny_checkpoint(os.path.join(os.path.abspath(args.cache_dir), "tiny-weights"), req.variant)
+    path = tiny_checkpoint(args.cache_dir, req.variant)
     host.set_model_folders(headless.MODEL_FOLDER, [os.path.dirname(path)] + host.model_folders(headless.MODEL_FOLDER))
     print("PIPELINE CHECK: tiny random weights - the video shows noise, not DynamiCrafter's output "
           f"(file: {path})", flush=True)

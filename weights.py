@@ -134,9 +134,10 @@ def download_model(mf: ModelFile, target_dir: str, size: Optional[int], sha256: 
     return final
 
 
-def tiny_checkpoint(folder: str, variant: str) -> str:
+def tiny_checkpoint(cache_dir: str, variant: str) -> str:
     """A tiny random-weight checkpoint of ``variant`` in the real key layout (tiny UNet, P and encoders, a real-size
-    SD VAE), written once into ``folder``; the file carries the metadata ``dynamicrafter.tiny``."""
+    SD VAE), written once into ``<cache_dir>/tiny-weights``; the file carries the metadata ``dynamicrafter.tiny``."""
+    folder = os.path.join(os.path.abspath(cache_dir), "tiny-weights")
     name = f"dynamicrafter_tiny_{variant.replace('-', '_')}.safetensors"
     path = os.path.join(folder, name)
     if os.path.isfile(path):

@@ -24,7 +24,7 @@ def test_tiny_recipe_trains_an_adapter_from_generate_tiny_checkpoint(tmp_path):
         import generate
     finally:
         sys.path.remove(REPO)
-    ckpt = generate.tiny_checkpoint(str(tmp_path / "cache"), "512")                 # what generate.py --tiny writes
+    ckpt = generate.tiny_checkpoint(str(tmp_path / "cache"), "512")  # the very file generate.py --tiny uses (below)
     r = run_cli(["demo-data", "--out", str(tmp_path / "data")])
     assert r.returncode == 0, r.stderr[-2000:]
     csv = r.stdout.strip().splitlines()[-1]
@@ -70,4 +70,5 @@ def test_tiny_recipe_trains_an_adapter_from_generate_tiny_checkpoint(tmp_path):
     plain = video("plain.mp4")
     adapted = video("adapted.mp4", "--adapter", os.path.join(out, "adapter.safetensors") + ":10")
     assert plain.shape == adapted.shape and not np.array_equal(plain, adapted)
+    assert [str(p) for p in (tmp_path / "cache").rglob("*.safetensors")] == [ckpt]  # trained on what it ran
     print(f"trained adapter at strength 10: mean |diff| {np.abs(plain.astype(int) - adapted).mean():.2f}/255")

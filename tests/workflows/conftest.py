@@ -31,8 +31,7 @@ def run_generate(*args, timeout=600) -> subprocess.CompletedProcess:
 
 def tiny_files() -> dict:
     """real file name -> path of its tiny stand-in (written once into the repo's .cache, git-ignored)."""
-    folder = os.path.join(generate.DEFAULT_CACHE, "tiny-weights")
-    return {real: weights.tiny_checkpoint(folder, v) for real, v in TINY_FOR.items()}
+    return {real: weights.tiny_checkpoint(generate.DEFAULT_CACHE, v) for real, v in TINY_FOR.items()}
 
 
 def tiny_lora_adapter(path: str) -> str:
@@ -45,7 +44,7 @@ def tiny_lora_adapter(path: str) -> str:
     from comfyui_dynamicrafter.model import adapters as ad
     from comfyui_dynamicrafter.model.checkpoint import META_VARIANT
 
-    ckpt = weights.tiny_checkpoint(os.path.join(generate.DEFAULT_CACHE, "tiny-weights"), "512")
+    ckpt = weights.tiny_checkpoint(generate.DEFAULT_CACHE, "512")
     g = torch.Generator().manual_seed(7)
     tensors = {}
     with safe_open(ckpt, framework="pt") as f:
