@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from comfyui_dynamicrafter.model import checkpoint as ck
 from comfyui_dynamicrafter.model import converter as conv
 from comfyui_dynamicrafter.model import detect as det
+from comfyui_dynamicrafter.model import fileio
 from comfyui_dynamicrafter.model import formats as fmt
 from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
 from comfyui_dynamicrafter.model.resampler import Resampler
@@ -183,11 +184,11 @@ def full512(request, tmp_path_factory):
 def _check_room(folder: Path, keys: dict) -> None:
     """Fail in one line, before writing, when the temp folder cannot hold the file and its bf16 conversion."""
     need = sum(_prod(s) for s in keys.values()) * 2 + sum(_prod(s) for k, s in keys.items() if k.startswith((U, P))) * 2
-    free = shutil.disk_usage(folder).free
-    if free < need + (512 << 20):
-        pytest.fail(f"the real-size checkpoint tests need {need / 1e9:.1f} GB free (+0.5 GB) in {folder}, found "
-                    f"{free / 1e9:.1f} GB: free disk space there or point TMPDIR (or --basetemp) at a larger disk",
-                    pytrace=False)
+    try:
+        fileio.check_free_space(str(folder), need + (512 << 20), "the real-size checkpoint tests",
+                                "free disk space there or point TMPDIR (or --basetemp) at a larger disk")
+    except fileio.OutputWriteError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 SAMPLE_KEYS = (U + "input_blocks.0.0.weight", U + "out.2.weight", U + "fps_embedding.2.bias",
