@@ -15,7 +15,6 @@ else:  # generate.py run as a script has registered the package comfyui_dynamicr
     from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
     from comfyui_dynamicrafter.model.limits import RANGES, check_image_file
 
-ADAPTER_STRENGTH = (-10.0, 10.0)            # DCN_ApplyAdapter's strength_model widget range
 OUT_FORMATS = {".mp4": "mp4", ".webp": "webp", ".gif": "gif"}
 TINY_LABEL = ".tiny-random-weights"
 
@@ -70,7 +69,7 @@ def check_adapter(value: str) -> Tuple[str, float]:
     else:
         from comfyui_dynamicrafter.model.guards import check_finite_number
 
-    lo, hi = ADAPTER_STRENGTH
+    lo, hi = RANGES["adapter_strength"]
     path, strength = value, 1.0
     head, sep, tail = value.rpartition(":")
     # FILE:strength; a file whose name holds ':' and a drive letter ("C:\\...") stay paths

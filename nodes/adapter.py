@@ -25,6 +25,7 @@ import folder_paths
 from ..model import adapters as ad
 from ..model.errors import DynamiCrafterInputError
 from ..model.guards import check_state_dict_finite
+from ..model.limits import RANGES
 from ..model.log import logger
 from . import compat
 from .loader import ImageProjector
@@ -200,7 +201,8 @@ class DCN_ApplyAdapter:
                 "tooltip": "Adapter file (the trainer's adapter.safetensors) from models/dynamicrafter_adapters or "
                            "models/loras. It must be trained for the loaded variant and P shape."}),
             "strength_model": ("FLOAT", {
-                "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                "default": 1.0, "min": RANGES["adapter_strength"][0], "max": RANGES["adapter_strength"][1],
+                "step": 0.01,
                 "tooltip": "1.0 = the trained weights. LoRA parts are scaled by it; trained full tensors (and P) "
                            "are blended: (1 - s) * model + s * adapter. 0 = no change."}),
         }}
