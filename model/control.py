@@ -25,6 +25,7 @@ import torch
 from .errors import DynamiCrafterInputError
 
 KINDS = ("input", "middle", "output")
+_SHAPE_TODO = "use a ControlNet made for SD2.x models, and a hint at the video's size"
 
 
 @dataclasses.dataclass
@@ -85,27 +86,28 @@ def add_residual(h: torch.Tensor, r: Optional[torch.Tensor], where: str) -> torc
         return h
     if not isinstance(r, torch.Tensor):
         _refuse(f"{where}: a {type(r).__name__}, not a tensor")
-    if r.dim() != h.dim() or tuple(r.shape[1:]) != tuple(h.shape[1:]) or r.shape[0] == 0 or h.shape[0] % r.shape[0]:
+    if not _fits(r, h.shape):
         _refuse(f"{where}: residual {list(r.shape)} for the hidden state {list(h.shape)}",
-                "use a ControlNet made for SD2.x models, and a hint at the video's size")
+                _SHAPE_TODO)
     r = r.to(device=h.device, dtype=h.dtype)
     if r.shape[0] != h.shape[0]:
         r = r.repeat(h.shape[0] // r.shape[0], *([1] * (r.dim() - 1)))
     return h + r
 
 
-def check_shapes(res: ControlResiduals, skip_shapes: Sequence[Sequence[int]], middle_shape: Sequence[int]) -> None:
-    """Refuse residuals that cannot be added to a UNet whose skips / middle output have these shapes (before any
-    block runs, so nothing is half computed)."""
-    def fits(r, shape):
-        return (r is None or (tuple(r.shape[1:]) == tuple(shape[1:]) and r.shape[0] > 0
-                              and shape[0] % r.shape[0] == 0))
+def _fits(r: Optional[torch.Tensor], shape: Sequence[int]) -> bool:
+    """A residual adds to a hidden state of ``shape``: same [C, H, W] and rows that divide the state's rows."""
+    return r is None or (tuple(r.shape[1:]) == tuple(shape[1:]) and r.shape[0] > 0 and shape[0] % r.shape[0] == 0)
 
+
+def check_shapes(res: ControlResiduals, skip_shapes: Sequence[Sequence[int]], middle_shape: Sequence[int]) -> None:
+    """Refuse residuals that cannot be added to a UNet whose skips / middle output have these shapes, for a caller
+    that knows the shapes before any block runs (the UNet itself refuses in ``add_residual``)."""
     for kind, lst in (("input", res.input), ("output", res.output)):
         for i, (r, shape) in enumerate(zip(lst, skip_shapes)):
-            if not fits(r, shape):
+            if not _fits(r, shape):
                 _refuse(f"{kind} residual for block {i}: {list(r.shape)}, hidden state {list(shape)}",
-                        "use a ControlNet made for SD2.x models, and a hint at the video's size")
-    if not fits(res.middle, middle_shape):
+                        _SHAPE_TODO)
+    if not _fits(res.middle, middle_shape):
         _refuse(f"middle residual {list(res.middle.shape)}, hidden state {list(middle_shape)}",
-                "use a ControlNet made for SD2.x models, and a hint at the video's size")
+                _SHAPE_TODO)
