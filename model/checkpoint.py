@@ -441,15 +441,15 @@ def write_safetensors(path: Union[str, os.PathLike], items: Sequence[Tuple[str, 
             t = read(name)
             if tuple(t.shape) != tuple(shape):
                 raise RuntimeError(f"write_safetensors: {name} has shape {list(t.shape)}, header says {list(shape)}")
-            src_finite = finite is None or is_finite_tensor(t)
+            src = t
             t = t.to(dtype=dt, device="cpu").contiguous()
-            if finite is not None and not is_finite_tensor(t):
-                cast = "" if not src_finite else f" after the cast to {dt} (the source values overflow it)"
+            if finite is not None and not is_finite_tensor(t):  # the source is looked at only to word the message
+                cast = "" if not is_finite_tensor(src) else f" after the cast to {dt} (the source values overflow it)"
                 raise NonFiniteError(finite, "finite weights", f"tensor '{name}' holds {describe_nonfinite(t)}{cast}",
                                      "convert with --dtype fp32 or bf16" if cast else
                                      "the source file is damaged or from a diverged training run: use another copy")
             if t.numel():
                 f.write(t.reshape(-1).view(torch.uint8).numpy().data)
-            del t
+            del t, src
     return os.path.getsize(path)
 
