@@ -155,6 +155,17 @@ class PromptResult:
                 "status": {"status_str": "success" if self.success else "error", "completed": self.success,
                            "messages": [list(m) for m in self.messages]}}
 
+    def error_text(self, sep: str = "\n") -> str:
+        """What the host said against this prompt: its refusal (the error, then ``message: details`` of each node
+        error, joined by ``sep``) or the execution error's message."""
+        if self.validation_error is not None:
+            parts = [str(self.validation_error.get("error"))]
+            for ne in (self.validation_error.get("node_errors") or {}).values():
+                parts += [f"{e.get('message')}: {e.get('details')}" for e in ne.get("errors", [])]
+            return sep.join(parts)
+        assert self.error is not None, f"expected an error, got success={self.success}"
+        return self.error["exception_message"]
+
     def executed_nodes(self) -> List[str]:
         return [d.get("node") for e, d in self.events if e == "executed"]
 

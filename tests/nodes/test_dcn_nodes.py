@@ -346,17 +346,6 @@ class DCNTestImage:
         return (torch.rand(1, height, width, channels, generator=g),)
 
 
-def _error_text(res) -> str:
-    if res.validation_error is not None:
-        errs = res.validation_error.get("node_errors") or {}
-        parts = [str(res.validation_error.get("error"))]
-        for ne in errs.values():
-            parts += [f"{e.get('message')}: {e.get('details')}" for e in ne.get("errors", [])]
-        return "\n".join(parts)
-    assert res.error is not None, f"expected an error, got success={res.success}"
-    return res.error["exception_message"]
-
-
 def _bad(kind):
     g = S.conditioning_graph()
     if kind == "vit_l_clip_vision":  # a 48-wide image encoder where P expects 64 (stands in for ViT-L vs ViT-H)
@@ -405,7 +394,7 @@ def test_bad_input_gets_a_clear_message(host, dc, kind):
         g = S.add_exact_sampler(g, steps=1, decode=False)
     with host.register_nodes({"DCNTestImage": DCNTestImage}):
         res = host.run_prompt(g, check=False)
-    text = _error_text(res)
+    text = res.error_text()
     print(f"{kind}: {text}")
     assert not res.success
     if res.error is not None:

@@ -77,17 +77,6 @@ class DCNTestNaNFromCall:
 PROBES = {"DCNTestNaNImage": DCNTestNaNImage, "DCNTestNaNFromCall": DCNTestNaNFromCall}
 
 
-def _error(res) -> str:
-    if res.validation_error is not None:
-        errs = res.validation_error.get("node_errors") or {}
-        parts = [str(res.validation_error.get("error"))]
-        for ne in errs.values():
-            parts += [f"{e.get('message')}: {e.get('details')}" for e in ne.get("errors", [])]
-        return " | ".join(parts)
-    assert res.error is not None, f"expected an error, got success={res.success}"
-    return res.error["exception_message"]
-
-
 def _saved(host, prefix: str):
     out = host.dirs["output"]
     return sorted(f for f in os.listdir(out) if f.startswith(prefix))
@@ -96,7 +85,7 @@ def _saved(host, prefix: str):
 def _run_refused(host, g, prefix):
     with host.register_nodes(PROBES):
         res = host.run_prompt(g, check=False)
-    text = _error(res)
+    text = res.error_text(" | ")
     assert not res.success, "the run succeeded"
     assert "\n" not in text.strip() and "Traceback" not in text, text
     assert _saved(host, prefix) == [], "an output was saved"
@@ -384,7 +373,8 @@ def test_cli_ranges_are_the_widgets_ranges(host):
     ncm = host.node_class_mappings
     where = {"width": "DCN_Conditioning", "height": "DCN_Conditioning", "frames": "DCN_Conditioning",
              "motion": "DCN_Conditioning", "steps": "DCN_Sampler", "cfg": ("DCN_Sampler", "cfg_text"),
-             "eta": "DCN_Sampler", "guidance_rescale": "DCN_Sampler", "fps": "DCN_SaveVideo", "crf": "DCN_SaveVideo"}
+             "eta": "DCN_Sampler", "guidance_rescale": "DCN_Sampler", "fps": "DCN_SaveVideo", "crf": "DCN_SaveVideo",
+             "adapter_strength": ("DCN_ApplyAdapter", "strength_model")}
     for name, (lo, hi) in RANGES.items():
         node, widget = where[name] if isinstance(where[name], tuple) else (where[name], name)
         opts = ncm[node].INPUT_TYPES()["required"][widget][1]
@@ -426,7 +416,7 @@ def test_save_video_on_a_full_output_folder_is_one_line(host, dc, tmp_path):
         folder_paths.set_output_directory(str(disk))
         prefix = f"{PREFIX}_full_{next(_tick)}"
         res = host.run_prompt(_video_graph(prefix), check=False)
-        text = _error(res)
+        text = res.error_text(" | ")
         assert not res.success and "\n" not in text.strip() and "Traceback" not in text, text
         assert text.startswith("DynamiCrafter Save Video: expected about") and "free some space" in text, text
         assert sorted(os.listdir(disk)) == ["filler"]
