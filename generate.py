@@ -60,7 +60,6 @@ else:  # run as a script: register this folder as the package ``comfyui_dynamicr
     from weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
         remote_metadata, tiny_checkpoint
 
-ADAPTER_FOLDER = "dynamicrafter_adapters"   # nodes/adapter.py's model folder (the node lists it first)
 WINDOW = 16   # the models' trained length: longer videos run in context windows of this many frames
 MAX_FRAMES = 256
 EXAMPLE_START = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_start.png")
@@ -479,8 +478,9 @@ def build_prompt(req: Request, settings: dict, input_dir: str) -> dict:
 
 def use_adapter(req: Request, host: headless.Host) -> None:
     """The --adapter file's folder put first in the host's adapter folder (the node lists the file by its name)."""
-    folders = host.model_folders(ADAPTER_FOLDER) or [os.path.join(host.folder_paths.models_dir, ADAPTER_FOLDER)]
-    host.set_model_folders(ADAPTER_FOLDER, [os.path.dirname(req.adapter)] + folders)
+    kind = headless.ADAPTER_FOLDER
+    folders = host.model_folders(kind) or [os.path.join(host.folder_paths.models_dir, kind)]
+    host.set_model_folders(kind, [os.path.dirname(req.adapter)] + folders)
     print(f"adapter: {req.adapter}, strength {req.adapter_strength:g}", flush=True)
 
 

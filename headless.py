@@ -37,6 +37,8 @@ HOST_MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", "comfy
 # "comfyui_dynamicrafter" (the name tests and CLIs import it under) and not an identifier: relative imports only.
 PACK_DIRNAME = "ComfyUI-DynamiCrafter"
 MODEL_FOLDER = "dynamicrafter"
+# The adapters' model folder: nodes/adapter.py registers it; generate.py --adapter puts the file's folder first.
+ADAPTER_FOLDER = "dynamicrafter_adapters"
 # Where a DynamiCrafter checkpoint is looked for, in order (nodes/compat.py lists the same folders).
 CHECKPOINT_FOLDERS = (MODEL_FOLDER, "diffusion_models", "checkpoints")
 # The 2024 hosts' names of two model folders; current hosts map them onto the new ones (folder_paths.map_legacy).

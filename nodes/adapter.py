@@ -22,6 +22,7 @@ import torch
 
 import folder_paths
 
+from ..headless import ADAPTER_FOLDER
 from ..model import adapters as ad
 from ..model.errors import DynamiCrafterInputError
 from ..model.guards import check_state_dict_finite
@@ -31,7 +32,6 @@ from . import compat
 from .loader import ImageProjector
 from .widgets import check_numbers
 
-ADAPTER_FOLDER = "dynamicrafter_adapters"
 ADAPTER_EXTENSIONS = (".safetensors",)
 _SEARCH = (ADAPTER_FOLDER, "loras")          # listed in this order; the first folder holding a name wins
 
