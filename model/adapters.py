@@ -130,16 +130,8 @@ def _variant_name(variant: Any) -> str:
     return variant if isinstance(variant, str) else getattr(variant, "name", str(variant))
 
 
-def validate_adapter(tensors: Mapping[str, Any], metadata: Mapping[str, str], variant: Any,
-                     shapes: Mapping[str, Shape], name: str = "adapter") -> AdapterInfo:
-    """Check an adapter against a model and return what it holds; raise DynamiCrafterInputError (one line) if not.
-
-    ``tensors``: the adapter's key -> tensor (or shape). ``metadata``: its safetensors metadata. ``variant``: the
-    loaded model's variant (name or Variant). ``shapes``: the model's full-checkpoint key -> shape
-    (``model_shapes(unet, image_proj)``). Refused: no adapter metadata, another variant, another P shape
-    (checked through the recorded P config and every ``image_proj_model.*`` tensor), a tensor the model lacks or
-    has with another shape, a LoRA pair whose product does not fit the target weight.
-    """
+def _check_header(metadata: Mapping[str, str], variant: Any, name: str) -> str:
+    """The adapter's format and variant against the loaded model's; returns the variant it was trained for."""
     if metadata.get(META_FORMAT) is None:
         raise DynamiCrafterInputError(name, f"a DynamiCrafter adapter (metadata '{META_FORMAT}')",
                                       "a file without it", "use a file exported by the DynamiCrafter trainer")
@@ -152,40 +144,54 @@ def validate_adapter(tensors: Mapping[str, Any], metadata: Mapping[str, str], va
         raise DynamiCrafterInputError(
             name, f"an adapter for the loaded DynamiCrafter {want} model", f"one trained for variant {got}",
             f"load the {got} model for this adapter, or train an adapter on {want}")
+    return got
 
-    # P shape: the recorded config first (clear message), then every P tensor against the model.
+
+def _check_p_config(metadata: Mapping[str, str], shapes: Mapping[str, Shape], name: str) -> None:
+    """The recorded P config against the model's P (the clear message before the per-tensor check)."""
     p_model = {k: v for k, v in shapes.items() if k.startswith(P_PREFIX)}
     p_meta = metadata.get(META_P_CONFIG)
-    if p_meta and p_model:
-        cfg = json.loads(p_meta)
-        q = cfg.get("num_queries", 0) * cfg.get("video_length", 0)
-        expect = {P_PREFIX + "latents": (1, q, cfg.get("dim")),
-                  P_PREFIX + "proj_in.weight": (cfg.get("dim"), cfg.get("embedding_dim")),
-                  P_PREFIX + "proj_out.weight": (cfg.get("output_dim"), cfg.get("dim"))}
-        for k, shp in expect.items():
-            if k in p_model and tuple(p_model[k]) != tuple(shp):
-                raise DynamiCrafterInputError(
-                    name, f"an adapter for the model's query transformer P ({k[len(P_PREFIX):]} {list(p_model[k])})",
-                    f"one trained with P of {k[len(P_PREFIX):]} {list(shp)} "
-                    f"(queries {cfg.get('num_queries')}x{cfg.get('video_length')} frames, dim {cfg.get('dim')}, "
-                    f"CLIP width {cfg.get('embedding_dim')}, output {cfg.get('output_dim')})",
-                    "use an adapter trained for this model's P (same variant and P configuration)")
+    if not (p_meta and p_model):
+        return
+    cfg = json.loads(p_meta)
+    q = cfg.get("num_queries", 0) * cfg.get("video_length", 0)
+    expect = {P_PREFIX + "latents": (1, q, cfg.get("dim")),
+              P_PREFIX + "proj_in.weight": (cfg.get("dim"), cfg.get("embedding_dim")),
+              P_PREFIX + "proj_out.weight": (cfg.get("output_dim"), cfg.get("dim"))}
+    for k, shp in expect.items():
+        if k in p_model and tuple(p_model[k]) != tuple(shp):
+            raise DynamiCrafterInputError(
+                name, f"an adapter for the model's query transformer P ({k[len(P_PREFIX):]} {list(p_model[k])})",
+                f"one trained with P of {k[len(P_PREFIX):]} {list(shp)} "
+                f"(queries {cfg.get('num_queries')}x{cfg.get('video_length')} frames, dim {cfg.get('dim')}, "
+                f"CLIP width {cfg.get('embedding_dim')}, output {cfg.get('output_dim')})",
+                "use an adapter trained for this model's P (same variant and P configuration)")
 
-    full, lora, bad = [], {}, []
+
+def _full_tensors(tensors: Mapping[str, Any], shapes: Mapping[str, Shape], name: str,
+                  bad: List[str]) -> List[str]:
+    """The adapter's full (non-LoRA) keys that fit the model; misfits go to ``bad`` (a P misfit raises at once)."""
+    full = []
     for key, v in tensors.items():
         if is_lora_key(key, tensors):
             continue
         if key not in shapes:
             bad.append(f"{key} (not in the model)")
         elif tuple(shapes[key]) != _shape(v):
-            what = "P" if key.startswith(P_PREFIX) else "UNet"
             if key.startswith(P_PREFIX):
                 raise DynamiCrafterInputError(
                     name, f"P tensor {key[len(P_PREFIX):]} of shape {list(shapes[key])}",
                     f"shape {list(_shape(v))}", "use an adapter trained for this model's P (same variant and P shape)")
-            bad.append(f"{key} ({what} {list(shapes[key])}, adapter {list(_shape(v))})")
+            bad.append(f"{key} (UNet {list(shapes[key])}, adapter {list(_shape(v))})")
         else:
             full.append(key)
+    return full
+
+
+def _lora_targets(tensors: Mapping[str, Any], shapes: Mapping[str, Shape],
+                  bad: List[str]) -> Dict[str, Tuple[int, float]]:
+    """target weight -> (rank, alpha) of every LoRA pair that fits the model; misfits go to ``bad``."""
+    lora = {}
     for mod in lora_modules(tensors):
         down, up = tensors[mod + LORA_DOWN], tensors.get(mod + LORA_UP)
         target = mod + ".weight"
@@ -201,6 +207,24 @@ def validate_adapter(tensors: Mapping[str, Any], metadata: Mapping[str, str], va
             a = tensors.get(mod + LORA_ALPHA)
             alpha = float(a.item()) if isinstance(a, torch.Tensor) else float(r_down)
             lora[target] = (r_down, alpha)
+    return lora
+
+
+def validate_adapter(tensors: Mapping[str, Any], metadata: Mapping[str, str], variant: Any,
+                     shapes: Mapping[str, Shape], name: str = "adapter") -> AdapterInfo:
+    """Check an adapter against a model and return what it holds; raise DynamiCrafterInputError (one line) if not.
+
+    ``tensors``: the adapter's key -> tensor (or shape). ``metadata``: its safetensors metadata. ``variant``: the
+    loaded model's variant (name or Variant). ``shapes``: the model's full-checkpoint key -> shape
+    (``model_shapes(unet, image_proj)``). Refused: no adapter metadata, another variant, another P shape
+    (checked through the recorded P config and every ``image_proj_model.*`` tensor), a tensor the model lacks or
+    has with another shape, a LoRA pair whose product does not fit the target weight.
+    """
+    got = _check_header(metadata, variant, name)
+    _check_p_config(metadata, shapes, name)
+    bad: List[str] = []
+    full = _full_tensors(tensors, shapes, name, bad)
+    lora = _lora_targets(tensors, shapes, bad)
     if bad:
         raise DynamiCrafterInputError(name, "tensors that fit the loaded model", f"{len(bad)} that do not, e.g. "
                                       + "; ".join(bad[:3]), "use an adapter trained on this model's architecture")

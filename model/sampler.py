@@ -128,6 +128,124 @@ def _scalar(value, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(value), dtype=like.dtype, device=like.device)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# branch evaluation: the plain call, and context windows as a wrapper around the same denoiser
+
+BranchEval = Callable[[torch.Tensor, int, Tuple[str, ...], int], Dict[str, torch.Tensor]]
+
+
+def plain_branches(denoise: Denoise) -> BranchEval:
+    """One denoiser call over all frames: x repeated branch-major, each branch's rows split back out."""
+    def evaluate(x: torch.Tensor, t: int, branches: Tuple[str, ...], step: int) -> Dict[str, torch.Tensor]:
+        K = len(branches)
+        x_in = x.repeat((K,) + (1,) * (x.ndim - 1))                          # [(K B), C, T, H, W] branch-major
+        t_in = torch.full((x_in.shape[0],), t, dtype=torch.long, device=x.device)
+        out = denoise(x_in, t_in, branches)
+        _check_out(out, x_in.shape)
+        return dict(zip(branches, out.to(x.dtype).chunk(K, dim=0)))        # {branch: [B, C, T, H, W]}
+    return evaluate
+
+
+def windowed_branches(denoise: Denoise, windows: WindowSpec) -> BranchEval:
+    """Context windows (module docstring): each step's plan fused by ``windowed_outputs``; one window = plain."""
+    plain = plain_branches(denoise)
+
+    def evaluate(x: torch.Tensor, t: int, branches: Tuple[str, ...], step: int) -> Dict[str, torch.Tensor]:
+        plan = windows.plan(x.shape[2], step=step)
+        if plan.single:
+            return plain(x, t, branches, step)
+        return windowed_outputs(denoise, x, t, branches, plan, windows.max_windows_per_call)
+    return evaluate
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the parts of a DDIM run
+
+
+def _check_inputs(cfg: ScheduleConfig, x_T, guidance_rescale, mode: str, cfg_text: float,
+                  cfg_image: Optional[float]) -> Tuple[str, Tuple[str, ...], Optional[float]]:
+    """The parameterization, the guidance branches and the image scale (reference default: the text scale)."""
+    param = check_parameterization(cfg)
+    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 2 or not x_T.is_floating_point():
+        raise DynamiCrafterInputError("DDIM x_T", "a floating tensor [B, C, T, H, W]",
+                                      repr(getattr(x_T, "shape", type(x_T))), "pass the initial noise latent")
+    if not isinstance(guidance_rescale, (int, float)) or guidance_rescale < 0:
+        raise DynamiCrafterInputError("guidance_rescale", "a number >= 0 (0.7 for 512/1024)", repr(guidance_rescale),
+                                      "use 0.0 to disable")
+    branches = guidance_branches(mode, cfg_text)
+    if mode == "multi" and cfg_image is None:
+        cfg_image = cfg_text  # reference multicond default
+    return param, branches, cfg_image
+
+
+def _schedule(cfg: ScheduleConfig, steps: int, eta: float, spacing: str, param: str) -> Dict[str, object]:
+    """The DDIM timesteps and the per-step scalars, float32 as the reference's torch.full(size, value)."""
+    buffers = model_buffers(cfg)
+    sched = ddim_schedule(cfg, steps, eta, spacing, buffers)
+    ts = sched["ddim_timesteps"].tolist()
+    if len(ts) != steps:
+        logger.info("DDIM %s with %d steps runs %d timesteps (reference spacing)", spacing, steps, len(ts))
+    if param == "eps" and bool((sched["ddim_alphas"] <= 0).any()):
+        raise DynamiCrafterInputError("DDIM schedule", "alphas_cumprod > 0 at every sampled t for eps-prediction",
+                                      "a zero-SNR timestep", "disable rescale_betas_zero_snr for eps models")
+    f32 = {k: v.numpy().astype(np.float32) for k, v in sched.items() if k != "ddim_timesteps"}
+    f32["sqrt_ac"] = buffers["sqrt_alphas_cumprod"].numpy()
+    f32["sqrt_1m_ac"] = buffers["sqrt_one_minus_alphas_cumprod"].numpy()
+    return {"ts": ts, "f32": f32}
+
+
+def _start_latent(x_T: torch.Tensor, generator, noise, windows: Optional[WindowSpec],
+                  freenoise_seed: int) -> torch.Tensor:
+    """x_T in the working dtype (float32, float64 if given), checked against the windows, FreeNoise applied."""
+    work = torch.float64 if x_T.dtype == torch.float64 else torch.float32
+    x = x_T.detach().to(work)
+    if generator is not None and noise is None and torch.device(generator.device).type != x.device.type:
+        raise DynamiCrafterInputError("DDIM generator", f"a torch.Generator on {x.device.type}",
+                                      f"one on {generator.device}", "create the generator on the latent's device")
+    if windows is None:
+        return x
+    if x.ndim < 4:
+        raise DynamiCrafterInputError("DDIM x_T with context windows", "a video latent [B, C, T, H, W]",
+                                      f"shape {tuple(x.shape)}", "pass frames on dim 2 or no windows")
+    windows.check(x.shape[2])
+    if windows.freenoise and x.shape[2] > windows.length:
+        x = freenoise_noise(x, windows.length, windows.overlap, freenoise_seed, dim=2)
+    return x
+
+
+def _pred_x0_eps(cfg: ScheduleConfig, param: str, x: torch.Tensor, model_output: torch.Tensor, t: int, index: int,
+                 f32: Dict[str, np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """pred_x0 and eps from the guided v or eps output, then the dynamic rescale of pred_x0 (reference order)."""
+    if param == "v":
+        pred_x0, e_t = pred_x0_eps_from_v(x, model_output, _scalar(f32["sqrt_ac"][t], x),
+                                          _scalar(f32["sqrt_1m_ac"][t], x))
+    else:
+        pred_x0, e_t = pred_x0_eps_from_eps(x, model_output, _scalar(np.sqrt(f32["ddim_alphas"][index]), x),
+                                            _scalar(f32["ddim_sqrt_one_minus_alphas"][index], x))
+    if cfg.use_dynamic_rescale:
+        pred_x0 = pred_x0 * _scalar(f32["ddim_scale_arr_prev"][index] / f32["ddim_scale_arr"][index], x)
+    return pred_x0, e_t
+
+
+def _ddim_update(x: torch.Tensor, pred_x0: torch.Tensor, e_t: torch.Tensor, eps_noise: torch.Tensor, index: int,
+                 f32: Dict[str, np.ndarray]) -> torch.Tensor:
+    """DDIM (Song et al. 2020, eq. 12): ``sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z``."""
+    a_prev = f32["ddim_alphas_prev"][index]
+    sigma = f32["ddim_sigmas"][index]
+    # The reference takes sqrt of this float32 residual; it is 0 in exact arithmetic at t=T-1 with zero SNR and
+    # eta=1 but can round to -6e-8, which makes the reference return all-NaN. Clamped at 0 on purpose.
+    residual = np.float32(1.0) - a_prev - sigma * sigma
+    dir_coef = np.sqrt(max(residual, np.float32(0.0)))
+    return _scalar(np.sqrt(a_prev), x) * pred_x0 + _scalar(dir_coef, x) * e_t + _scalar(sigma, x) * eps_noise
+
+
+def _draw_noise(noise, k: int, n: int, x: torch.Tensor, generator) -> torch.Tensor:
+    """The step's injected noise, else one float32 randn draw of x's shape (the reference's RNG use)."""
+    if noise is not None:
+        return _step_noise(noise, k, n, x)
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
+
+
 @torch.no_grad()
 def ddim_sample(
     denoise: Denoise,
@@ -157,92 +275,24 @@ def ddim_sample(
     (guided)}. ``callback(step_index, total, x_prev, pred_x0)`` runs after each step and may raise to cancel.
 
     ``windows``: context windows over the frames (dim 2) when T exceeds the window (module docstring;
-    ``windowed_outputs`` for the denoiser's call). ``windows.freenoise`` reschedules x_T's noise (FreeNoise,
+    ``windowed_branches`` wraps the denoiser). ``windows.freenoise`` reschedules x_T's noise (FreeNoise,
     ``windows.freenoise_noise``) with ``freenoise_seed`` before sampling.
     """
-    param = check_parameterization(cfg)
-    if not isinstance(x_T, torch.Tensor) or x_T.ndim < 2 or not x_T.is_floating_point():
-        raise DynamiCrafterInputError("DDIM x_T", "a floating tensor [B, C, T, H, W]",
-                                      repr(getattr(x_T, "shape", type(x_T))), "pass the initial noise latent")
-    if not isinstance(guidance_rescale, (int, float)) or guidance_rescale < 0:
-        raise DynamiCrafterInputError("guidance_rescale", "a number >= 0 (0.7 for 512/1024)", repr(guidance_rescale),
-                                      "use 0.0 to disable")
-    branches = guidance_branches(mode, cfg_text)
-    if mode == "multi" and cfg_image is None:
-        cfg_image = cfg_text  # reference multicond default
-    guided = len(branches) > 1
-
-    buffers = model_buffers(cfg)
-    sched = ddim_schedule(cfg, steps, eta, spacing, buffers)
-    ts = sched["ddim_timesteps"].tolist()
-    n = len(ts)
-    if n != steps:
-        logger.info("DDIM %s with %d steps runs %d timesteps (reference spacing)", spacing, steps, n)
-    if param == "eps" and bool((sched["ddim_alphas"] <= 0).any()):
-        raise DynamiCrafterInputError("DDIM schedule", "alphas_cumprod > 0 at every sampled t for eps-prediction",
-                                      "a zero-SNR timestep", "disable rescale_betas_zero_snr for eps models")
-
-    work = torch.float64 if x_T.dtype == torch.float64 else torch.float32
-    x = x_T.detach().to(work)
-    if generator is not None and noise is None and torch.device(generator.device).type != x.device.type:
-        raise DynamiCrafterInputError("DDIM generator", f"a torch.Generator on {x.device.type}",
-                                      f"one on {generator.device}", "create the generator on the latent's device")
-    if windows is not None:
-        if x.ndim < 4:
-            raise DynamiCrafterInputError("DDIM x_T with context windows", "a video latent [B, C, T, H, W]",
-                                          f"shape {tuple(x.shape)}", "pass frames on dim 2 or no windows")
-        windows.check(x.shape[2])
-        if windows.freenoise and x.shape[2] > windows.length:
-            x = freenoise_noise(x, windows.length, windows.overlap, freenoise_seed, dim=2)
-    B = x.shape[0]
-    K = len(branches)
-    rep = (K,) + (1,) * (x.ndim - 1)
-
-    # Per-step scalars, float32 as the reference's torch.full(size, value); sqrt in numpy (correctly rounded).
-    f32 = {k: v.numpy().astype(np.float32) for k, v in sched.items() if k != "ddim_timesteps"}
-    sqrt_ac = buffers["sqrt_alphas_cumprod"].numpy()
-    sqrt_1m_ac = buffers["sqrt_one_minus_alphas_cumprod"].numpy()
-
+    param, branches, cfg_image = _check_inputs(cfg, x_T, guidance_rescale, mode, cfg_text, cfg_image)
+    sched = _schedule(cfg, steps, eta, spacing, param)
+    ts, f32, n = sched["ts"], sched["f32"], len(sched["ts"])
+    x = _start_latent(x_T, generator, noise, windows, freenoise_seed)
+    evaluate = windowed_branches(denoise, windows) if windows is not None else plain_branches(denoise)
     trajectory: List[Dict[str, object]] = []
     for k in range(n):
         index = n - 1 - k
         t = int(ts[index])
-
-        plan = windows.plan(x.shape[2], step=k) if windows is not None else None
-        if plan is None or plan.single:
-            x_in = x.repeat(*rep)  # branch-major: all B rows of branch 0, then branch 1, ...
-            t_in = torch.full((K * B,), t, dtype=torch.long, device=x.device)
-            out = denoise(x_in, t_in, branches)
-            _check_out(out, x_in.shape)
-            parts = dict(zip(branches, out.to(work).chunk(K, dim=0)))
-        else:
-            parts = windowed_outputs(denoise, x, t, branches, plan, windows.max_windows_per_call)
+        parts = evaluate(x, t, branches, k)                                  # {branch: [B, C, T, H, W]}
         model_output = combine_guidance(parts, cfg_text, cfg_image)
-        if guided and guidance_rescale > 0:
+        if len(branches) > 1 and guidance_rescale > 0:
             model_output = rescale_guidance(model_output, parts["cond"], guidance_rescale)
-
-        a_prev = f32["ddim_alphas_prev"][index]
-        sigma = f32["ddim_sigmas"][index]
-        if param == "v":
-            pred_x0, e_t = pred_x0_eps_from_v(x, model_output, _scalar(sqrt_ac[t], x), _scalar(sqrt_1m_ac[t], x))
-        else:
-            pred_x0, e_t = pred_x0_eps_from_eps(
-                x, model_output, _scalar(np.sqrt(f32["ddim_alphas"][index]), x),
-                _scalar(f32["ddim_sqrt_one_minus_alphas"][index], x),
-            )
-        if cfg.use_dynamic_rescale:
-            pred_x0 = pred_x0 * _scalar(f32["ddim_scale_arr_prev"][index] / f32["ddim_scale_arr"][index], x)
-
-        # The reference takes sqrt of this float32 residual; it is 0 in exact arithmetic at t=T-1 with zero SNR and
-        # eta=1 but can round to -6e-8, which makes the reference return all-NaN. Clamped at 0 on purpose.
-        residual = np.float32(1.0) - a_prev - sigma * sigma
-        dir_coef = np.sqrt(max(residual, np.float32(0.0)))
-        if noise is not None:
-            eps_noise = _step_noise(noise, k, n, x)
-        else:
-            eps_noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32).to(work)
-        x_prev = _scalar(np.sqrt(a_prev), x) * pred_x0 + _scalar(dir_coef, x) * e_t + _scalar(sigma, x) * eps_noise
-
+        pred_x0, e_t = _pred_x0_eps(cfg, param, x, model_output, t, index, f32)
+        x_prev = _ddim_update(x, pred_x0, e_t, _draw_noise(noise, k, n, x, generator), index, f32)
         if return_trajectory:
             trajectory.append({"t": t, "index": index, "x_prev": x_prev, "pred_x0": pred_x0,
                                "model_output": model_output})
@@ -250,5 +300,4 @@ def ddim_sample(
         x = x_prev
         if callback is not None:
             callback(k, n, x_prev, pred_x0)
-
     return (x, trajectory) if return_trajectory else x

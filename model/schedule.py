@@ -193,6 +193,20 @@ def ddim_schedule(
     }
 
 
+def q_sample(x0: torch.Tensor, noise: torch.Tensor, sqrt_ac: torch.Tensor, sqrt_one_minus_ac: torch.Tensor,
+             s: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward noising (Ho et al. 2020 eq. 4) of the dynamically rescaled x0: ``sqrt(ac) s x0 + sqrt(1-ac) eps``."""
+    x0 = x0 if s is None else x0 * s
+    return sqrt_ac * x0 + sqrt_one_minus_ac * noise
+
+
+def v_target(x0: torch.Tensor, noise: torch.Tensor, sqrt_ac: torch.Tensor, sqrt_one_minus_ac: torch.Tensor,
+             s: torch.Tensor | None = None) -> torch.Tensor:
+    """v (Salimans & Ho 2022 eq. 9) of the rescaled x0: ``sqrt(ac) eps - sqrt(1-ac) s x0``; inverse of the next two."""
+    x0 = x0 if s is None else x0 * s
+    return sqrt_ac * noise - sqrt_one_minus_ac * x0
+
+
 def pred_x0_eps_from_v(x, v, sqrt_ac, sqrt_one_minus_ac):
     """v-prediction (Salimans & Ho 2022): ``x0 = sqrt(ac)x - sqrt(1-ac)v``, ``eps = sqrt(ac)v + sqrt(1-ac)x``."""
     return sqrt_ac * x - sqrt_one_minus_ac * v, sqrt_ac * v + sqrt_one_minus_ac * x

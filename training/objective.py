@@ -13,7 +13,7 @@ from typing import Callable, Sequence, Tuple
 import torch
 
 from ..model.config import ScheduleConfig
-from ..model.schedule import check_parameterization, model_buffers
+from ..model.schedule import check_parameterization, model_buffers, q_sample, v_target
 
 
 class Objective:
@@ -39,12 +39,11 @@ class Objective:
         return v.view(-1, *([1] * (x.ndim - 1)))
 
     def noisy_and_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(x_t, target) for clean latents x0 [B, C, T, h, w] at integer timesteps t [B]."""
-        if self.scale is not None:
-            x0 = x0 * self._bc(self.scale[t], x0)                            # dynamic rescale of x0
-        a, s = self._bc(self.sqrt_ac[t], x0), self._bc(self.sqrt_1m[t], x0)
-        x_t = a * x0 + s * noise
-        target = a * noise - s * x0 if self.parameterization == "v" else noise
+        """(x_t, target) for clean latents x0 [B, C, T, h, w] at integer timesteps t [B] (model/schedule.py)."""
+        s = None if self.scale is None else self._bc(self.scale[t], x0)     # dynamic rescale of x0
+        a, m = self._bc(self.sqrt_ac[t], x0), self._bc(self.sqrt_1m[t], x0)
+        x_t = q_sample(x0, noise, a, m, s)
+        target = v_target(x0, noise, a, m, s) if self.parameterization == "v" else noise
         return x_t, target
 
     def loss(self, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,

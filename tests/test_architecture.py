@@ -1,0 +1,140 @@
+"""The architecture rules of the README's "Architecture" section, read from the source with ``ast``.
+
+- Imports only point down: ``model/`` (host-free math) imports no other room; ``nodes/`` (host glue) and
+  ``training/`` import only ``model/``; ``cli/`` (headless host and the CLI's helpers) imports ``model/`` and
+  ``nodes/``'s registry names at most; the entry points and tools (``generate.py``, ``train.py``, ``convert.py``,
+  ``__init__.py``, ``bench/``, ``scripts/``) sit on top.
+- No import cycle between the pack's modules, counting imports inside functions too.
+- A pack module imported inside a function says why on that line (``# lazy: <reason>``).
+- No product function over 80 lines, no product file over 500 lines.
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+from typing import Dict, List, Set, Tuple
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = "comfyui_dynamicrafter"
+SKIP_PARTS = {"tests", ".venv", ".git", "web", "workflows", "example_workflows", "__pycache__"}
+# room -> the rooms it may import (itself always)
+ALLOWED = {
+    "model": set(),
+    "nodes": {"model"},
+    "training": {"model"},
+    "cli": {"model", "nodes"},
+    "top": {"model", "nodes", "training", "cli"},
+    "bench": {"model", "nodes", "training", "cli"},
+    "scripts": {"model", "nodes", "training", "cli"},
+}
+MAX_FUNCTION_LINES = 80
+MAX_FILE_LINES = 500
+
+
+def product_files() -> List[pathlib.Path]:
+    return sorted(p for p in ROOT.rglob("*.py") if not SKIP_PARTS & set(p.relative_to(ROOT).parts))
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def room_of(module: str) -> str:
+    head = module.split(".")[0]
+    return head if "." in module or head in ALLOWED and head != "top" else "top"
+
+
+def imported_modules(path: pathlib.Path, modules: Set[str]) -> List[Tuple[str, int, bool, str]]:
+    """(target module, line, inside a function, source line) of every pack import in ``path``."""
+    me = module_name(path)
+    pkg = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    out = []
+    for node in ast.walk(tree):
+        targets: List[str] = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".") if pkg else []
+                base = base[:len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = (node.module or "").removeprefix(PACKAGE + ".") if (node.module or "").startswith(PACKAGE) \
+                    else (node.module or "")
+            subs = [f"{mod}.{a.name}" if mod else a.name for a in node.names]
+            targets = [t for t in subs if t in modules] or [mod]   # `from . import x`: the submodule, not the package
+        elif isinstance(node, ast.Import):
+            targets = [a.name.removeprefix(PACKAGE + ".") for a in node.names if a.name.startswith(PACKAGE + ".")]
+        for t in targets:
+            if t in modules and t != me:
+                out.append((t, node.lineno, id(node) in inner, lines[node.lineno - 1]))
+    return out
+
+
+def import_graph() -> Tuple[Dict[str, Set[str]], List[str]]:
+    files = product_files()
+    modules = {module_name(p) for p in files}
+    graph: Dict[str, Set[str]] = {m: set() for m in modules}
+    unexplained = []
+    for p in files:
+        for target, line, inside, src in imported_modules(p, modules):
+            graph[module_name(p)].add(target)
+            if inside and "# lazy:" not in src:
+                unexplained.append(f"{p.relative_to(ROOT)}:{line}: {src.strip()}")
+    return graph, unexplained
+
+
+def test_imports_point_down():
+    graph, _ = import_graph()
+    upward = sorted(f"{a} -> {b}" for a, bs in graph.items() for b in bs
+                    if room_of(b) != room_of(a) and room_of(b) not in ALLOWED[room_of(a)])
+    assert not upward, f"{len(upward)} upward imports: " + "; ".join(upward)
+
+
+def test_no_import_cycles():
+    graph, _ = import_graph()
+    cycles, state = [], {}
+
+    def visit(m: str, stack: List[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycles.append(" -> ".join(stack[stack.index(n):] + [n]))
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, f"{len(cycles)} import cycles: " + "; ".join(cycles)
+
+
+def test_function_level_imports_say_why():
+    _, unexplained = import_graph()
+    assert not unexplained, (f"{len(unexplained)} pack imports inside functions without '# lazy: <reason>': "
+                             + "; ".join(unexplained))
+
+
+def test_no_long_functions_or_files():
+    long_funcs, long_files = [], []
+    for p in product_files():
+        text = p.read_text(encoding="utf-8")
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            long_files.append(f"{p.relative_to(ROOT)} ({len(text.splitlines())} lines)")
+        for f in ast.walk(ast.parse(text)):
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = f.end_lineno - f.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_funcs.append(f"{p.relative_to(ROOT)}:{f.lineno} {f.name} ({n} lines)")
+    assert not long_funcs and not long_files, (f"functions over {MAX_FUNCTION_LINES} lines: {long_funcs}; "
+                                               f"files over {MAX_FILE_LINES} lines: {long_files}")
+
+
+def test_the_rules_see_an_upward_import(tmp_path):
+    """The checker itself: a model/ file importing nodes/ is an upward arrow (guards the rules against rot)."""
+    assert room_of("model.sampler") == "model" and room_of("generate") == "top" and room_of("cli.headless") == "cli"
+    assert "nodes" not in ALLOWED["model"] and "cli" not in ALLOWED["nodes"]
