@@ -48,8 +48,8 @@ if __package__:  # imported as part of the pack (tests)
         remote_metadata, tiny_checkpoint
 else:  # run as a script: register this folder as the package ``comfyui_dynamicrafter`` (stdlib + the registry only)
     import _bootstrap
-    import headless
     _bootstrap.register()
+    from comfyui_dynamicrafter import headless
     from cli_checks import (TINY_LABEL, check_adapter, check_image, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
                             check_output, labelled_output)
     from graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video

@@ -30,19 +30,14 @@ import sys
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+from .model.folders import ADAPTER_FOLDER, CHECKPOINT_FOLDERS, LEGACY_FOLDER_NAMES, MODEL_FOLDER  # noqa: F401
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HOST_ENV = "COMFYUI_PATH"
 HOST_MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", "comfy")
 # Folder name of the link through which a host outside <comfy>/custom_nodes loads the pack. Deliberately not
 # "comfyui_dynamicrafter" (the name tests and CLIs import it under) and not an identifier: relative imports only.
 PACK_DIRNAME = "ComfyUI-DynamiCrafter"
-MODEL_FOLDER = "dynamicrafter"
-# The adapters' model folder: nodes/adapter.py registers it; generate.py --adapter puts the file's folder first.
-ADAPTER_FOLDER = "dynamicrafter_adapters"
-# Where a DynamiCrafter checkpoint is looked for, in order (nodes/compat.py lists the same folders).
-CHECKPOINT_FOLDERS = (MODEL_FOLDER, "diffusion_models", "checkpoints")
-# The 2024 hosts' names of two model folders; current hosts map them onto the new ones (folder_paths.map_legacy).
-LEGACY_FOLDER_NAMES = {"diffusion_models": "unet", "text_encoders": "clip"}
 # Modules a host owns as top-level names; one imported from elsewhere first would shadow the host's.
 HOST_MODULES = ("nodes", "execution", "folder_paths", "server", "comfy", "utils", "latent_preview", "app")
 

@@ -236,6 +236,9 @@ class UNetModel(nn.Module):
         def res(ch_in, ch_out):
             return ResBlock(ops, ch_in, emb_dim, cfg.dropout, ch_out, cfg.temporal_conv, **kw)
 
+        def attn(ch):                                                      # spatial (+ temporal) transformer
+            return [spatial(ch)] + ([temporal(ch)] if cfg.temporal_attention else [])
+
         self.time_embed = nn.Sequential(ops.Linear(mc, emb_dim, **kw), nn.SiLU(), ops.Linear(emb_dim, emb_dim, **kw))
         if cfg.fs_condition:
             self.fps_embedding = nn.Sequential(ops.Linear(mc, emb_dim, **kw), nn.SiLU(),
@@ -251,12 +254,9 @@ class UNetModel(nn.Module):
         ch, ds = mc, 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers: List[nn.Module] = [res(ch, mult * mc)]
+                layers: List[nn.Module] = [res(ch, mult * mc)] + (attn(mult * mc) if ds in cfg.attention_resolutions
+                                                                   else [])
                 ch = mult * mc
-                if ds in cfg.attention_resolutions:
-                    layers.append(spatial(ch))
-                    if cfg.temporal_attention:
-                        layers.append(temporal(ch))
                 self.input_blocks.append(Block(layers))
                 chans.append(ch)
             if level != len(cfg.channel_mult) - 1:
@@ -265,22 +265,15 @@ class UNetModel(nn.Module):
                 ds *= 2
 
         # ---- middle ----------------------------------------------------------------------------------------------
-        mid: List[nn.Module] = [res(ch, ch), spatial(ch)]
-        if cfg.temporal_attention:
-            mid.append(temporal(ch))
-        mid.append(res(ch, ch))
-        self.middle_block = Block(mid)
+        self.middle_block = Block([res(ch, ch)] + attn(ch) + [res(ch, ch)])
 
         # ---- decoder ---------------------------------------------------------------------------------------------
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
             for i in range(cfg.num_res_blocks + 1):
-                layers = [res(ch + chans.pop(), mc * mult)]
+                layers = [res(ch + chans.pop(), mc * mult)] + (attn(mc * mult) if ds in cfg.attention_resolutions
+                                                               else [])
                 ch = mc * mult
-                if ds in cfg.attention_resolutions:
-                    layers.append(spatial(ch))
-                    if cfg.temporal_attention:
-                        layers.append(temporal(ch))
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ops, ch, **kw))
                     ds //= 2

@@ -22,7 +22,7 @@ import torch
 
 import folder_paths
 
-from ..headless import ADAPTER_FOLDER
+from ..model.folders import ADAPTER_FOLDER
 from ..model import adapters as ad
 from ..model.errors import DynamiCrafterInputError
 from ..model.guards import check_state_dict_finite

@@ -17,7 +17,7 @@ import comfy.ops
 import comfy.samplers
 import folder_paths
 
-from ..headless import CHECKPOINT_FOLDERS, LEGACY_FOLDER_NAMES, MODEL_FOLDER
+from ..model.folders import CHECKPOINT_FOLDERS, LEGACY_FOLDER_NAMES, MODEL_FOLDER
 from ..model.errors import DynamiCrafterInputError
 from ..model.fileio import walk_files
 from ..model.log import logger

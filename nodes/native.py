@@ -22,7 +22,9 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.guards import NonFiniteError, describe_nonfinite, is_finite_tensor
 from ..model.log import logger
 from ..model.unet import UNetModel
+from ..model.variants import VARIANTS
 from . import compat
+from .model_sampling import make_model_sampling
 from .windows import LAYOUT_KEY, FrameConcat, Layout, apply_window, install, layout_of
 
 # Key of the pack's entry in a CONDITIONING dict (set by the conditioning node, read by extra_conds).
@@ -90,8 +92,6 @@ class DynamiCrafterUNet(UNetModel):
 
 
 def _motion(variant_name: str) -> str:
-    from ..model.variants import VARIANTS
-
     v = VARIANTS.get(variant_name)
     return f"{v.motion_input.replace('_', ' ')} {v.default_motion}" if v is not None else "unknown motion input"
 
@@ -132,8 +132,6 @@ class DynamiCrafterModel(comfy.model_base.BaseModel):
     def __init__(self, model_config: DynamiCrafterConfig, model_type=None, device=None):
         super().__init__(model_config, model_type or model_config.model_type(), device=device,
                          unet_model=DynamiCrafterUNet)
-        from .sampling import make_model_sampling
-
         self.dc_variant: Variant = model_config.variant
         self.model_sampling = make_model_sampling(model_config.variant.schedule)
 
