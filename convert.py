@@ -2,6 +2,7 @@
 
     python convert.py inspect model.ckpt                      # variant, reason, parts, dtypes
     python convert.py convert model.ckpt dynamicrafter_512.safetensors --variant 512 --dtype fp16
+    python convert.py convert sketch_encoder.ckpt sketch_encoder.safetensors --dtype fp16   # ToonCrafter sketches
 
 Registers the pack folder as the package ``comfyui_dynamicrafter`` (as train.py and generate.py do) and calls
 ``model/converter.py``. Exit status 0, or 2 with one line on stderr for a bad file or argument.
@@ -20,6 +21,7 @@ _boot.register()  # the pack folder as the package comfyui_dynamicrafter
 
 from comfyui_dynamicrafter.model import converter as conv  # noqa: E402
 from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError  # noqa: E402
+from comfyui_dynamicrafter.model.sketch_io import convert_sketch_encoder, is_sketch_file  # noqa: E402
 from comfyui_dynamicrafter.model.variants import variant_names  # noqa: E402
 
 
@@ -40,7 +42,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pc.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     try:
-        if args.cmd == "inspect":
+        if args.cmd == "convert" and is_sketch_file(args.src):  # ToonCrafter's sketch encoder (a ControlNet)
+            path, n = convert_sketch_encoder(args.src, args.dst, args.dtype, args.overwrite)
+            print(f"wrote {path}: ToonCrafter sketch encoder, {n} tensors ({args.dtype}); put it in models/controlnet")
+        elif args.cmd == "inspect":
             info = conv.inspect_checkpoint(args.path, args.variant)
             print(f"{info.path}: {info.format}, family {info.detection.family}, variant {info.detection.variant} "
                   f"({info.detection.decided_by})")

@@ -155,6 +155,23 @@ def tiny_checkpoint(cache_dir: str, variant: str) -> str:
     return path
 
 
+def tiny_sketch_encoder(cache_dir: str) -> str:
+    """The tiny random-weight ToonCrafter sketch encoder (model/tiny.py: the released file's bare keys, the tiny
+    ToonCrafter UNet's widths), written once beside the tiny checkpoints."""
+    folder = os.path.join(os.path.abspath(cache_dir), "tiny-weights")
+    path = os.path.join(folder, "tooncrafter_tiny_sketch_encoder.safetensors")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    from safetensors.torch import save_file
+
+    tiny = importlib.import_module(PACKAGE + ".model.tiny")
+    atomic_path = importlib.import_module(PACKAGE + ".model.fileio").atomic_path
+    with atomic_path(path) as tmp:
+        save_file(tiny.sketch_encoder(), tmp, metadata=dict(tiny.variant_metadata(None), **tiny.TINY_METADATA))
+    return path
+
+
 def check_weights(path: str) -> None:
     """The file opens as a checkpoint (safetensors header or a memory-mapped .ckpt, no tensor data read): a broken
     or incomplete file is a one-line error here, before the host loads its nodes."""

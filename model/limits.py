@@ -21,7 +21,7 @@ from .errors import DynamiCrafterInputError
 RANGES = {
     "width": (0, 8192), "height": (0, 8192), "frames": (2, 256), "motion": (0, 60), "steps": (1, 1000),
     "cfg": (0.0, 30.0), "eta": (0.0, 1.0), "guidance_rescale": (0.0, 1.0), "fps": (1.0, 120.0), "crf": (0, 51),
-    "adapter_strength": (-10.0, 10.0),
+    "adapter_strength": (-10.0, 10.0), "sketch_strength": (0.0, 2.0),
 }
 MAX_PIXELS_ENV = "DYNAMICRAFTER_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000  # a 48 MP phone photo (8000x6000) passes; decoded as float32 it is 0.6 GB

@@ -20,6 +20,7 @@ import torch
 from .checkpoint import META_CONFIG, META_FAMILY, META_TINY, META_VARIANT
 from .detect import family_of
 from .resampler import Resampler
+from .sketch import TINY_SKETCH, SketchEncoder
 from .unet import UNetModel
 from .variants import SMALL_CONFIGS, get_variant
 
@@ -131,6 +132,16 @@ def full_checkpoint(variant: str = "512", seed: int = 10) -> Dict[str, torch.Ten
     if variant == "tooncrafter":
         sd.update(random_tensors(dualref_extra_shapes(), seed=seed + 4, dtype=torch.float16))
     return sd
+
+
+def sketch_encoder(seed: int = 60) -> Dict[str, torch.Tensor]:
+    """ToonCrafter's sketch encoder in the released file's layout (bare ControlNet keys) and the tiny config (the tiny
+    ToonCrafter UNet's widths), every tensor drawn (the zero convs too: residuals are not zero). Save it with
+    ``variant_metadata(None)``: the config name is how the loader knows the head width."""
+    with torch.device("meta"):
+        enc = SketchEncoder(TINY_SKETCH)
+    gen = torch.Generator().manual_seed(seed)
+    return {k: init_tensor(k, t.shape, gen).contiguous() for k, t in enc.state_dict().items()}
 
 
 def variant_metadata(variant: Optional[str], config: Optional[str] = "tiny") -> Dict[str, str]:

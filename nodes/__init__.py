@@ -6,6 +6,7 @@ from .conditioning import DCN_Conditioning
 from .encode import DCN_ImageEncode
 from .loader import DCN_Loader
 from .sampler_nodes import NODES as _SAMPLER_NODES
+from .sketch import DISPLAY_NAMES as _SKETCH_NAMES, NODES as _SKETCH_NODES
 from .toon import DISPLAY_NAMES as _TOON_NAMES, NODES as _TOON_NODES
 from .video import DCN_SaveVideo
 
@@ -18,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
     "DCN_Conditioning": DCN_Conditioning,
     **_SAMPLER_NODES,
     **_TOON_NODES,
+    **_SKETCH_NODES,
     "DCN_SaveVideo": DCN_SaveVideo,
 }
 
@@ -32,5 +34,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DCN_Guider": "DynamiCrafter Guider (dual CFG)",
     "DCN_SaveVideo": "DynamiCrafter Save Video",
     **_TOON_NAMES,
+    **_SKETCH_NAMES,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: v for k, v in NODE_DISPLAY_NAME_MAPPINGS.items() if k in NODE_CLASS_MAPPINGS}

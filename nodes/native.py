@@ -77,18 +77,28 @@ class DynamiCrafterUNet(UNetModel):
             raise RuntimeError(f"DynamiCrafter: {n} latent frames in the batch is not a multiple of {t} frames/video")
         b = n // t
         x5 = x.reshape(b, t, c, h, w).transpose(1, 2)                      # [b, 8, t, h, w]
-        ts = timesteps.reshape(b, t)[:, 0].round().long()                  # one integer timestep per video
-        text = context.reshape(b, t, *context.shape[1:])[:, 0, :TEXT_TOKENS]  # [b, 77, D]
-        if dcn_image_tokens is not None:
-            img = dcn_image_tokens.reshape(b, t, *dcn_image_tokens.shape[1:])[:, 0]  # [b, L, D]
-            ctx = torch.cat([text, img.to(text.dtype)], dim=1)            # [b, 77 + L, D]
-        else:
-            ctx = text
+        ts = video_timesteps(timesteps, b, t)
+        ctx = video_context(context, dcn_image_tokens, b, t)
         fs = None
         if dcn_fs is not None:
             fs = torch.full((b,), int(dcn_fs), dtype=torch.long, device=x.device)
         out = super().forward(x5, ts, ctx, fs, control=control)            # [b, 4, t, h, w]
         return out.transpose(1, 2).reshape(n, -1, h, w)                    # [(b t), 4, h, w]
+
+
+def video_timesteps(timesteps: torch.Tensor, b: int, t: int) -> torch.Tensor:
+    """The host's per-row float timesteps [(b t)] -> one integer timestep per video [b]."""
+    return timesteps.reshape(b, t)[:, 0].round().long()
+
+
+def video_context(context: torch.Tensor, image_tokens: Optional[torch.Tensor], b: int, t: int) -> torch.Tensor:
+    """The host's per-row text [(b t), 77+, D] and image tokens [(b t), L, D] -> each video's full context
+    [b, 77 + L, D] (what the UNet and the sketch encoder attend to)."""
+    text = context.reshape(b, t, *context.shape[1:])[:, 0, :TEXT_TOKENS]  # [b, 77, D]
+    if image_tokens is None:
+        return text
+    img = image_tokens.reshape(b, t, *image_tokens.shape[1:])[:, 0]       # [b, L, D]
+    return torch.cat([text, img.to(text.dtype)], dim=1)                   # [b, 77 + L, D]
 
 
 def _motion(variant_name: str) -> str:

@@ -116,7 +116,7 @@ class Graph:
         s, d = self.nodes[src - 1], self.nodes[dst - 1]
         oi = next(i for i, o in enumerate(s["outputs"]) if o["name"] == out_name)
         ii = next(i for i, o in enumerate(d["inputs"]) if o["name"] == in_name)
-        lid = len(self.links) + 1
+        lid = max((l[0] for l in self.links), default=0) + 1               # ids stay unique after a removal
         typ = s["outputs"][oi]["type"]
         self.links.append([lid, src, oi, dst, ii, typ])
         s["outputs"][oi]["links"].append(lid)
@@ -139,7 +139,8 @@ class Graph:
             for o in n["outputs"]:
                 if not o["links"]:
                     o["links"] = None if n["type"] not in VIRTUAL else o["links"]
-        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+        return {"last_node_id": len(self.nodes), "last_link_id": max((l[0] for l in self.links), default=0),
+                "nodes": self.nodes,
                 "links": self.links, "groups": [], "config": {},
                 "extra": {"ds": {"scale": 0.6, "offset": [10, 10]}, "dynamicrafter": {"name": self.name,
                                                                                        "title": self.title}},
@@ -404,9 +405,73 @@ def advanced() -> Graph:
     return g
 
 
+# ---- ToonCrafter sketch guidance (issue 22): one self-contained addition ----------------------------------------------
+SKETCH_ENCODER = "sketch_encoder.ckpt"
+SKETCH_IMAGES = ("tooncrafter_sketch_05.png", "tooncrafter_sketch_10.png")
+SPECS.update({
+    "DCN_SketchEncoderLoader": ([], [("DCN_SKETCH_ENCODER", "DCN_SKETCH_ENCODER")], ["sketch_encoder_name"]),
+    "DCN_ToonSketchGuidance": ([("positive", "CONDITIONING"), ("image_only", "CONDITIONING"),
+                                ("negative", "CONDITIONING"), ("sketch_encoder", "DCN_SKETCH_ENCODER"),
+                                ("sketches", "IMAGE")],
+                               [("positive", "CONDITIONING"), ("image_only", "CONDITIONING"),
+                                ("negative", "CONDITIONING")],
+                               ["frame_indices", "strength", "start_percent", "end_percent", "lines"]),
+})
+
+
+def tooncrafter_sketch() -> Graph:
+    """ToonCrafter interpolation steered by two sketches (frames 5 and 10 of 16): sparse sketch guidance."""
+    g = tooncrafter()
+    g.name, g.title = "tooncrafter_sketch_interpolation", "ToonCrafter: interpolation guided by sketches"
+    g.nodes[0]["widgets_values"][0] += (
+        "\nSKETCH ENCODER - pick it in DynamiCrafter Sketch Encoder Loader: sketch_encoder.ckpt of "
+        "huggingface.co/Doubiiu/ToonCrafter goes into ComfyUI/models/controlnet/. Sketches: dark lines on white, "
+        "one per frame index (here frames 5 and 10); 'all' takes one sketch per frame. Frames without a sketch get "
+        "no guidance. strength 0.6 = the reference default.")
+    samp = next(n["id"] for n in g.nodes if n["type"] == "DCN_Sampler")
+    cond = next(n["id"] for n in g.nodes if n["type"] == "DCN_Conditioning")
+    g.links = [l for l in g.links if not (l[1] == cond and l[3] == samp and l[2] < 3)]
+    for n in g.nodes:
+        for o in n["outputs"]:
+            o["links"] = [i for i in o["links"] if any(l[0] == i for l in g.links)]
+    for i in g.nodes[samp - 1]["inputs"][1:4]:
+        i["link"] = None
+    loader = g.add("DCN_SketchEncoderLoader", (900, 400), (320, 60), [SKETCH_ENCODER])
+    a = g.add("LoadImage", (900, 520), (320, 300), [SKETCH_IMAGES[0], "image"], title="Sketch for frame 5")
+    b = g.add("LoadImage", (900, 860), (320, 300), [SKETCH_IMAGES[1], "image"], title="Sketch for frame 10")
+    batch = g.add("ImageBatch", (1270, 720), (210, 50))
+    g.connect(a, "IMAGE", batch, "image1")
+    g.connect(b, "IMAGE", batch, "image2")
+    guide = g.add("DCN_ToonSketchGuidance", (1270, 430), (330, 250), ["5, 10", 0.6, 0.0, 1.0, "dark lines on white"])
+    for name in ("positive", "image_only", "negative"):
+        g.connect(cond, name, guide, name)
+        g.connect(guide, name, samp, name)
+    g.connect(loader, "DCN_SKETCH_ENCODER", guide, "sketch_encoder")
+    g.connect(batch, "IMAGE", guide, "sketches")
+    return g
+
+
+def sketch_images() -> Dict[str, "object"]:
+    """The boat's outline at frames 5 and 10 of the example interpolation: dark lines on white, 512x320."""
+    from PIL import Image, ImageDraw
+
+    out = {}
+    for name, bx in zip(SKETCH_IMAGES, (212.0, 240.0)):
+        img = Image.new("RGB", (512, 320), (255, 255, 255))
+        d = ImageDraw.Draw(img)
+        by = 190 + 62
+        d.line([(0, 190), (512, 190)], fill=(0, 0, 0), width=2)
+        d.polygon([(bx - 46, by), (bx + 46, by), (bx + 32, by + 16), (bx - 32, by + 16)], outline=(0, 0, 0))
+        d.polygon([(bx - 2, by - 4), (bx - 2, by - 86), (bx - 44, by - 6)], outline=(0, 0, 0))
+        d.polygon([(bx + 3, by - 4), (bx + 3, by - 70), (bx + 34, by - 6)], outline=(0, 0, 0))
+        d.line([(bx, by), (bx, by - 92)], fill=(0, 0, 0), width=3)
+        out[name] = img
+    return out
+
+
 GRAPHS = {**{kind: functools.partial(_exact_graph, *args) for kind, args in EXACT_GRAPHS.items()},
           "long_video": long_video, "keyframes": keyframes, "long_loop": long_loop, "advanced": advanced,
-          "tooncrafter": tooncrafter, "adapter": adapter_graph}
+          "tooncrafter": tooncrafter, "adapter": adapter_graph, "tooncrafter_sketch": tooncrafter_sketch}
 
 
 def example_images() -> Dict[str, "object"]:
@@ -470,7 +535,7 @@ def main(argv=None) -> int:
                     f.write(text)
     if not args.check:
         os.makedirs(INPUT_DIR, exist_ok=True)
-        for name, img in example_images().items():
+        for name, img in {**example_images(), **sketch_images()}.items():
             path = os.path.join(INPUT_DIR, name)
             if not os.path.isfile(path):
                 img.save(path, optimize=True)

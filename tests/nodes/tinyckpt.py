@@ -96,3 +96,21 @@ def toon_checkpoints(root: Optional[str] = None) -> Dict[str, str]:
     out["toon_vae"] = _save(root / "toon_tiny_vae.safetensors",
                             {k: v for k, v in full.items() if k.startswith("first_stage_model.")}, None, None)
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def sketch_files(root: Optional[str] = None) -> Dict[str, str]:
+    """Sketch-guidance test files for the host's controlnet folder:
+
+    - ``sketch``: the tiny ToonCrafter sketch encoder (model/tiny.py, bare keys as sketch_encoder.ckpt, metadata
+      config ``tiny``)
+    - ``rgb_controlnet``: a tiny SD2.1 image ControlNet (hint_channels 3), the one the sketch loader must refuse
+    """
+    from comfyui_dynamicrafter.model.tiny import sketch_encoder
+    from comfyui_dynamicrafter.tests.nodes import tinycontrolnet
+
+    root = Path(root or scratch_dir("dc-tiny-sketch-"))
+    root.mkdir(parents=True, exist_ok=True)
+    out = {"sketch": _save(root / "toon_tiny_sketch_encoder.safetensors", sketch_encoder(), None)}
+    out["rgb_controlnet"] = tinycontrolnet.write(str(root), "dc_tiny_rgb_controlnet.safetensors")
+    return out

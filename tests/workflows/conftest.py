@@ -72,6 +72,8 @@ def install_inputs(model_dir: str, input_dir: str, adapter_dir: Optional[str] = 
         if not os.path.lexists(dst):
             os.symlink(path, dst)
         names[real] = os.path.basename(path)
+    sketch = weights.tiny_sketch_encoder(generate.DEFAULT_CACHE)          # the sketch workflow's encoder
+    names[build_workflows.SKETCH_ENCODER] = os.path.basename(sketch)
     for f in os.listdir(wfcheck.INPUT_DIR):
         shutil.copyfile(os.path.join(wfcheck.INPUT_DIR, f), os.path.join(input_dir, f))
     return names
@@ -92,7 +94,10 @@ def wf_host(wf_host_info, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def wf_tiny(wf_host):
+    import folder_paths
+
     names = install_inputs(wf_host.model_dirs["dynamicrafter"], wf_host.dirs["input"],
                            wf_host.model_dirs["dynamicrafter_adapters"])
+    folder_paths.add_model_folder_path("controlnet", os.path.dirname(weights.tiny_sketch_encoder(generate.DEFAULT_CACHE)))
     wf_host.refresh_models()
     return names

@@ -23,13 +23,15 @@ def allowed_files() -> dict:
     trainer's adapter file name (listed by DCN_ApplyAdapter once in models/dynamicrafter_adapters)."""
     models = {m.filename for m in generate.MODEL_FILES.values()}
     images = set(os.listdir(wfcheck.INPUT_DIR))
-    return {"ckpt_name": models, "image": images, "adapter_name": {build_workflows.ADAPTER_FILE}}
+    return {"ckpt_name": models, "image": images, "adapter_name": {build_workflows.ADAPTER_FILE},
+            "sketch_encoder_name": {build_workflows.SKETCH_ENCODER}}
 
 
-def test_the_nine_workflows_are_there():
+def test_the_ten_workflows_are_there():
     assert IDS == ["dynamicrafter_512_adapter", "dynamicrafter_512_advanced_guider", "dynamicrafter_512_image_to_video",
                    "dynamicrafter_512_interpolation", "dynamicrafter_512_keyframes", "dynamicrafter_512_long_loop",
-                   "dynamicrafter_512_long_video", "dynamicrafter_512_loop", "tooncrafter_interpolation"]
+                   "dynamicrafter_512_long_video", "dynamicrafter_512_loop", "tooncrafter_interpolation",
+                   "tooncrafter_sketch_interpolation"]
     for p in UI_FILES:
         assert os.path.isfile(wfcheck.api_twin_path(p)), f"no API twin for {p}"
     assert sorted(os.listdir(wfcheck.API_DIR)) == sorted(os.path.basename(p) for p in UI_FILES)

@@ -19,8 +19,10 @@ RUNS = [wfcheck.name_of(p) for p in wfcheck.ui_files()]
 def frames_of(api: dict) -> int:
     """Frames the shrunk graph makes: a keyframe chain's (N-1)*15+1, else the frames widget after shrink."""
     for node in api.values():
-        if node["class_type"] == "ImageBatch":
+        if node["class_type"] == "DCN_Conditioning" and "keyframes" in node["inputs"]:
             return 2 * 15 + 1                                              # start + a batch of 2 keyframes
+        if node["class_type"] == "DCN_ToonSketchGuidance":
+            return 1 + max(int(i) for i in node["inputs"]["frame_indices"].split(","))  # the sketches' frames
     long = any(n["class_type"] == "DCN_Windows" for n in api.values())
     return LONG_FRAMES if long else FRAMES
 
@@ -33,6 +35,8 @@ def shrink(api: dict, tiny_names: dict) -> dict:
             inp["ckpt_name"] = tiny_names[inp["ckpt_name"]]
         elif t == "DCN_Conditioning":
             inp.update(width=SIZE, height=SIZE, frames=frames_of(api))
+        elif t == "DCN_SketchEncoderLoader":
+            inp["sketch_encoder_name"] = tiny_names[inp["sketch_encoder_name"]]
         elif t in ("DCN_Sampler", "DCN_Sigmas"):
             inp["steps"] = STEPS
     return p
