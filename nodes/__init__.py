@@ -8,6 +8,7 @@ from .loader import DCN_Loader
 from .sampler_nodes import NODES as _SAMPLER_NODES
 from .toon import DISPLAY_NAMES as _TOON_NAMES, NODES as _TOON_NODES
 from .video import DCN_SaveVideo
+from .widgets import validate_on_execute
 
 compat.register_model_folder()
 
@@ -34,3 +35,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     **_TOON_NAMES,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: v for k, v in NODE_DISPLAY_NAME_MAPPINGS.items() if k in NODE_CLASS_MAPPINGS}
+for _cls in NODE_CLASS_MAPPINGS.values():  # every node checks its widgets when it executes, whatever the host checked
+    validate_on_execute(_cls)
