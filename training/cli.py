@@ -204,6 +204,9 @@ def _run(args) -> int:
     cfg = build_config(args)
     if args.command == "precompute":
         return _precompute(cfg)
+    from .room import check_room_floor
+
+    check_room_floor(cfg)                 # before torch is imported: a full disk is refused in seconds
     from .loop import train
 
     result = train(cfg)

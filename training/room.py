@@ -11,12 +11,13 @@ import errno
 import os
 from typing import Dict, Iterator, Optional
 
-from ..model.fileio import OutputWriteError, check_free_space, free_bytes
+from ..model.fileio import OutputWriteError, check_free_space, free_bytes, human_size
 
 # float32 copies of each trainable parameter a checkpoint holds besides the weights: optimizer state
 OPTIMIZER_SLOTS = {"adamw": 2, "adamw8bit": 1, "adafactor": 1, "prodigy": 4}
 EXPORT_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+MIN_CHECKPOINT = 16 << 10  # the run's config, RNG and scheduler state alone (the tiny recipe's checkpoint: 1.8 MB)
 
 
 def trainable_count(plan, cfg) -> int:
@@ -48,16 +49,22 @@ def run_bytes(cfg, plan) -> Dict[str, int]:
     return parts
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.2f} MiB"
-
-
 def check_room(cfg, plan) -> None:
     """Refuse a run whose output_dir cannot hold two checkpoints, the samples and the adapter (said in numbers)."""
     parts = run_bytes(cfg, plan)
-    shown = ", ".join(f"{k} {_mib(v)}" for k, v in parts.items())
+    shown = ", ".join(f"{k} {human_size(v)}" for k, v in parts.items())
     check_free_space(cfg.output_dir, sum(parts.values()), f"output_dir ({shown})",
                      todo="free some space or pick another output_dir")
+
+
+def check_room_floor(cfg) -> None:
+    """Seconds after the start, before torch is imported: output_dir (or the folder it will be made in) against a
+    floor no run goes below, two checkpoints of MIN_CHECKPOINT; ``check_room`` counts the run's own need later."""
+    folder = os.path.abspath(cfg.output_dir)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    check_free_space(folder, 2 * MIN_CHECKPOINT, f"output_dir {cfg.output_dir} (2 checkpoints of at least "
+                     f"{MIN_CHECKPOINT >> 10} KiB)", todo="free some space or pick another output_dir")
 
 
 def _no_room(err: BaseException, folder: str) -> bool:
@@ -80,7 +87,7 @@ def disk_full_is_one_line(folder: str, last_checkpoint) -> Iterator[None]:
         resume = (f"the same command resumes from the last good checkpoint {last}" if last
                   else "no checkpoint was written yet, the same command starts over")
         raise OutputWriteError("output_dir", f"room to write into {folder}",
-                               f"the disk full ({_mib(free_bytes(folder))} free)",
+                               f"the disk full ({human_size(free_bytes(folder))} free)",
                                f"free some space; {resume}") from None
 
 
@@ -96,7 +103,7 @@ def check_export_room(checkpoint: str, out: str, merged: Optional[str], dtype: s
         if path:
             folder = os.path.dirname(os.path.abspath(path))
             check_output_folder(flag, folder)
-            check_free_space(folder, need, f"{flag} (the adapter, at least {_mib(need)})")
+            check_free_space(folder, need, f"{flag} (the adapter, at least {human_size(need)})")
 
 
 def check_demo_room(out: str, clips: int, frames: int, height: int, width: int) -> None:
@@ -106,4 +113,4 @@ def check_demo_room(out: str, clips: int, frames: int, height: int, width: int) 
 
     check_output_folder("--out", out)
     need = clips * (4096 + frames * height * width // 200) + 4096
-    check_free_space(out, need, f"--out ({clips} clips, at least {_mib(need)})")
+    check_free_space(out, need, f"--out ({clips} clips, at least {human_size(need)})")
