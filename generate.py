@@ -116,7 +116,9 @@ def check_room(args, req, cpu: bool) -> None:
                      f"{w}x{h} x {frames} frames", what="--width/--height/--frames")
     # H.264 / WebP / GIF of this many pixels take at least about 1/200 byte per pixel (+ headers): far below the
     # real size, so a refusal here is certain, and the final move checks the real size again
-    check_free_space(os.path.dirname(req.out_path), 1024 + w * h * frames // 200, "--out")
+    need = 1024 + w * h * frames // 200
+    check_free_space(os.path.dirname(req.out_path), need, "--out")
+    check_free_space(tempfile.gettempdir(), need, "TMPDIR (the host's input and output folders of this run)")
 
 
 # =====================================================================================================================

@@ -69,7 +69,8 @@ def check_free_space(folder: str, need: int, what: str, todo: str = "free some s
     """Refuse up front when ``folder`` has less than ``need`` bytes (+ a small margin) free."""
     have = free_bytes(folder)
     if need + SPACE_MARGIN > have:
-        raise OutputWriteError(what, f"about {human_size(need + SPACE_MARGIN)} free in {folder}", f"{human_size(have)} free", todo)
+        raise OutputWriteError(what, f"about {human_size(need + SPACE_MARGIN)} free in {folder}",
+                               f"{human_size(have)} free", todo)
 
 
 def human_size(n: int) -> str:
