@@ -19,7 +19,9 @@ OUT_FORMATS = {".mp4": "mp4", ".webp": "webp", ".gif": "gif"}
 TINY_LABEL = ".tiny-random-weights"
 
 
-def check_image(path: str, what: str) -> str:
+def check_image(path: str, what: str):
+    """The CLI's one check of an image argument, before any host starts: the file is there and readable, its header
+    bounded, every frame decoded (model/limits.check_image_file) -> its ImageHeader (``.path`` absolute)."""
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise UserError(f"{what}: {path} does not exist")
@@ -27,12 +29,39 @@ def check_image(path: str, what: str) -> str:
         raise UserError(f"{what}: {path} is not a file")
     if not os.access(path, os.R_OK):
         raise UserError(f"{what}: {path} cannot be read (permission denied)")
-    # the header only: size x frames against the pixel limit and 16-bit greyscale (LoadImage whitens it), before any
-    # pixel is decoded
     hdr = check_image_file(path, what)
     if min(hdr.width, hdr.height) < 16:
         raise UserError(f"{what}: {path} is {hdr.width}x{hdr.height} px; use an image of at least 64x64")
-    return path
+    return hdr
+
+
+def check_images(args, kind: str, window: int):
+    """Every image argument through check_image -> (start path, later keyframe paths, end path or None); sizes that
+    the graph would change silently are refused: an end image of another size than the start image (the
+    conditioning refuses it after the model loads), later keyframes of different sizes (the host's ImageBatch crops
+    and scales each to the first one's size before the pack sees them), a chain longer than the frames allow."""
+    if args.keyframes:
+        n, top = len(args.keyframes), RANGES["frames"][1]
+        frames = n * (window - 1) if args.loop else (n - 1) * (window - 1) + 1
+        if frames > top:
+            most = top // (window - 1) if args.loop else (top - 1) // (window - 1) + 1
+            raise UserError(f"--keyframes: expected at most {most} images (a chain of at most {top} frames), found "
+                            f"{n} = {frames} frames; use fewer keyframes")
+    if kind == "tooncrafter" and args.frames is not None and args.frames < 4:
+        raise UserError(f"--frames {args.frames} with --variant tooncrafter: expected at least 4 (its decoder "
+                        "splices the middle frame); use 16, the trained length")
+    start = check_image(args.image, "--image")
+    later = [check_image(k, "--keyframes") for k in (args.keyframes or [])[1:]]
+    end = check_image(args.end_image, "--end-image") if args.end_image else None
+    if end is not None and (end.width, end.height) != (start.width, start.height):
+        raise UserError(f"--end-image: {end.path} is {end.width}x{end.height} px, the start image "
+                        f"{start.width}x{start.height}; give two images of one size (crop or resize one first)")
+    for k in later[1:]:
+        if (k.width, k.height) != (later[0].width, later[0].height):
+            raise UserError(f"--keyframes: {k.path} is {k.width}x{k.height} px but {later[0].path} is "
+                            f"{later[0].width}x{later[0].height}: ComfyUI's ImageBatch would crop and scale it to "
+                            "that size before the pack sees it; give the keyframes after the first one size")
+    return start.path, [k.path for k in later], end.path if end else None
 
 
 # flag -> (argument name, RANGES key): the numbers checked (finite, in the widgets' range) before a host starts

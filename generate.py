@@ -37,8 +37,9 @@ from typing import List, Optional, Tuple
 
 if __package__:  # imported as part of the pack (tests)
     from . import headless
-    from .cli_checks import (TINY_LABEL, check_adapter, check_image, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
+    from .cli_checks import (TINY_LABEL, check_adapter, check_images, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
                             check_output, labelled_output)
+    from .cli_flags import check_flags
     from .graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video
     from .model.errors import DynamiCrafterInputError
     from .model.fileio import check_free_space, place_file
@@ -50,8 +51,9 @@ else:  # run as a script: register this folder as the package ``comfyui_dynamicr
     import _bootstrap
     _bootstrap.register()
     from comfyui_dynamicrafter import headless
-    from cli_checks import (TINY_LABEL, check_adapter, check_image, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
+    from cli_checks import (TINY_LABEL, check_adapter, check_images, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
                             check_output, labelled_output)
+    from cli_flags import check_flags
     from graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video
     from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
     from comfyui_dynamicrafter.model.fileio import check_free_space, place_file
@@ -114,7 +116,9 @@ def check_room(args, req, cpu: bool) -> None:
                      f"{w}x{h} x {frames} frames", what="--width/--height/--frames")
     # H.264 / WebP / GIF of this many pixels take at least about 1/200 byte per pixel (+ headers): far below the
     # real size, so a refusal here is certain, and the final move checks the real size again
-    check_free_space(os.path.dirname(req.out_path), 1024 + w * h * frames // 200, "--out")
+    need = 1024 + w * h * frames // 200
+    check_free_space(os.path.dirname(req.out_path), need, "--out")
+    check_free_space(tempfile.gettempdir(), need, "TMPDIR (the host's input and output folders of this run)")
 
 
 # =====================================================================================================================
@@ -208,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "interpolations between consecutive images sharing their boundary frame, (N-1)*15+1 "
                          "frames (512-interp)")
     ap.add_argument("--prompt", help="what should move, and how")
-    ap.add_argument("--negative", default="", help="negative prompt (the reference uses none)")
+    ap.add_argument("--negative", help="negative prompt (default: none, as the reference)")
     ap.add_argument("--out", help="output file: .mp4 (H.264), .webp or .gif")
     ap.add_argument("--variant", choices=sorted(MODEL_FILES), help="model variant (default: 512, or 512-interp "
                     "with --end-image / --loop)")
@@ -216,16 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "name, e.g. dynamicrafter_512.ckpt)")
     ap.add_argument("--frames", type=int, help=f"number of frames (default: the variant's, {_per_variant('frames')})")
     ap.add_argument("--steps", type=int, help=f"DDIM steps (default {COMMON_DEFAULTS['steps']}; --tiny: {TINY_STEPS})")
-    ap.add_argument("--seed", type=int, default=COMMON_DEFAULTS["seed"])
-    ap.add_argument("--cfg", type=float, default=COMMON_DEFAULTS["cfg"], help="text guidance scale")
-    ap.add_argument("--cfg-image", type=float, default=COMMON_DEFAULTS["cfg_image"], help="image guidance scale")
-    ap.add_argument("--eta", type=float, default=COMMON_DEFAULTS["eta"], help="DDIM eta")
+    # no argparse defaults where the rule of cli_flags.py must see what was given: run_settings fills them in
+    ap.add_argument("--seed", type=int, help=f"default {COMMON_DEFAULTS['seed']}")
+    ap.add_argument("--cfg", type=float, help=f"text guidance scale (default {COMMON_DEFAULTS['cfg']})")
+    ap.add_argument("--cfg-image", type=float, help=f"image guidance scale (default {COMMON_DEFAULTS['cfg_image']})")
+    ap.add_argument("--eta", type=float, help=f"DDIM eta (default {COMMON_DEFAULTS['eta']})")
     ap.add_argument("--guidance-rescale", type=float,
                     help=f"default: the variant's ({_per_variant('guidance_rescale')})")
     ap.add_argument("--motion", type=int, help="the model's fps / frame-stride input (default: the variant's: "
                     f"{_per_variant('default_motion')})")
-    ap.add_argument("--fps", type=float, default=COMMON_DEFAULTS["fps"], help="frame rate of the written file")
-    ap.add_argument("--crf", type=int, default=COMMON_DEFAULTS["crf"], help="H.264 quality (lower = better)")
+    ap.add_argument("--fps", type=float, help=f"frame rate of the written file (default {COMMON_DEFAULTS['fps']})")
+    ap.add_argument("--crf", type=int, help=f"H.264 quality, lower = better (default {COMMON_DEFAULTS['crf']}; "
+                    ".webp: quality 100 - crf)")
     ap.add_argument("--width", type=int, help=f"default: the variant's ({_per_variant('width')})")
     ap.add_argument("--height", type=int, help=f"default: the variant's ({_per_variant('height')})")
     ap.add_argument("--tiny", action="store_true", help="pipeline check on tiny random weights (labelled output)")
@@ -237,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--comfyui", help="the ComfyUI folder to run in (default: COMFYUI_PATH, the one this pack sits "
                     "in, else the embedded one)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is there")
-    ap.add_argument("--cache-dir", default=DEFAULT_CACHE, help="where --tiny keeps its weights")
+    ap.add_argument("--cache-dir", help=f"where --tiny keeps its weights (default {DEFAULT_CACHE})")
     ap.add_argument("--adapter", metavar="FILE[:strength]",
                     help="apply a trained adapter (the trainer's adapter.safetensors; strength -10 to 10, default "
                          "1.0, 0 = no change) with the workflow dynamicrafter_512_adapter (image to video)")
@@ -310,6 +316,7 @@ def read_request(args) -> Request:
         args.image = args.image or EXAMPLE_START
         args.prompt = args.prompt or EXAMPLE_PROMPT
         args.out = args.out or "demo.mp4"
+    check_flags(args)
     if args.keyframes:
         if len(args.keyframes) < 2:
             raise UserError(f"--keyframes: expected at least 2 images, found {len(args.keyframes)}; give the start "
@@ -355,10 +362,7 @@ def read_request(args) -> Request:
     if args.ckpt and os.path.dirname(args.ckpt) and not os.path.isfile(os.path.expanduser(args.ckpt)):
         raise UserError(f"--ckpt: {os.path.abspath(os.path.expanduser(args.ckpt))} is not a file (give a file "
                         "name from the model folders or the path of a checkpoint)")
-    req.image = check_image(args.image, "--image")
-    req.keyframes = [check_image(k, "--keyframes") for k in (args.keyframes or [])[1:]]
-    if args.end_image:
-        req.end_image = check_image(args.end_image, "--end-image")
+    req.image, req.keyframes, req.end_image = check_images(args, kind, WINDOW)
     req.out_path, req.fmt = check_output(labelled_output(args.out, args.tiny))
     return req
 
@@ -433,7 +437,7 @@ def use_tiny_weights(args, req: Request, host: headless.Host) -> str:
     """The tiny random-weight checkpoint of the variant, put first in the host's dynamicrafter folders."""
     if not args.tiny:  # a fallback: the output name says so too
         req.out_path, req.fmt = check_output(labelled_output(args.out, True))
-    path = tiny_checkpoint(args.cache_dir, req.variant)
+    path = tiny_checkpoint(args.cache_dir or DEFAULT_CACHE, req.variant)
     host.set_model_folders(headless.MODEL_FOLDER, [os.path.dirname(path)] + host.model_folders(headless.MODEL_FOLDER))
     print("PIPELINE CHECK: tiny random weights - the video shows noise, not DynamiCrafter's output "
           f"(file: {path})", flush=True)
@@ -448,12 +452,11 @@ def run_settings(args, req: Request, ckpt_path: str, tiny: bool) -> dict:
     if tiny:
         s["width"], s["height"] = TINY_SIZE[req.variant]
         s["steps"] = TINY_STEPS
-    for name in ("width", "height", "frames", "steps", "motion", "guidance_rescale"):
+    for name in ("width", "height", "frames", "steps", "motion", "guidance_rescale") + tuple(COMMON_DEFAULTS):
         if getattr(args, name) is not None:
             s[name] = getattr(args, name)
-    s.update(ckpt_name=os.path.basename(ckpt_path), variant=req.variant, prompt=args.prompt, negative=args.negative,
-             seed=args.seed, cfg=args.cfg, cfg_image=args.cfg_image, eta=args.eta, fps=args.fps, crf=args.crf,
-             format=req.fmt)
+    s.update(ckpt_name=os.path.basename(ckpt_path), variant=req.variant, prompt=args.prompt,
+             negative=args.negative or "", format=req.fmt)
     if req.adapter:
         s.update(adapter=os.path.basename(req.adapter), adapter_strength=req.adapter_strength)
     if req.kind == "keyframes":  # the chain sets the length: (N-1)*15+1, closed N*15
@@ -524,7 +527,7 @@ def generate(args) -> int:
         s = run_settings(args, req, ckpt_path, tiny)
         prompt = build_prompt(req, s, host.dirs["input"])
         print(f"workflow: {os.path.relpath(WORKFLOWS[req.kind], ROOT)} ({req.kind}), variant {req.variant}, "
-              f"{s['width']}x{s['height']}, {s['frames']} frames, {s['steps']} steps, seed {args.seed}", flush=True)
+              f"{s['width']}x{s['height']}, {s['frames']} frames, {s['steps']} steps, seed {s['seed']}", flush=True)
         try:
             host.load()
         except RuntimeError as e:

@@ -152,6 +152,14 @@ def _decide(parts: Dict[str, Dict[str, str]], flat: Mapping[str, Any], metadata:
         if meta_family == "tooncrafter" and family == "512-family" and not parts["vae"]:
             family = "tooncrafter"
             evidence = "metadata says ToonCrafter (pruned file without the VAE, keys as 512-family)"
+        elif meta_family == "tooncrafter" and family == "512-family":  # the decoder lost keys (a damaged file)
+            from .tooncrafter import dualref_missing_keys
+
+            missing = dualref_missing_keys(parts["vae"])
+            raise DynamiCrafterInputError(
+                what, "the keys of ToonCrafter's dual-reference decoder (metadata family 'tooncrafter')",
+                f"{len(missing)} missing decoder keys (first {missing[:3]})",
+                "the file is incomplete: use the official ToonCrafter checkpoint or reconvert it from it")
         elif meta_family != family:
             raise DynamiCrafterInputError(
                 what, f"metadata family '{meta_family}' to match the weights", evidence,

@@ -69,11 +69,12 @@ def check_free_space(folder: str, need: int, what: str, todo: str = "free some s
     """Refuse up front when ``folder`` has less than ``need`` bytes (+ a small margin) free."""
     have = free_bytes(folder)
     if need + SPACE_MARGIN > have:
-        raise OutputWriteError(what, f"about {_mb(need + SPACE_MARGIN)} free in {folder}", f"{_mb(have)} free", todo)
+        raise OutputWriteError(what, f"about {human_size(need + SPACE_MARGIN)} free in {folder}",
+                               f"{human_size(have)} free", todo)
 
 
-def _mb(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
+def human_size(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
 
 
 @contextlib.contextmanager

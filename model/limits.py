@@ -107,10 +107,28 @@ def read_image_header(path: str, what: str = "image") -> ImageHeader:
                        bit_depth=ihdr[2] if ihdr else None)
 
 
+def decode_image_file(path: str, what: str = "image") -> None:
+    """Decode every frame of an image file (what the host's LoadImage will do): a truncated or damaged file is one
+    line naming it. Call only after the header's size was bounded (check_image_file does both)."""
+    from PIL import Image, ImageSequence
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                for frame in ImageSequence.Iterator(im):
+                    frame.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DynamiCrafterInputError(what, "an image file that decodes to its end",
+                                      f"{path}: {type(e).__name__}: {e}".replace("\n", " "),
+                                      "the file is truncated or damaged; save or download it again") from None
+
+
 def check_image_file(path: str, what: str = "image", max_pixels: Optional[int] = None,
                      host_load_image: bool = True) -> ImageHeader:
-    """Refuse an image whose header says it is too large to decode (pixels x frames over the limit), and a 16-bit
-    greyscale PNG when the host's LoadImage will read it (it clips such files to white)."""
+    """The one image-file check: the header's size bounded (pixels x frames over the limit are refused before any
+    pixel is decoded), a 16-bit greyscale PNG refused when the host's LoadImage will read it (it clips such files to
+    white), then every frame decoded, so a truncated file is refused before the host starts."""
     hdr = read_image_header(path, what)
     limit = max_pixels if max_pixels is not None else max_image_pixels()
     if hdr.pixels > limit:
@@ -130,6 +148,7 @@ def check_image_file(path: str, what: str = "image", max_pixels: Optional[int] =
             "save it as an 8-bit PNG or JPEG first (e.g. with any image editor, or PIL: "
             "im.point(lambda v: v / 257).convert('L'))",
         )
+    decode_image_file(path, what)
     return hdr
 
 

@@ -68,6 +68,14 @@ def dualref_config_from_ddconfig(dd: dict, embed_dim: int = 4) -> DualRefVAEConf
     return DualRefVAEConfig(embed_dim=embed_dim, **kw)
 
 
+def dualref_missing_keys(keys, cfg: Optional[DualRefVAEConfig] = None) -> List[str]:
+    """The keys of ToonCrafter's first stage (prefix stripped) that ``keys`` lacks (its shapes on the meta device)."""
+    with torch.device("meta"):
+        want = DualRefAutoencoderKL(cfg or DualRefVAEConfig()).state_dict()
+    have = set(keys)
+    return [k for k in want if k not in have]
+
+
 def load_dualref_vae(state_dict: Dict[str, torch.Tensor], cfg: Optional[DualRefVAEConfig] = None,
                      what: str = "ToonCrafter VAE", dtype=torch.float32, device=None) -> "DualRefAutoencoderKL":
     """A first-stage state dict (``encoder.*``, ``decoder.*``, ``quant_conv.*``, ...) -> the model, loaded strictly;

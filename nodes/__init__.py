@@ -9,6 +9,7 @@ from .sampler_nodes import NODES as _SAMPLER_NODES
 from .sketch import DISPLAY_NAMES as _SKETCH_NAMES, NODES as _SKETCH_NODES
 from .toon import DISPLAY_NAMES as _TOON_NAMES, NODES as _TOON_NODES
 from .video import DCN_SaveVideo
+from .widgets import validate_on_execute
 
 compat.register_model_folder()
 
@@ -37,3 +38,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     **_SKETCH_NAMES,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {k: v for k, v in NODE_DISPLAY_NAME_MAPPINGS.items() if k in NODE_CLASS_MAPPINGS}
+for _cls in NODE_CLASS_MAPPINGS.values():  # every node checks its widgets when it executes, whatever the host checked
+    validate_on_execute(_cls)

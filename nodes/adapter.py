@@ -30,7 +30,6 @@ from ..model.limits import RANGES
 from ..model.log import logger
 from . import compat
 from .loader import ImageProjector
-from .widgets import check_numbers
 
 ADAPTER_EXTENSIONS = (".safetensors",)
 _SEARCH = (ADAPTER_FOLDER, "loras")          # listed in this order; the first folder holding a name wins
@@ -217,7 +216,6 @@ class DCN_ApplyAdapter:
                    "DynamiCrafter model; refuses adapters of another variant or P shape before patching.")
 
     def apply(self, model, image_proj, adapter_name, strength_model=1.0):
-        check_numbers(type(self), strength_model=strength_model)
         m, p, summary = apply_adapter(model, image_proj, adapter_name, float(strength_model))
         return {"ui": {"text": [summary]}, "result": (m, p)}
 

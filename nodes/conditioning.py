@@ -207,7 +207,9 @@ def build_conditioning(positive, negative, image_embeds, vae, start_image, width
         for i in range(kf.shape[0]):
             fit, n = fit_image(kf[i:i + 1], width, height)
             if n:
-                notes.append(f"keyframe {i + 2}: {n}")
+                notes.append(f"keyframe {i + 2}: {n}" + (" (its size in the keyframes batch: a batch holds one "
+                             "size, so ComfyUI's ImageBatch already cropped and scaled it to the first keyframe's; "
+                             "batch keyframes of one size)" if kf.shape[0] > 1 else ""))
             kf_fit.append(fit)
         latents = torch.cat([lat] + [_vae_latent(vae, f) for f in kf_fit])  # [N, 4, h, w]
         concat = keyframe_concat(latents, window, loop)                    # [T, 4, h, w]

@@ -7,7 +7,7 @@ from ..model.limits import RANGES
 from ..model.sampler import MODES
 from . import compat
 from .sampling import SPACINGS, DynamiCrafterGuider, reference_sigmas, resolve_spacing, sample_exact
-from .widgets import check_numbers, widget_problem
+from .widgets import widget_problem
 from .windows import DCN_Windows
 
 _CFG = {"min": RANGES["cfg"][0], "max": RANGES["cfg"][1], "step": 0.1}
@@ -81,8 +81,6 @@ class DCN_Sampler:
 
     def sample(self, model, positive, image_only, negative, latent, seed, steps, cfg_text, cfg_image, eta,
                guidance_rescale, spacing, mode, windows=None):
-        check_numbers(type(self), steps=steps, cfg_text=cfg_text, cfg_image=cfg_image, eta=eta,
-                      guidance_rescale=guidance_rescale)
         _check_model(model)
         if (getattr(model, "model_options", None) or {}).get("context_handler") is not None:
             raise DynamiCrafterInputError(
@@ -146,7 +144,6 @@ class DCN_Guider:
     DESCRIPTION = "DynamiCrafter's dual CFG for the host's samplers (use with DCN_Sigmas and euler for DDIM)."
 
     def guider(self, model, positive, image_only, negative, cfg_text, cfg_image, guidance_rescale, mode):
-        check_numbers(type(self), cfg_text=cfg_text, cfg_image=cfg_image, guidance_rescale=guidance_rescale)
         _check_model(model)
         _refuse_cfg_patches(model, "DCN_Guider")
         g = DynamiCrafterGuider(model)

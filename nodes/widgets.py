@@ -4,9 +4,14 @@ A host checks a widget value against its INPUT_TYPES entry (min / max, combo cho
 for the inputs that the node's VALIDATE_INPUTS takes as parameters: then the host leaves those checks to the node
 (choices on every host; min / max too on newer hosts, e.g. the 2025-10 one). So node classes keep VALIDATE_INPUTS for checks that
 span several inputs or need the file system only, and there call ``widget_problem`` first for the inputs they name.
+
+Validation is not left to the host: every node of the pack runs ``check_widgets`` (its widgets, then its own
+VALIDATE_INPUTS) when it executes, through ``validate_on_execute``, which the registry applies to every node class.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Union
 
@@ -57,12 +62,50 @@ def widget_problem(node_cls, **values) -> Union[bool, str]:
     return True
 
 
-def check_numbers(node_cls, **values) -> None:
-    """Refuse, in one line naming the input, a number widget's value that is NaN / Inf or outside its declared
-    range. Node functions call it first: the hosts' own range check lets NaN through (every comparison with NaN is
-    false), and the API accepts "nan" for a FLOAT."""
+def check_widgets(node_cls, values: dict) -> None:
+    """Refuse, in one line naming the input, a widget value its declaration does not allow: a number that is not
+    one, NaN / Inf or outside its range, a choice not in its list, a BOOLEAN that is not a boolean; then the node's
+    own VALIDATE_INPUTS (which stands in for the choice check of the inputs it names, e.g. file names). Run by every
+    node when it executes (``validate_on_execute``): the hosts' range check lets NaN through (every comparison with
+    NaN is false), the API accepts "nan" for a FLOAT, and the 2024-03 host does not validate a node that is reached
+    only through an optional input."""
     declared = _declarations(node_cls)
+    own = _validate_params(node_cls)
     for name, value in values.items():
+        if name not in declared or not isinstance(declared[name], (list, tuple)) or not declared[name]:
+            continue
         kind, opts = declared[name][0], (declared[name][1] if len(declared[name]) > 1 else {})
-        if kind in ("INT", "FLOAT"):
+        if isinstance(kind, (list, tuple)):
+            if name not in own and value not in kind:
+                listed = list(kind) if len(kind) <= _LISTED else f"one of {len(kind)} names"
+                raise DynamiCrafterInputError(name, f"one of {listed}", repr(value), "pick one from the list")
+        elif kind in ("INT", "FLOAT"):
             check_finite_number(name, value, opts.get("min"), opts.get("max"), todo="set a value in the widget's range")
+        elif kind == "BOOLEAN" and not isinstance(value, bool):
+            raise DynamiCrafterInputError(name, "true or false", repr(value), "set the switch")
+    if own:
+        verdict = node_cls.VALIDATE_INPUTS(**{k: values[k] for k in own if k in values})
+        if verdict is not True:
+            raise DynamiCrafterInputError.from_line(str(verdict))
+
+
+def _validate_params(node_cls) -> frozenset:
+    check = getattr(node_cls, "VALIDATE_INPUTS", None)
+    return frozenset(inspect.signature(check).parameters) - {"input_types"} if check else frozenset()
+
+
+def validate_on_execute(node_cls) -> None:
+    """Wrap the node's FUNCTION so that ``check_widgets`` runs on its inputs first, whatever the host validated
+    (the registry does it for every node of the pack; wrapping twice is a no-op)."""
+    name = node_cls.FUNCTION
+    fn = getattr(node_cls, name)
+    if getattr(fn, "_dcn_checks_widgets", False):
+        return
+
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        check_widgets(type(self), kwargs)
+        return fn(self, *args, **kwargs)
+
+    run._dcn_checks_widgets = True
+    setattr(node_cls, name, run)

@@ -183,17 +183,18 @@ def _run(args) -> int:
         return 0
     if args.command == "export":
         from .export import export_from_checkpoint
+        from .room import check_export_room
 
-        from .preflight import check_file
-
-        check_file("--checkpoint", args.checkpoint, "a training checkpoint (output_dir/checkpoints/step_*.pt)")
+        check_export_room(args.checkpoint, args.out, args.merged, args.dtype)
         out = export_from_checkpoint(args.checkpoint, args.out, args.merged, use_ema=not args.no_ema,
                                      dtype=args.dtype, kohya=not args.no_kohya)
         print(json.dumps(out))
         return 0
     if args.command == "demo-data":
         from .demo import make_video_dataset
+        from .room import check_demo_room
 
+        check_demo_room(args.out, args.clips, args.frames, args.height, args.width)
         csv_path, rows = make_video_dataset(args.out, n_clips=args.clips, n_frames=args.frames, height=args.height,
                                             width=args.width)
         logger.info("demo data: %d clips of %d frames, %dx%d, listed in %s", len(rows), args.frames, args.width,
@@ -203,6 +204,9 @@ def _run(args) -> int:
     cfg = build_config(args)
     if args.command == "precompute":
         return _precompute(cfg)
+    from .room import check_room_floor
+
+    check_room_floor(cfg)                 # before torch is imported: a full disk is refused in seconds
     from .loop import train
 
     result = train(cfg)

@@ -32,6 +32,7 @@ from .objective import Objective
 from .optim import build_optimizer, check_optimizer
 from .plan import RunPlan, configure_threads, setup_processes
 from .preflight import RunLock, preflight
+from .room import disk_full_is_one_line
 from .stages import build_model
 
 class TrainingStopped(RuntimeError):
@@ -599,13 +600,14 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Build a Trainer from ``cfg``, run it to ``max_steps``, export the adapter; return a summary."""
+    trainer = None
     try:
-        trainer = Trainer(cfg)
-        try:
-            return trainer.run()
-        finally:
-            trainer.close()
-
+        with disk_full_is_one_line(cfg.output_dir, lambda: getattr(trainer, "last_checkpoint", None)):
+            trainer = Trainer(cfg)
+            try:
+                return trainer.run()
+            finally:
+                trainer.close()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from .config import TrainConfig
+from .room import check_room
 
 # setting value -> (import name, pip name) of the optional packages it needs
 OPTIONAL = {
@@ -128,9 +129,13 @@ def check_weights(cfg: TrainConfig, variant=None) -> None:
 
 
 def check_output_dir(cfg: TrainConfig) -> None:
-    out = cfg.output_dir
+    check_output_folder("output_dir", cfg.output_dir)
+
+
+def check_output_folder(setting: str, out: str) -> None:
+    """``out`` is a folder (made when missing) this user can write into; train, export and demo-data check theirs."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise DynamiCrafterInputError("output_dir", "a folder", f"the file {out!r}", "pick another output_dir")
+        raise DynamiCrafterInputError(setting, "a folder", f"the file {out!r}", f"pick another {setting}")
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, f".write-test-{os.getpid()}")
@@ -138,8 +143,8 @@ def check_output_dir(cfg: TrainConfig) -> None:
             f.write(b"ok")
         os.remove(probe)
     except OSError as e:
-        raise DynamiCrafterInputError("output_dir", "a folder this user can write", f"{out!r} ({e.strerror})",
-                                      "pick another output_dir or fix its permissions") from None
+        raise DynamiCrafterInputError(setting, "a folder this user can write", f"{out!r} ({e.strerror})",
+                                      f"pick another {setting} or fix its permissions") from None
 
 
 # ================================================================================================================
@@ -263,6 +268,7 @@ def preflight(cfg: TrainConfig, plan) -> Optional[DatasetSummary]:
     summary = check_data(cfg, plan.stage.video, min_frames)
     check_evaluation(cfg, plan.frames)
     check_output_dir(cfg)
+    check_room(cfg, plan)                 # two checkpoints, the samples and the adapter, counted without a model
     logger.debug("preflight checks: %.2f s", time.perf_counter() - t0)
     return summary
 

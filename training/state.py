@@ -14,12 +14,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pickle
 import re
 import signal
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ..model.errors import DynamiCrafterInputError
 from ..model.fileio import atomic_file
 from ..model.log import logger
 
@@ -114,9 +116,18 @@ def save_checkpoint(folder: str, step: int, state: Dict[str, Any], keep: int = 3
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     """Load a training checkpoint (``weights_only``: tensors, numbers, strings, lists, dicts only)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        # torch's own text suggests weights_only=False: never for a file of unknown origin, so it is not shown
+        found = (f"{path}: Python objects that only a full unpickler loads, which can run code"
+                 if "GLOBAL" in str(e) else
+                 f"{path}: unreadable ({type(e).__name__}): damaged, truncated or not a torch file")
+        raise DynamiCrafterInputError("checkpoint", "a training checkpoint of train.py (tensors, numbers, strings)",
+                                      found, "give output_dir/checkpoints/step_*.pt of a training run") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a DynamiCrafter training checkpoint")
+        raise DynamiCrafterInputError("checkpoint", "a DynamiCrafter training checkpoint", f"{path}: another file",
+                                      "give output_dir/checkpoints/step_*.pt of a training run")
     return state
 
 
