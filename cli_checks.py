@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Tuple
+from typing import List, Tuple
 
 if __package__:
     from .graphs import UserError
@@ -141,3 +141,30 @@ def check_output(out: str) -> Tuple[str, str]:
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise UserError(f"--out {out}: the file exists and cannot be overwritten (permission denied)")
     return path, OUT_FORMATS[ext]
+
+
+def check_sketches(specs, frames: int) -> List[Tuple[str, int]]:
+    """--sketch FILE:FRAME ... -> [(absolute path, frame)]: each image through check_image, each frame a whole number
+    within the video and given once, every sketch one size (ComfyUI's ImageBatch would crop and scale the later ones
+    to the first one's size before the pack sees them)."""
+    out, seen = [], {}
+    for spec in specs or []:
+        path, sep, frame = str(spec).rpartition(":")
+        if not sep or not path or not frame.strip().isdigit():
+            raise UserError(f"--sketch: expected FILE:FRAME (e.g. a.png:0), found {spec!r}; add the frame number the "
+                            "sketch is for after a colon")
+        index = int(frame)
+        if index >= frames:
+            raise UserError(f"--sketch {spec}: frame {index} is outside the video's {frames} frames (0 to "
+                            f"{frames - 1}); use a frame below {frames} or more --frames")
+        if index in seen:
+            raise UserError(f"--sketch: frame {index} has two sketches ({seen[index]} and {path}); give one per frame")
+        seen[index] = path
+        out.append((check_image(path, "--sketch"), index))
+    first = out[0][0] if out else None
+    for hdr, _ in out[1:]:
+        if (hdr.width, hdr.height) != (first.width, first.height):
+            raise UserError(f"--sketch: {hdr.path} is {hdr.width}x{hdr.height} px but {first.path} is "
+                            f"{first.width}x{first.height}: ComfyUI's ImageBatch would crop and scale it to that "
+                            "size before the pack sees it; give the sketches one size")
+    return [(hdr.path, index) for hdr, index in out]

@@ -13,7 +13,7 @@ else:  # generate.py run as a script
 # Flags whose values go into the graph (workflow, node inputs, input images); the rest are used by the run itself.
 GRAPH_FLAGS = ("--image", "--end-image", "--keyframes", "--loop", "--prompt", "--negative", "--out", "--variant",
                "--frames", "--steps", "--seed", "--cfg", "--cfg-image", "--eta", "--guidance-rescale", "--motion",
-               "--fps", "--crf", "--width", "--height", "--adapter")
+               "--fps", "--crf", "--width", "--height", "--adapter", "--sketch")
 RUN_FLAGS = {"--tiny": "the tiny random-weight checkpoint instead of the real one",
              "--demo": "the example inputs where none are given; the real model when it can run, else the tiny check",
              "--ckpt": "which checkpoint file the loader picks",
@@ -42,7 +42,18 @@ class Ignored(NamedTuple):
     why: str                         # why, and what to do
 
 
+# Checked in this order: --download-only first (it ignores everything), then --sketch (it needs ToonCrafter's pair).
 IGNORED: List[Ignored] = [
+    Ignored(f, "--download-only", lambda a: given(a, "--download-only"),
+            "--download-only fetches the weights and stops; run again without it to make a video")
+    for f in GRAPH_FLAGS + ("--tiny", "--demo", "--no-download", "--cpu", "--cache-dir") if f != "--variant"
+] + [
+    Ignored("--sketch", other, lambda a, o=other: given(a, o),
+            "sketch guidance is for ToonCrafter's start -> end interpolation; give --image, --end-image and --sketch")
+    for other in ("--loop", "--keyframes", "--adapter")
+] + [
+    Ignored("--sketch", "--variant (not tooncrafter)", lambda a: given(a, "--variant") and a.variant != "tooncrafter",
+            "sketch guidance needs ToonCrafter's sketch encoder; use --variant tooncrafter or leave out --variant"),
     Ignored("--end-image", "--loop", lambda a: given(a, "--loop"),
             "a loop ends on the start image; for start -> end -> start use --keyframes a.png b.png --loop"),
     Ignored("--frames", "--keyframes", lambda a: given(a, "--keyframes"),
@@ -52,9 +63,7 @@ IGNORED: List[Ignored] = [
     Ignored("--no-download", "--tiny", lambda a: given(a, "--tiny"), "--tiny downloads nothing; leave out --no-download"),
     Ignored("--crf", "--out *.gif", lambda a: _out_ext(a) == "gif",
             "a GIF has no quality setting (crf is H.264's; .webp uses quality 100 - crf); leave out --crf"),
-] + [Ignored(f, "--download-only", lambda a: given(a, "--download-only"),
-             "--download-only fetches the weights and stops; run again without it to make a video")
-     for f in GRAPH_FLAGS + ("--tiny", "--demo", "--no-download", "--cpu", "--cache-dir") if f != "--variant"]
+]
 
 
 def check_flags(args) -> None:

@@ -38,7 +38,7 @@ from typing import List, Optional, Tuple
 if __package__:  # imported as part of the pack (tests)
     from . import headless
     from .cli_checks import (TINY_LABEL, check_adapter, check_images, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
-                            check_output, labelled_output)
+                            check_output, check_sketches, labelled_output)
     from .cli_flags import check_flags
     from .graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video
     from .model.errors import DynamiCrafterInputError
@@ -46,13 +46,13 @@ if __package__:  # imported as part of the pack (tests)
     from .model.limits import available_memory, check_run_memory, estimate_run_bytes
     from .model.variants import get_variant
     from .weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
-        remote_metadata, tiny_checkpoint
+        remote_metadata, tiny_checkpoint, tiny_sketch_encoder
 else:  # run as a script: register this folder as the package ``comfyui_dynamicrafter`` (stdlib + the registry only)
     import _bootstrap
     _bootstrap.register()
     from comfyui_dynamicrafter import headless
     from cli_checks import (TINY_LABEL, check_adapter, check_images, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
-                            check_output, labelled_output)
+                            check_output, check_sketches, labelled_output)
     from cli_flags import check_flags
     from graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video
     from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
@@ -60,7 +60,7 @@ else:  # run as a script: register this folder as the package ``comfyui_dynamicr
     from comfyui_dynamicrafter.model.limits import available_memory, check_run_memory, estimate_run_bytes
     from comfyui_dynamicrafter.model.variants import get_variant
     from weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
-        remote_metadata, tiny_checkpoint
+        remote_metadata, tiny_checkpoint, tiny_sketch_encoder
 
 WINDOW = 16   # the models' trained length: longer videos run in context windows of this many frames
 MAX_FRAMES = 256
@@ -78,6 +78,7 @@ COMMON_DEFAULTS = dict(steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=
 # The tiny pipeline check: small frames, few steps (the tiny UNet needs multiples of 16 px).
 TINY_SIZE = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64), "tooncrafter": (128, 80)}
 TINY_STEPS = 10
+SKETCH_ENCODER = "sketch_encoder.ckpt"   # as huggingface.co/Doubiiu/ToonCrafter ships it (or converted to .safetensors)
 
 
 # The pack's exception types for bad input (model/errors.py and its subclasses): a node that raises one is reported
@@ -247,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--adapter", metavar="FILE[:strength]",
                     help="apply a trained adapter (the trainer's adapter.safetensors; strength -10 to 10, default "
                          "1.0, 0 = no change) with the workflow dynamicrafter_512_adapter (image to video)")
+    ap.add_argument("--sketch", nargs="+", metavar="FILE:FRAME",
+                    help="ToonCrafter sketch guidance: --sketch a.png:0 b.png:8 (dark lines on white, one size; the "
+                         "frame each is for, from 0); frames without a sketch are unguided. Needs --end-image; the "
+                         f"sketch encoder file ({SKETCH_ENCODER}) in ComfyUI's models/controlnet (--tiny: a tiny one)")
     return ap
 
 
@@ -304,6 +309,7 @@ class Request:
     fmt: Optional[str] = None
     adapter: Optional[str] = None    # --adapter: absolute path of the file, and its strength
     adapter_strength: float = 1.0
+    sketches: List[Tuple[str, int]] = dataclasses.field(default_factory=list)   # --sketch: (absolute path, frame)
 
     @property
     def model_file(self) -> ModelFile:
@@ -339,17 +345,19 @@ def read_request(args) -> Request:
         kind = "interpolation"
     else:
         kind = "long_video" if long else "image_to_video"
-    if args.variant == "tooncrafter":                                    # its own workflow: the ToonCrafter decode
+    if args.variant == "tooncrafter" or args.sketch:                     # its own workflow: the ToonCrafter decode
         if kind not in ("interpolation",) and not (args.download_only and kind == "image_to_video"):
-            raise UserError("--variant tooncrafter interpolates between two frames: give --image and --end-image "
-                            "(no --loop, --keyframes or --frames over 16)")
-        kind = "tooncrafter"
+            raise UserError(f"{'--sketch' if args.sketch else '--variant tooncrafter'}: ToonCrafter interpolates "
+                            "between two frames: give --image and --end-image (no --loop, --keyframes or --frames over "
+                            "16)")
+        kind = "tooncrafter_sketch" if args.sketch else "tooncrafter"
     if args.adapter is not None:
         if kind != "image_to_video":
             raise UserError(f"--adapter: the adapter workflow is image to video (up to {WINDOW} frames, one start "
                             "image); leave out --end-image, --loop, --keyframes and --variant tooncrafter")
         kind = "adapter"
-    req = Request(kind, args.variant or ("512-interp" if kind in ("loop", "interpolation", "keyframes") else "512"),
+    req = Request(kind, args.variant or ("tooncrafter" if args.sketch else
+                                         "512-interp" if kind in ("loop", "interpolation", "keyframes") else "512"),
                   loop=bool(args.loop))
     if args.download_only:
         return req
@@ -363,6 +371,7 @@ def read_request(args) -> Request:
         raise UserError(f"--ckpt: {os.path.abspath(os.path.expanduser(args.ckpt))} is not a file (give a file "
                         "name from the model folders or the path of a checkpoint)")
     req.image, req.keyframes, req.end_image = check_images(args, kind, WINDOW)
+    req.sketches = check_sketches(args.sketch, args.frames or get_variant(req.variant).frames)
     req.out_path, req.fmt = check_output(labelled_output(args.out, args.tiny))
     return req
 
@@ -459,6 +468,8 @@ def run_settings(args, req: Request, ckpt_path: str, tiny: bool) -> dict:
              negative=args.negative or "", format=req.fmt)
     if req.adapter:
         s.update(adapter=os.path.basename(req.adapter), adapter_strength=req.adapter_strength)
+    if req.sketches:  # the file's name; generate() puts the found (or tiny) one in
+        s["sketch_encoder"] = SKETCH_ENCODER
     if req.kind == "keyframes":  # the chain sets the length: (N-1)*15+1, closed N*15
         n = 1 + len(req.keyframes)
         s["frames"] = n * (WINDOW - 1) if req.loop else (n - 1) * (WINDOW - 1) + 1
@@ -473,10 +484,30 @@ def build_prompt(req: Request, settings: dict, input_dir: str) -> dict:
     if req.end_image:
         settings["end_image"] = "end" + os.path.splitext(req.end_image)[1].lower()
         shutil.copyfile(req.end_image, os.path.join(input_dir, settings["end_image"]))
+    settings["sketches"] = []
+    for i, (path, frame) in enumerate(req.sketches):
+        settings["sketches"].append((f"sketch{i + 1}" + os.path.splitext(path)[1].lower(), frame))
+        shutil.copyfile(path, os.path.join(input_dir, settings["sketches"][-1][0]))
     for i, k in enumerate(req.keyframes):
         settings.setdefault("keyframes", []).append(f"keyframe{i + 2}" + os.path.splitext(k)[1].lower())
         shutil.copyfile(k, os.path.join(input_dir, settings["keyframes"][-1]))
     return apply_settings(load_workflow(req.kind), settings)
+
+
+def use_sketch_encoder(args, req: Request, host: headless.Host, tiny: bool) -> str:
+    """--sketch: the sketch encoder's file name in the host's controlnet folders (--tiny: the tiny one, put first)."""
+    folders = host.model_folders("controlnet") or [os.path.join(host.folder_paths.models_dir, "controlnet")]
+    if tiny:
+        path = tiny_sketch_encoder(args.cache_dir or DEFAULT_CACHE)
+        host.set_model_folders("controlnet", [os.path.dirname(path)] + folders)
+        return os.path.basename(path)
+    stem = os.path.splitext(SKETCH_ENCODER)[0]
+    for folder in folders:
+        for ext in (".safetensors", ".ckpt"):
+            if os.path.isfile(os.path.join(folder, stem + ext)):
+                return stem + ext
+    raise UserError(f"--sketch: no {SKETCH_ENCODER} (or {stem}.safetensors) in {', '.join(folders)}; download "
+                    f"{SKETCH_ENCODER} from huggingface.co/Doubiiu/ToonCrafter into {folders[0]}, or run with --tiny")
 
 
 def use_adapter(req: Request, host: headless.Host) -> None:
@@ -525,6 +556,8 @@ def generate(args) -> int:
         if req.adapter:
             use_adapter(req, host)
         s = run_settings(args, req, ckpt_path, tiny)
+        if req.sketches:
+            s["sketch_encoder"] = use_sketch_encoder(args, req, host, tiny)
         prompt = build_prompt(req, s, host.dirs["input"])
         print(f"workflow: {os.path.relpath(WORKFLOWS[req.kind], ROOT)} ({req.kind}), variant {req.variant}, "
               f"{s['width']}x{s['height']}, {s['frames']} frames, {s['steps']} steps, seed {s['seed']}", flush=True)

@@ -16,6 +16,7 @@ WORKFLOWS = {
     "long_loop": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_long_loop.json"),
     "tooncrafter": os.path.join(ROOT, "workflows", "api", "tooncrafter_interpolation.json"),
     "adapter": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_adapter.json"),
+    "tooncrafter_sketch": os.path.join(ROOT, "workflows", "api", "tooncrafter_sketch_interpolation.json"),
 }
 
 
@@ -58,16 +59,23 @@ def _source(prompt: dict, node: str, input_name: str) -> str:
     return str(link[0])
 
 
-def _set_keyframes(p: dict, cond: str, names: List[str]) -> None:
-    """The keyframes after the start image as LoadImage nodes joined by a chain of ImageBatch nodes."""
+def _drop_images(p: dict, link) -> None:
+    """Remove the LoadImage nodes feeding ``link`` and the ImageBatch chain joining them."""
+    node = p.get(str(link[0])) if isinstance(link, list) else None
+    if node is None or node["class_type"] not in ("ImageBatch", "LoadImage"):
+        return
+    p.pop(str(link[0]))
+    for src in node["inputs"].values():
+        _drop_images(p, src)
+
+
+def _set_images(p: dict, node: str, input_name: str, names: List[str], first_id: int) -> None:
+    """An IMAGE input fed by LoadImage nodes of ``names`` joined by a chain of ImageBatch nodes (ids from first_id),
+    replacing the shipped images there."""
     if not names:
-        raise RuntimeError("this workflow needs keyframes")
-    for k in [k for k, v in p.items() if v["class_type"] == "ImageBatch"]:   # the shipped batch and its images
-        for src in p[k]["inputs"].values():
-            if isinstance(src, list) and p.get(str(src[0]), {}).get("class_type") == "LoadImage":
-                p.pop(str(src[0]), None)
-        p.pop(k)
-    ids = iter(str(i) for i in range(1000, 2000))
+        raise RuntimeError(f"this workflow needs images for {input_name}")
+    _drop_images(p, p[node]["inputs"].get(input_name))
+    ids = iter(str(i) for i in range(first_id, first_id + 1000))
     loads = []
     for name in names:
         nid = next(ids)
@@ -78,7 +86,18 @@ def _set_keyframes(p: dict, cond: str, names: List[str]) -> None:
         nid = next(ids)
         p[nid] = {"class_type": "ImageBatch", "inputs": {"image1": link, "image2": nxt}}
         link = [nid, 0]
-    p[cond]["inputs"]["keyframes"] = link
+    p[node]["inputs"][input_name] = link
+
+
+def _set_sketches(p: dict, s: dict) -> None:
+    """The sketch guidance node's sketches (LoadImage chain), their frames and the sketch encoder's file."""
+    for node in _nodes_of(p, "DCN_ToonSketchGuidance"):
+        if not s.get("sketches"):
+            raise RuntimeError("this workflow needs sketches")
+        _set_images(p, node, "sketches", [name for name, _ in s["sketches"]], 2000)
+        p[node]["inputs"]["frame_indices"] = ", ".join(str(i) for _, i in s["sketches"])
+    for node in _nodes_of(p, "DCN_SketchEncoderLoader"):
+        p[node]["inputs"]["sketch_encoder_name"] = s["sketch_encoder"]
 
 
 def apply_settings(prompt: dict, s: dict) -> dict:
@@ -93,7 +112,7 @@ def apply_settings(prompt: dict, s: dict) -> dict:
             raise RuntimeError("this workflow needs an end image")
         p[_source(p, cond, "end_image")]["inputs"]["image"] = s["end_image"]
     if "keyframes" in p[cond]["inputs"]:
-        _set_keyframes(p, cond, s.get("keyframes") or [])
+        _set_images(p, cond, "keyframes", s.get("keyframes") or [], 1000)
         p[cond]["inputs"]["loop"] = bool(s.get("loop"))
     p[_source(p, cond, "positive")]["inputs"]["text"] = s["prompt"]
     p[_source(p, cond, "negative")]["inputs"]["text"] = s["negative"]
@@ -102,6 +121,7 @@ def apply_settings(prompt: dict, s: dict) -> dict:
                              eta=s["eta"], guidance_rescale=s["guidance_rescale"])
     p[save]["inputs"].update(filename_prefix="generate/dynamicrafter", format=s["format"], fps=float(s["fps"]),
                              crf=s["crf"])
+    _set_sketches(p, s)
     for node in _nodes_of(p, "DCN_ApplyAdapter"):
         if s.get("adapter") is None:
             raise RuntimeError("this workflow needs an adapter file")

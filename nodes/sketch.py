@@ -31,7 +31,6 @@ from ..model.sketch_io import load_sketch_encoder
 from . import compat
 from .control import KINDS, get_control
 from .native import COND_KEY, video_context, video_timesteps
-from .widgets import check_numbers
 
 SKETCH_TYPE = "DCN_SKETCH_ENCODER"
 FOLDER = "controlnet"
@@ -256,7 +255,6 @@ class DCN_ToonSketchGuidance:
 
     def apply(self, positive, image_only, negative, sketch_encoder, sketches, frame_indices, strength,
               start_percent, end_percent, lines=LINES[0]):
-        check_numbers(type(self), strength=strength, start_percent=start_percent, end_percent=end_percent)
         if start_percent > end_percent:
             raise DynamiCrafterInputError("start_percent", f"at most end_percent ({end_percent})",
                                           f"{start_percent}", "swap the two")

@@ -164,6 +164,40 @@ def test_tiny_tooncrafter_interpolation(tmp_path):
     print(f"tiny tooncrafter: {p.seconds:.1f} s")
 
 
+SKETCHES = [os.path.join(generate.ROOT, "workflows", "input", f"tooncrafter_sketch_{i:02d}.png") for i in (5, 10)]
+
+
+def test_tiny_tooncrafter_sketch_guidance(tmp_path):
+    """--sketch a.png:0 b.png:8 runs the shipped sketch workflow on the tiny ToonCrafter and a tiny sketch encoder in
+    the released file's layout; the same run without sketches gives other frames (the sketches steer them)."""
+    common = ["--tiny", "--image", START, "--end-image", END, "--prompt", "a boat", "--frames", "16",
+              "--width", "64", "--height", "64", "--steps", "2"]
+    p = run(*common, "--sketch", f"{SKETCHES[0]}:0", f"{SKETCHES[1]}:8", "--out", str(tmp_path / "s.mp4"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "tooncrafter_sketch_interpolation.json (tooncrafter_sketch), variant tooncrafter" in p.stdout
+    assert frames_fps(str(tmp_path / "s.tiny-random-weights.mp4")) == (16, 8.0)
+    q = run(*common, "--variant", "tooncrafter", "--out", str(tmp_path / "n.mp4"))
+    assert q.returncode == 0, q.stdout + q.stderr
+    guided, plain = (decoded_frames(str(tmp_path / f"{n}.tiny-random-weights.mp4")) for n in "sn")
+    assert guided.shape == plain.shape and not np.array_equal(guided, plain)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sketch", "SK0:16"], "frame 16 is outside the video's 16 frames"),
+    (["--sketch", "SK0"], "expected FILE:FRAME"),
+    (["--sketch", "SK0:3", "SK1:3"], "frame 3 has two sketches"),
+    (["--sketch", "SK0:0", "--loop"], "--sketch is ignored with --loop"),
+    (["--sketch", "SK0:0", "--variant", "512-interp"], "--sketch is ignored with --variant"),
+])
+def test_bad_sketch_arguments_are_one_line_before_the_host(tmp_path, args, needle):
+    sub = {"SK0": SKETCHES[0], "SK1": SKETCHES[1]}
+    args = [sub.get(a.partition(":")[0], a.partition(":")[0]) + "".join(a.partition(":")[1:]) for a in args]
+    p = run("--tiny", "--image", START, "--end-image", END, "--prompt", "a boat", "--out", str(tmp_path / "x.mp4"),
+            *args)
+    assert p.returncode == 2 and needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "ComfyUI:" not in p.stdout  # refused before a host was looked at
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # --adapter: the shipped adapter workflow (DCN_ApplyAdapter) on the tiny checkpoint
 # ---------------------------------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def values(flag, im, out_dir):
            "--variant": ("512", "1024"), "--frames": ("8", "12"), "--steps": ("2", "3"), "--seed": ("1", "2"),
            "--cfg": ("5", "6"), "--cfg-image": ("5", "6"), "--eta": ("0.5", "0.7"), "--guidance-rescale": ("0.3", "0.5"),
            "--motion": ("10", "20"), "--fps": ("10", "12"), "--crf": ("20", "25"), "--width": ("64", "128"),
-           "--height": ("64", "128"), "--adapter": (im["adapter"] + ":0.5", im["adapter"] + ":0.7")}
+           "--height": ("64", "128"), "--adapter": (im["adapter"] + ":0.5", im["adapter"] + ":0.7"),
+           "--sketch": ([im["a"] + ":0"], [im["b"] + ":5"])}
     return two[flag]
 
 
@@ -93,6 +94,8 @@ def test_flag_pair_is_used_by_the_graph_or_refused_naming_both(a, b, images, tmp
     base = {"--tiny": True, "--prompt": "p", "--out": out_dir + "/o.mp4"}
     if "--keyframes" not in (a, b):
         base["--image"] = images["a"]
+    if "--sketch" in (a, b) and "--end-image" not in (a, b):   # sketches steer ToonCrafter's start -> end frames
+        base["--end-image"] = images["b"]
     flags = dict(base, **{a: values(a, images, out_dir)[0], b: values(b, images, out_dir)[0]})
     first = graph_of(argv_of(flags), tmp_path)
     if first[0] == "refused":

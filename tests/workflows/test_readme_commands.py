@@ -37,7 +37,7 @@ def scratch(tmp_path_factory):
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
-    for i, name in enumerate(("photo.png", "a.png", "b.png", "c.png")):
+    for i, name in enumerate(("photo.png", "a.png", "b.png", "c.png", "sketch0.png", "sketch8.png")):
         arr = np.random.default_rng(i).integers(0, 255, (80, 128, 3), dtype=np.uint8)
         Image.fromarray(arr).save(root / name)
     return root
