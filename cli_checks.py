@@ -75,9 +75,9 @@ NUMBER_FLAGS = {"--width": ("width", "width"), "--height": ("height", "height"),
 def check_numbers(args) -> None:
     """Every number finite and within the range its widget takes, named by its flag (before any host starts)."""
     if __package__:  # torch comes with it: imported once a run is asked for, not at import
-        from .model.guards import check_finite_number
+        from .model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
     else:
-        from comfyui_dynamicrafter.model.guards import check_finite_number
+        from comfyui_dynamicrafter.model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
 
     for flag, (name, key) in NUMBER_FLAGS.items():
         value = getattr(args, name)
@@ -94,9 +94,9 @@ def check_adapter(value: str) -> Tuple[str, float]:
     """--adapter FILE[:strength] -> (absolute path, strength): an existing .safetensors file and a finite strength in
     DCN_ApplyAdapter's range (before any host starts; the node validates the tensors against the model)."""
     if __package__:
-        from .model.guards import check_finite_number
+        from .model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
     else:
-        from comfyui_dynamicrafter.model.guards import check_finite_number
+        from comfyui_dynamicrafter.model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
 
     lo, hi = RANGES["adapter_strength"]
     path, strength = value, 1.0

@@ -37,10 +37,10 @@ def worker(args) -> None:
     import _bootstrap
     _bootstrap.register()
     import torch
-    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss
-    from comfyui_dynamicrafter.bench.weights import init_random_
-    from comfyui_dynamicrafter.model.dtypes import dtype_from_name
-    from comfyui_dynamicrafter.model.tooncrafter import DualRefAutoencoderKL, DualRefVAEConfig
+    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.bench.weights import init_random_  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.model.dtypes import dtype_from_name  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.model.tooncrafter import DualRefAutoencoderKL, DualRefVAEConfig  # lazy: the worker process imports the pack after _bootstrap.register()
 
     dtype = dtype_from_name(args.dtype)
     with torch.device("meta"):
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     import _bootstrap
     _bootstrap.register()
     import torch
-    from comfyui_dynamicrafter.bench.machine import machine_info
+    from comfyui_dynamicrafter.bench.machine import machine_info  # lazy: the worker process imports the pack after _bootstrap.register()
 
     result = dict(case="tooncrafter decode", command="python " + " ".join(shlex.quote(a) for a in sys.argv),
                   machine=machine_info(), settings={k: v for k, v in vars(args).items() if k not in ("worker", "out")},

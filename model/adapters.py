@@ -28,6 +28,7 @@ import torch
 
 from .checkpoint import META_VARIANT, PART_PREFIX
 from .errors import DynamiCrafterInputError
+from .log import logger
 
 FORMAT = "1"
 UNET_PREFIX = PART_PREFIX["unet"]
@@ -101,8 +102,6 @@ def read_adapter(path: str, device: Union[str, torch.device] = "cpu") -> Tuple[D
         raise DynamiCrafterInputError(f"adapter '{path}'", "a DynamiCrafter adapter .safetensors file",
                                       f"an unreadable file ({str(err)[:120]})", "export it again with the trainer")
     if meta.get(META_KOHYA) is not None:              # the trainer's kohya copy: back to the adapter's own keys
-        from .log import logger
-
         logger.info("adapter '%s': the trainer's kohya-key copy, read back under the adapter's own keys", path)
         return from_kohya(tensors, meta, name=f"adapter '{path}'")
     if meta.get(META_FORMAT) is None and any(k.startswith(KOHYA_PREFIX) for k in tensors):

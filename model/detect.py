@@ -26,6 +26,7 @@ from .log import logger
 from .resampler import Resampler
 from .unet import UNetModel
 from .variants import SMALL_CONFIGS, VARIANTS, get_variant, variant_names
+from .tooncrafter import dualref_missing_keys
 
 FAMILIES = ("256", "512-family", "tooncrafter")
 FAMILY_VARIANTS: Dict[str, Tuple[str, ...]] = {
@@ -153,8 +154,6 @@ def _decide(parts: Dict[str, Dict[str, str]], flat: Mapping[str, Any], metadata:
             family = "tooncrafter"
             evidence = "metadata says ToonCrafter (pruned file without the VAE, keys as 512-family)"
         elif meta_family == "tooncrafter" and family == "512-family":  # the decoder lost keys (a damaged file)
-            from .tooncrafter import dualref_missing_keys
-
             missing = dualref_missing_keys(parts["vae"])
             raise DynamiCrafterInputError(
                 what, "the keys of ToonCrafter's dual-reference decoder (metadata family 'tooncrafter')",

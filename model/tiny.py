@@ -23,6 +23,8 @@ from .resampler import Resampler
 from .sketch import TINY_SKETCH, SketchEncoder
 from .unet import UNetModel
 from .variants import SMALL_CONFIGS, get_variant
+from .vae import AutoencoderKL, VAEConfig
+from .tooncrafter import DualRefAutoencoderKL
 
 # The towers' widths are those the tiny config's UNet (text context) and P (image tokens) read.
 TEXT_WIDTH = SMALL_CONFIGS["tiny"]["unet"]["context_dim"]
@@ -88,8 +90,6 @@ def vision_tower_shapes(width: int = VISION_WIDTH, layers: int = 2, proj: int = 
 
 def vae_shapes() -> Dict[str, tuple]:
     """Keys and shapes of the SD VAE under ``first_stage_model.`` (model/vae.py's architecture, built on meta)."""
-    from .vae import AutoencoderKL, VAEConfig
-
     with torch.device("meta"):
         vae = AutoencoderKL(VAEConfig())
     return {"first_stage_model." + k: tuple(t.shape) for k, t in vae.state_dict().items()}
@@ -97,8 +97,6 @@ def vae_shapes() -> Dict[str, tuple]:
 
 def dualref_extra_shapes() -> Dict[str, tuple]:
     """The 148 keys ToonCrafter's first stage has beyond the SD VAE (model/tooncrafter.py, built on meta)."""
-    from .tooncrafter import DualRefAutoencoderKL
-
     with torch.device("meta"):
         vae = DualRefAutoencoderKL()
     shapes = {"first_stage_model." + k: tuple(t.shape) for k, t in vae.state_dict().items()}

@@ -24,6 +24,7 @@ from ..model.log import logger
 from ..model.windows import (
     FUSE_METHODS, MAX_FRAMES, SCHEDULES, WindowSpec, chain_spec, check_window_conditioning,
 )
+from .widgets import widget_problem
 
 LAYOUT_KEY = "dcn_layout"
 WINDOWED_KEYS = ("c_concat", "dcn_frames", LAYOUT_KEY)
@@ -203,8 +204,6 @@ class DCN_Windows:
 
     @classmethod
     def VALIDATE_INPUTS(cls, context_length=None, context_overlap=None):
-        from .widgets import widget_problem
-
         problem = widget_problem(cls, context_length=context_length, context_overlap=context_overlap)
         if problem is not True:
             return problem

@@ -23,6 +23,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.dtypes import DTYPES
 from ..model.log import logger
 from .data import Dropout, SkipSample, sample_rng, sample_seed
+from .state import atomic_write_bytes
 
 def cache_fingerprint(settings: Dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -75,8 +76,6 @@ def precompute(dataset, encoders, cache_dir: str, settings: Dict, views: int = 1
             items.append({"file": name, "caption": row["caption"], "path": row["path"]})
     index = {"fingerprint": cache_fingerprint(settings), "settings": settings, "items": items, "skipped": skipped,
              "dtype": dtype}
-    from .state import atomic_write_bytes
-
     atomic_write_bytes(os.path.join(cache_dir, "index.json"), json.dumps(index, indent=1).encode())
     logger.info("precompute: %d items in %s, %d videos skipped", len(items), cache_dir, len(skipped))
     return index

@@ -56,7 +56,7 @@ def _setting_help() -> Dict[str, str]:
     import inspect
     import re
 
-    from . import config as config_mod
+    from . import config as config_mod  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
     out = {}
     for line in inspect.getsource(config_mod.TrainConfig).splitlines():
@@ -160,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv = ["train"] + argv
     args = parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
-    from .preflight import die_with_parent
+    from .preflight import die_with_parent  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
     die_with_parent()                     # under torchrun: this worker ends when its launcher dies
     try:
@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("%s", e)
         return 2
     except Exception as e:
-        from .loop import TrainingStopped
+        from .loop import TrainingStopped  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
         if isinstance(e, TrainingStopped):
             logger.error("%s", e)
@@ -182,8 +182,8 @@ def _run(args) -> int:
         print(dump_config(build_config(args), fmt=args.format), end="")
         return 0
     if args.command == "export":
-        from .export import export_from_checkpoint
-        from .room import check_export_room
+        from .export import export_from_checkpoint  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
+        from .preflight import check_export_room  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
         check_export_room(args.checkpoint, args.out, args.merged, args.dtype)
         out = export_from_checkpoint(args.checkpoint, args.out, args.merged, use_ema=not args.no_ema,
@@ -191,8 +191,8 @@ def _run(args) -> int:
         print(json.dumps(out))
         return 0
     if args.command == "demo-data":
-        from .demo import make_video_dataset
-        from .room import check_demo_room
+        from .demo import make_video_dataset  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
+        from .preflight import check_demo_room  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
         check_demo_room(args.out, args.clips, args.frames, args.height, args.width)
         csv_path, rows = make_video_dataset(args.out, n_clips=args.clips, n_frames=args.frames, height=args.height,
@@ -204,10 +204,10 @@ def _run(args) -> int:
     cfg = build_config(args)
     if args.command == "precompute":
         return _precompute(cfg)
-    from .room import check_room_floor
+    from .room import check_room_floor  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
     check_room_floor(cfg)                 # before torch is imported: a full disk is refused in seconds
-    from .loop import train
+    from .loop import train  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -222,12 +222,12 @@ def _precompute(cfg: TrainConfig) -> int:
     """Encode the dataset into cache_dir: only the data side of a run (no model, no optimizer)."""
     import torch
 
-    from .cache import precompute
-    from .plan import RunPlan, setup_processes
+    from .cache import precompute  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
+    from .plan import RunPlan, setup_processes  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
     if not cfg.cache_dir:
         raise DynamiCrafterInputError("cache_dir", "a folder for the cache", "nothing", "set cache_dir")
-    from .preflight import check_data, check_output_dir, check_packages, check_weights
+    from .preflight import check_data, check_output_dir, check_packages, check_weights  # lazy: the CLI imports torch and the trainer only once a command runs (--help, dump-config and the disk-room floor stay torch-free and fast)
 
     procs = setup_processes(cfg)
     plan = RunPlan(cfg, procs.device)

@@ -25,6 +25,8 @@ from ..model.conditioning import CLIP_SIZE, clip_preprocess
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.variants import SMALL_CONFIGS
+from ..model.checkpoint import open_checkpoint
+from ..model import vae as vae_mod
 
 # The random tiny towers read what the registry's tiny config reads (model/tiny.py writes towers of the same widths).
 _TINY = SMALL_CONFIGS["tiny"]
@@ -176,8 +178,6 @@ def _load_clip_weights(clip: nn.Module, sources: Dict[str, Dict[str, torch.Tenso
 def clip_weight_sources(paths: Sequence[str]) -> Dict[str, Dict[str, torch.Tensor]]:
     """Find OpenCLIP text/image weights in checkpoint files: ``cond_stage_model.model.*`` / ``embedder.model.*`` of a
     DynamiCrafter checkpoint, or the bare keys of an open_clip file (used for both towers)."""
-    from ..model.checkpoint import open_checkpoint
-
     out: Dict[str, Dict[str, torch.Tensor]] = {"text": {}, "image": {}}
     for path in paths:
         if not path:
@@ -202,8 +202,6 @@ def clip_weight_sources(paths: Sequence[str]) -> Dict[str, Dict[str, torch.Tenso
 # ================================================================================================================
 def vae_state_from(paths: Sequence[str]) -> Optional[Dict[str, torch.Tensor]]:
     """SD VAE weights (keys without prefix): ``first_stage_model.*`` of a full checkpoint, or a bare VAE file."""
-    from ..model.checkpoint import open_checkpoint
-
     for path in paths:
         if not path:
             continue
@@ -237,9 +235,6 @@ class VideoVAE(nn.Module):
 def vae_config_for(tiny: bool, weight_files: Sequence[str]):
     """The VAE a run builds: SD KL-f8 for real runs; for tiny runs the one the weight files hold (model/tiny.py's
     files carry the real-size VAE), else the tiny test VAE with random weights. Reads headers only."""
-    from ..model import vae as vae_mod
-    from ..model.checkpoint import open_checkpoint
-
     if not tiny:
         return vae_mod.VAEConfig()
     for path in weight_files:
@@ -257,8 +252,6 @@ def build_vae(tiny: bool, state: Optional[Dict[str, torch.Tensor]], seed: int = 
               device="cpu") -> nn.Module:
     """The pack's AutoencoderKL (``model.vae``): SD KL-f8, or a tiny one of the same class for tests; a tiny run with
     a VAE in its weight files builds and loads that one."""
-    from ..model import vae as vae_mod
-
     config = vae_mod.VAEConfig() if not tiny or (state is not None and len(
         {k.split(".")[2] for k in state if k.startswith("encoder.down.")}) == len(vae_mod.VAEConfig().ch_mult)) \
         else vae_mod.TINY_VAE

@@ -17,6 +17,10 @@ from ..model.detect import family_of
 from ..model.dtypes import DTYPES
 from ..model.log import logger
 from .stages import DiffusionModel
+from .config import TrainConfig
+from .plan import run_variant
+from .stages import build_model
+from .state import load_checkpoint
 
 def adapter_tensors(trained: Mapping[str, torch.Tensor], lora_alpha: float) -> Dict[str, torch.Tensor]:
     """Trainer parameter names -> adapter keys; one ``.alpha`` per LoRA pair."""
@@ -164,11 +168,6 @@ def export_from_trainer(trainer, trained: Mapping[str, torch.Tensor],
 def export_from_checkpoint(checkpoint: str, out_path: str, merged_path: Optional[str] = None,
                            use_ema: bool = True, dtype: str = "fp16", kohya: bool = True) -> Dict[str, str]:
     """``train.py export``: adapter (and merged checkpoint) from a training checkpoint, without training."""
-    from .config import TrainConfig
-    from .plan import run_variant
-    from .stages import build_model
-    from .state import load_checkpoint
-
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
     stage, variant = run_variant(cfg)

@@ -18,22 +18,28 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from ..model.conditioning import concat_latent
 from ..model.dtypes import DTYPES
 from ..model.errors import DynamiCrafterInputError
-from ..model.fileio import file_sha256
 from ..model.log import logger
 from ..model.vae import sample_posterior
 from . import state as st
-from .config import TrainConfig
+from .buckets import BucketBatchSampler, Buckets
+from .cache import CachedDataset
+from .checkpointing import TrainerState
+from .config import TrainConfig, dump_config
 from .data import GlobalBatchSampler, collate
+from .export import export_from_trainer, export_intermediate
 from .objective import Objective
 from .optim import build_optimizer, check_optimizer
 from .plan import RunPlan, configure_threads, setup_processes
-from .preflight import RunLock, preflight
+from .preflight import RunLock, preflight, resolution_multiple
 from .room import disk_full_is_one_line
+from .samples import Monitor
 from .stages import build_model
+
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose (non-finite loss); the message says where and which checkpoint is intact."""
@@ -50,7 +56,7 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-class Trainer:
+class Trainer(TrainerState):
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
         self.cfg = cfg
@@ -140,8 +146,6 @@ class Trainer:
         if self.resume_state is not None:
             self._restore(self.resume_state)
         self.resume_state = None
-        from .samples import Monitor
-
         self.monitor = Monitor(self)
 
     # ================================================================================================================
@@ -165,52 +169,12 @@ class Trainer:
         if self.is_main:
             getattr(logger, level)(msg, *args)
 
-    def _resume_point(self):
-        """(path, state) to resume from, or (None, None)."""
-        r = self.cfg.resume
-        if r in (None, "", "none"):
-            return None, None
-        if r == "auto":
-            found = st.find_resume(self.ckpt_dir) if os.path.isdir(self.ckpt_dir) else None
-            return found if found else (None, None)
-        if not os.path.isfile(r):
-            raise DynamiCrafterInputError("resume", "'auto', 'none' or a checkpoint file", repr(r), "fix the path")
-        try:
-            return r, st.load_checkpoint(r)
-        except Exception as e:  # torch.load raises several types; its advice to unpickle unsafely is not repeated
-            raise DynamiCrafterInputError(
-                "resume", "a training checkpoint of this trainer (step_*.pt, read as plain tensors only)",
-                f"{r!r}, which does not load as one ({type(e).__name__})",
-                "pick a step_*.pt from output_dir/checkpoints, or resume: auto / none") from None
-
-    def _check_identity(self, state: Dict[str, Any]) -> None:
-        old = state.get("identity", {})
-        new = self.cfg.identity()
-        default = TrainConfig().identity()                 # settings added later: an older checkpoint had the default
-        diff = sorted(k for k in new if json.dumps(old.get(k, default[k])) != json.dumps(new[k]))
-        if diff:
-            raise DynamiCrafterInputError(
-                f"resume from {self.resume_path}", "the settings the checkpoint was trained with",
-                f"other values for {diff}", "use the same settings, another output_dir, or resume: none")
-
-    def _base_hash(self) -> str:
-        if self.resume_state is not None and self.resume_state.get("base_sha256"):
-            return self.resume_state["base_sha256"]
-        if not self.cfg.init_checkpoint:
-            return "none"
-        box = [file_sha256(self.cfg.init_checkpoint) if self.is_main else None]   # read the file once, on rank 0
-        if self.world > 1:
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def _build_data(self) -> None:
         cfg = self.cfg
         dropout = self.plan.dropout()
         self.encoders = None
         settings = self.plan.cache_settings()
         if cfg.cache_dir:
-            from .cache import CachedDataset
-
             self.dataset = CachedDataset(cfg.cache_dir, settings, cfg.seed, dropout, self.cond_frame)
             self.null_text = self.dataset.null_text[None].to(self.device)
             self.null_image = self.dataset.null_image[None].to(self.device)
@@ -225,14 +189,9 @@ class Trainer:
                 self.null_image = self.encoders.image(torch.zeros(1, 3, 224, 224, device=self.device)).float()
         self.buckets = None
         if cfg.buckets:
-            from .buckets import Buckets
-            from .preflight import resolution_multiple
-
             self.buckets = Buckets(self.summary.clips, cfg.bucket_aspects, cfg.bucket_frames or [self.frames],
                                    self.height * self.width, resolution_multiple(cfg, self.variant))
             self.dataset.buckets = self.buckets
-            from .buckets import BucketBatchSampler
-
             micro = BucketBatchSampler(self.buckets, cfg.batch_size, 0, self.world).per_epoch
             self._log("%s; one epoch = %d micro-batches = %d optimizer steps (batches fill up within a bucket)",
                       self.buckets.line(), micro, math.ceil(micro / cfg.grad_accum))
@@ -261,95 +220,6 @@ class Trainer:
 
         return DDP(self.model, device_ids=[self.local_rank] if self.device.type == "cuda" else None,
                    broadcast_buffers=False)
-
-    # ================================================================================================================
-    # state: save / restore
-    # ================================================================================================================
-    def _full(self, t: torch.Tensor) -> torch.Tensor:
-        if hasattr(t, "full_tensor"):
-            t = t.full_tensor()
-        return t.detach().cpu().clone()
-
-    def _optimizer_state(self) -> Dict[str, Any]:
-        if self.strategy == "fsdp" and self.world > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-            return get_optimizer_state_dict(self.model, self.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.optimizer.state_dict()
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Everything a resume needs (collective under DDP/FSDP: every rank must call it)."""
-        rng = st.rng_state()
-        rngs = [None] * self.world
-        skipped = [None] * self.world
-        if self.world > 1:
-            dist.all_gather_object(rngs, rng)
-            dist.all_gather_object(skipped, self.skipped)
-        else:
-            rngs, skipped = [rng], [self.skipped]
-        merged = {}
-        for s in skipped:
-            merged.update(s)
-        return {
-            "step": self.step, "micro": self.micro, "world_size": self.world,
-            "config": self.cfg.to_dict(), "identity": self.cfg.identity(), "groups": self.groups,
-            "trainable": {n: self._full(p) for n, p in self._named_trainable()},
-            "ema": ({n: self._full(t) for n, t in self.ema.items()} if self.ema is not None else None),
-            "ema_updates": self.ema_updates,
-            "optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": rngs, "skipped": merged, "skip_events": self.skip_events,
-            "base_sha256": self.base_sha256, "variant": self.variant.name, "stage": self.stage.name,
-            "lora_alpha": self.lora_alpha, "optimizer_name": self.cfg.optimizer,
-        }
-
-    def _restore(self, s: Dict[str, Any]) -> None:
-        self.step, self.micro = int(s["step"]), int(s["micro"])
-        self.ema_updates = int(s.get("ema_updates", 0))
-        if self.ema is not None and s.get("ema") is not None:
-            with torch.no_grad():
-                for n, t in s["ema"].items():
-                    cur = self.ema[n]
-                    if hasattr(cur, "device_mesh"):
-                        from torch.distributed.tensor import distribute_tensor
-
-                        cur.copy_(distribute_tensor(t.to(cur.dtype), cur.device_mesh, cur.placements))
-                    else:
-                        cur.copy_(t)
-        if self.strategy == "fsdp" and self.world > 1:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(self.model, self.optimizer, s["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            self.optimizer.load_state_dict(s["optimizer"])
-        self.scheduler.load_state_dict(s["scheduler"])
-        self.scaler.load_state_dict(s["scaler"])
-        self.skipped.update(s.get("skipped") or {})
-        self.skip_events = int(s.get("skip_events", 0))
-        old_world = int(s.get("world_size", 1))
-        if old_world == self.world:
-            st.set_rng_state(s["rng"][self.rank])
-        else:  # keep the position in the global sample stream: micro-batches of B*W samples
-            self.micro = self.micro * old_world // self.world
-            self._log("resuming with %d processes, the checkpoint had %d: the sample order goes on from the same "
-                      "position, the dropout RNG does not (not bit-identical to an uninterrupted run)", self.world,
-                      old_world, level="warning")
-        self.last_checkpoint = self.resume_path
-        self._log("resumed from %s at step %d (micro-batch %d)", self.resume_path, self.step, self.micro)
-        if self.is_main:
-            self._truncate_metrics(self.step)
-
-    def save(self) -> Optional[str]:
-        state = self.state_dict()
-        path = None
-        if self.is_main:
-            path = st.save_checkpoint(self.ckpt_dir, self.step, state, keep=self.cfg.keep_checkpoints)
-            self._log("checkpoint %s", path)
-        if self.world > 1:
-            dist.barrier()
-        self.last_checkpoint = path or st.checkpoint_path(self.ckpt_dir, self.step)
-        return path
 
     # ================================================================================================================
     # one micro-batch
@@ -407,8 +277,6 @@ class Trainer:
 
         cfg = self.cfg
         if self.buckets is not None:
-            from .buckets import BucketBatchSampler
-
             sampler = BucketBatchSampler(self.buckets, cfg.batch_size, self.rank, self.world, cfg.seed,
                                          start=self.micro)
         else:
@@ -459,79 +327,27 @@ class Trainer:
         st.atomic_write_bytes(path, "".join(keep).encode())
 
     def run(self) -> Dict[str, Any]:
+        """Optimizer steps to ``max_steps`` (metrics line, progress, checkpoints, intermediate adapters), then the
+        adapter export; returns the run's summary."""
         cfg = self.cfg
         if self.is_main:
-            from .config import dump_config
-
             dump_config(cfg, os.path.join(self.out_dir, "config.yaml"))
+        self.nan_at = st.fault("nan_loss")                                 # tests' fault injection (state.fault)
         it = iter(self._loader())
-        per_step = cfg.batch_size * cfg.grad_accum * self.world
-        bar = None
-        if self.is_main and cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {self.stage.name}", unit="step",
-                       dynamic_ncols=True)
-        nan_at = st.fault("nan_loss")
+        bar = (tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {self.stage.name}", unit="step",
+                    dynamic_ncols=True) if self.is_main and cfg.progress else None)
         losses: List[float] = []
-        t_last = time.perf_counter()
+        clock = [time.perf_counter()]
         metrics = open(self._metrics_path(), "a") if self.is_main else None
         try:
             while self.step < cfg.max_steps:
                 step = self.step + 1
-                total = torch.zeros((), device=self.device)
-                for a in range(cfg.grad_accum):
-                    batch = next(it)
-                    self.micro += 1
-                    shape = batch["video"].shape[2:] if "video" in batch else None
-                    self._note_skips(batch)
-                    with self._no_sync(a == cfg.grad_accum - 1):
-                        loss = self.micro_loss(batch)
-                        if nan_at == step:
-                            loss = loss * float("nan")
-                        self.scaler.scale(loss / cfg.grad_accum).backward()
-                    total += loss.detach() / cfg.grad_accum
-                if self.world > 1:
-                    dist.all_reduce(total)
-                    total /= self.world
-                value = float(total)
-                if not math.isfinite(value):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    where = (f"the last good checkpoint is {self.last_checkpoint} (step "
-                             f"{self._ckpt_step(self.last_checkpoint)}), left as it was"
-                             if self.last_checkpoint else "no checkpoint had been written yet")
-                    raise TrainingStopped(f"training stopped: the loss is {value} at step {step} (not finite); "
-                                          f"nothing was saved for this step; {where}. Lower lr, use bf16 instead of "
-                                          f"fp16, or check the data, then resume.")
-                self.scaler.unscale_(self.optimizer)
-                gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0
-                                                             else float("inf")))
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self._ema_update()
+                value, shape = self._accumulate(it, step)
+                gnorm = self._optimizer_step(value, step)
                 self.step = step
                 losses.append(value)
-                now = time.perf_counter()
-                sps = per_step / max(1e-9, now - t_last)
-                t_last = now
-                lr = self.scheduler.get_last_lr()[0]
-                record = {"step": step, "loss": value, "lr": lr, "grad_norm": gnorm, "samples_per_s": round(sps, 3),
-                          "skipped": len(self.skipped)}
-                if self.buckets is not None and shape is not None:
-                    record["shape"] = list(shape)                   # frames, height, width of the last micro-batch
-                record.update(self.monitor.evaluate(step))
-                if metrics is not None:
-                    metrics.write(json.dumps(record) + "\n")
-                    metrics.flush()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{sps:.2f}", lr=f"{lr:.2e}",
-                                    skipped=len(self.skipped))
-                self.monitor.report(record)
-                if step % cfg.log_every == 0 and bar is None:
-                    self._log("step %d/%d loss %.5f lr %.2e %.2f samples/s", step, cfg.max_steps, value, lr, sps)
+                record = self._record(step, value, gnorm, shape, clock)
+                self._report(record, metrics, bar)
                 if step % cfg.save_every == 0 or step == cfg.max_steps:
                     self.save()
                 if step % (cfg.adapter_every or cfg.save_every) == 0:
@@ -541,14 +357,84 @@ class Trainer:
                 bar.close()
             if metrics is not None:
                 metrics.close()
+        return self._finish(losses)
+
+    def _accumulate(self, it, step: int):
+        """``grad_accum`` micro-batches forward + backward -> (the step's mean loss over all processes, the last
+        micro-batch's frames/height/width or None)."""
+        cfg = self.cfg
+        total = torch.zeros((), device=self.device)
+        shape = None
+        for a in range(cfg.grad_accum):
+            batch = next(it)
+            self.micro += 1
+            shape = batch["video"].shape[2:] if "video" in batch else None
+            self._note_skips(batch)
+            with self._no_sync(a == cfg.grad_accum - 1):
+                loss = self.micro_loss(batch)
+                if self.nan_at == step:
+                    loss = loss * float("nan")
+                self.scaler.scale(loss / cfg.grad_accum).backward()
+            total += loss.detach() / cfg.grad_accum
+        if self.world > 1:
+            dist.all_reduce(total)
+            total /= self.world
+        return float(total), shape
+
+    def _optimizer_step(self, value: float, step: int) -> float:
+        """Stop on a non-finite loss (nothing saved for the step), else clip, step, schedule, EMA; the grad norm."""
+        cfg = self.cfg
+        if not math.isfinite(value):
+            self.optimizer.zero_grad(set_to_none=True)
+            where = (f"the last good checkpoint is {self.last_checkpoint} (step "
+                     f"{self._ckpt_step(self.last_checkpoint)}), left as it was"
+                     if self.last_checkpoint else "no checkpoint had been written yet")
+            raise TrainingStopped(f"training stopped: the loss is {value} at step {step} (not finite); "
+                                  f"nothing was saved for this step; {where}. Lower lr, use bf16 instead of "
+                                  f"fp16, or check the data, then resume.")
+        self.scaler.unscale_(self.optimizer)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0
+                                                     else float("inf")))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._ema_update()
+        return gnorm
+
+    def _record(self, step: int, value: float, gnorm: float, shape, clock: List[float]) -> Dict[str, Any]:
+        """The step's metrics line (throughput since the last step; held-out loss and samples when due)."""
+        now = time.perf_counter()
+        sps = self.cfg.batch_size * self.cfg.grad_accum * self.world / max(1e-9, now - clock[0])
+        clock[0] = now
+        record = {"step": step, "loss": value, "lr": self.scheduler.get_last_lr()[0], "grad_norm": gnorm,
+                  "samples_per_s": round(sps, 3), "skipped": len(self.skipped)}
+        if self.buckets is not None and shape is not None:
+            record["shape"] = list(shape)                   # frames, height, width of the last micro-batch
+        record.update(self.monitor.evaluate(step))
+        return record
+
+    def _report(self, record: Dict[str, Any], metrics, bar) -> None:
+        """The record to metrics.jsonl, the progress bar (or the log every ``log_every`` steps) and the monitor."""
+        step, value, lr, sps = record["step"], record["loss"], record["lr"], record["samples_per_s"]
+        if metrics is not None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", samples_s=f"{sps:.2f}", lr=f"{lr:.2e}", skipped=len(self.skipped))
+        self.monitor.report(record)
+        if step % self.cfg.log_every == 0 and bar is None:
+            self._log("step %d/%d loss %.5f lr %.2e %.2f samples/s", step, self.cfg.max_steps, value, lr, sps)
+
+    def _finish(self, losses: List[float]) -> Dict[str, Any]:
+        """After the last step: the skipped entries reported, the adapter exported (rank 0); the run's summary."""
         self._report_skips()
         result = {"step": self.step, "losses": losses, "last_checkpoint": self.last_checkpoint,
                   "skipped": dict(self.skipped), "skip_events": self.skip_events}
         trained = {n: self._full(p) for n, p in self._named_trainable()}          # collective under FSDP
         ema = {n: self._full(t) for n, t in self.ema.items()} if self.ema is not None else None
         if self.is_main:
-            from .export import export_from_trainer
-
             result["adapter"] = export_from_trainer(self, trained, ema)
         if self.world > 1:
             dist.barrier()
@@ -567,8 +453,6 @@ class Trainer:
         trained = {n: self._full(p) for n, p in self._named_trainable()}          # collective under FSDP
         ema = {n: self._full(t) for n, t in self.ema.items()} if self.ema is not None else None
         if self.is_main:
-            from .export import export_intermediate
-
             export_intermediate(self, trained, ema)
 
     @staticmethod

@@ -9,12 +9,11 @@ import torch
 
 from ..model.errors import DynamiCrafterInputError
 from .config import TrainConfig
+from .preflight import OPTIONAL, need_package
 
 
 def check_optimizer(cfg: TrainConfig, device: torch.device) -> None:
     """What can be said before any model exists: the package is there and the device fits (one line if not)."""
-    from .preflight import OPTIONAL, need_package
-
     if cfg.optimizer in OPTIONAL:
         need_package(*OPTIONAL[cfg.optimizer], "optimizer", "optimizer: adamw (or adafactor)")
     if cfg.optimizer == "adamw8bit" and device.type != "cuda":

@@ -19,6 +19,7 @@ from ..model.variants import get_variant
 from .config import TrainConfig
 from .data import Dropout, ImageTextDataset, VideoCsvDataset
 from .stages import get_stage, stage_variant
+from .encoders import Encoders, EncoderSpec
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,6 @@ class RunPlan:
         return Dropout(cfg.p_drop_text, cfg.p_drop_image, cfg.p_drop_both)
 
     def build_encoders(self):
-        from .encoders import Encoders, EncoderSpec
-
         cfg, v = self.cfg, self.variant
         files = tuple(p for p in (cfg.clip_checkpoint, cfg.vae_checkpoint, cfg.init_checkpoint) if p)
         spec = EncoderSpec(tiny=cfg.tiny, text_width=v.unet.context_dim, image_width=v.resampler.embedding_dim,

@@ -22,7 +22,8 @@ from typing import Dict, List, Optional
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from .config import TrainConfig
-from .room import check_room
+from ..model.fileio import check_free_space, human_size
+from .room import EXPORT_BYTES, check_room
 
 # setting value -> (import name, pip name) of the optional packages it needs
 OPTIONAL = {
@@ -77,8 +78,8 @@ def check_init_shapes(ck, variant) -> None:
     (a 4-channel text-to-video conv is widened to 8 channels); missing tensors are judged when loading."""
     import torch
 
-    from ..model.resampler import Resampler
-    from ..model.unet import UNetModel
+    from ..model.resampler import Resampler  # lazy: torch-free until a run's model-sized checks (train.py's quick refusals run before torch loads)
+    from ..model.unet import UNetModel  # lazy: torch-free until a run's model-sized checks (train.py's quick refusals run before torch loads)
 
     with torch.device("meta"):
         unet, proj = UNetModel(variant.unet), Resampler(variant.resampler)
@@ -98,7 +99,7 @@ def check_init_shapes(ck, variant) -> None:
 
 def check_weights(cfg: TrainConfig, variant=None) -> None:
     """Every weight file exists and its header opens; a real-size run has UNet, CLIP and VAE weights somewhere."""
-    from ..model.checkpoint import open_checkpoint
+    from ..model.checkpoint import open_checkpoint  # lazy: torch-free until a run's model-sized checks (train.py's quick refusals run before torch loads)
 
     files = [("init_checkpoint", cfg.init_checkpoint), ("clip_checkpoint", cfg.clip_checkpoint),
              ("vae_checkpoint", cfg.vae_checkpoint)]
@@ -167,7 +168,7 @@ class DatasetSummary:
 
 def scan_videos(cfg: TrainConfig, frames: int) -> DatasetSummary:
     """Read the CSV and open every listed video's header: usable clips (long enough) and what will be skipped."""
-    from .data import SkipSample, probe_clip, read_csv
+    from .data import SkipSample, probe_clip, read_csv  # lazy: torch-free until a run's model-sized checks (train.py's quick refusals run before torch loads)
 
     rows = read_csv(cfg.data_csv, cfg.data_root)
     summary = DatasetSummary(entries=len(rows), usable=0)
@@ -231,7 +232,7 @@ def check_data(cfg: TrainConfig, video: bool, frames: int) -> Optional[DatasetSu
 
 
 def _vae_downscale(cfg: TrainConfig) -> int:
-    from .encoders import vae_config_for
+    from .encoders import vae_config_for  # lazy: torch-free until a run's model-sized checks (train.py's quick refusals run before torch loads)
 
     files = (cfg.clip_checkpoint, cfg.vae_checkpoint, cfg.init_checkpoint)
     return 2 ** (len(vae_config_for(cfg.tiny, [p for p in files if p]).ch_mult) - 1)
@@ -374,3 +375,24 @@ def die_with_parent() -> bool:
 
 
 __all__ = ["preflight", "DatasetSummary", "RunLock", "die_with_parent", "check_file", "need_package"]
+
+
+def check_export_room(checkpoint: str, out: str, merged: Optional[str], dtype: str) -> None:
+    """``train.py export``'s preflight, before the checkpoint is loaded: the checkpoint is a file, the outputs' folders
+    are folders this user can write, with room for the adapter (a checkpoint holds each trained value at least 4
+    times in float32: weights, EMA, two optimizer slots; so the adapter needs at least size / 16 x dtype bytes)."""
+    check_file("--checkpoint", checkpoint, "a training checkpoint (output_dir/checkpoints/step_*.pt)")
+    need = os.path.getsize(checkpoint) // 16 * EXPORT_BYTES.get(dtype, 2)
+    for flag, path in (("--out", out), ("--merged", merged)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            check_output_folder(flag, folder)
+            check_free_space(folder, need, f"{flag} (the adapter, at least {human_size(need)})")
+
+
+def check_demo_room(out: str, clips: int, frames: int, height: int, width: int) -> None:
+    """``train.py demo-data``'s preflight: ``out`` is a folder this user can write, with room for the clips (H.264 of
+    at least about 1/200 byte per pixel, + headers) before any clip is drawn."""
+    check_output_folder("--out", out)
+    need = clips * (4096 + frames * height * width // 200) + 4096
+    check_free_space(out, need, f"--out ({clips} clips, at least {human_size(need)})")

@@ -24,7 +24,7 @@ def trainable_count(plan, cfg) -> int:
     """Parameters the run trains, counted on the meta device (no weights built)."""
     import torch
 
-    from .stages import DiffusionModel, Resampler, UNetModel, set_trainable
+    from .stages import DiffusionModel, Resampler, UNetModel, set_trainable  # lazy: torch only for the exact room count, after the torch-free floor check
 
     v = plan.variant
     with torch.device("meta"):
@@ -89,28 +89,3 @@ def disk_full_is_one_line(folder: str, last_checkpoint) -> Iterator[None]:
         raise OutputWriteError("output_dir", f"room to write into {folder}",
                                f"the disk full ({human_size(free_bytes(folder))} free)",
                                f"free some space; {resume}") from None
-
-
-def check_export_room(checkpoint: str, out: str, merged: Optional[str], dtype: str) -> None:
-    """``train.py export``'s preflight, before the checkpoint is loaded: the checkpoint is a file, the outputs' folders
-    are folders this user can write, with room for the adapter (a checkpoint holds each trained value at least 4
-    times in float32: weights, EMA, two optimizer slots; so the adapter needs at least size / 16 x dtype bytes)."""
-    from .preflight import check_file, check_output_folder
-
-    check_file("--checkpoint", checkpoint, "a training checkpoint (output_dir/checkpoints/step_*.pt)")
-    need = os.path.getsize(checkpoint) // 16 * EXPORT_BYTES.get(dtype, 2)
-    for flag, path in (("--out", out), ("--merged", merged)):
-        if path:
-            folder = os.path.dirname(os.path.abspath(path))
-            check_output_folder(flag, folder)
-            check_free_space(folder, need, f"{flag} (the adapter, at least {human_size(need)})")
-
-
-def check_demo_room(out: str, clips: int, frames: int, height: int, width: int) -> None:
-    """``train.py demo-data``'s preflight: ``out`` is a folder this user can write, with room for the clips (H.264 of
-    at least about 1/200 byte per pixel, + headers) before any clip is drawn."""
-    from .preflight import check_output_folder
-
-    check_output_folder("--out", out)
-    need = clips * (4096 + frames * height * width // 200) + 4096
-    check_free_space(out, need, f"--out ({clips} clips, at least {human_size(need)})")

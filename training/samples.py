@@ -27,6 +27,7 @@ from ..model.sampler import ddim_sample
 from ..model.vae import SCALE_FACTOR, decode_latent
 from ..model.videoio import write_mp4
 from .data import SkipSample, collate, decode_frames, resize_center_crop
+from .data import VideoCsvDataset
 
 SAMPLE_FPS = 8
 SAMPLE_CRF = 18
@@ -145,8 +146,6 @@ class Validation:
     def __init__(self, trainer):
         cfg = trainer.cfg
         plan = trainer.plan
-        from .data import VideoCsvDataset
-
         self.t = trainer
         v = trainer.variant
         self.dataset = VideoCsvDataset(cfg.val_csv, None, plan.frames, plan.height, plan.width,

@@ -22,6 +22,7 @@ from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.resampler import Resampler
 from ..model.unet import SpatialTransformer, TemporalConvBlock, TemporalTransformer, UNetModel
+from ..model.checkpoint import open_checkpoint
 
 GROUPS = {
     "P": "the query transformer P (image_proj_model.*)",
@@ -221,8 +222,6 @@ def load_initial_weights(model: DiffusionModel, path: str, trainable: Sequence[s
     """Load UNet (+ P when present) from a checkpoint: a DynamiCrafter file, a text-to-video (VideoCrafter, 4-channel)
     file, or SD2.1 for the 2D stage. Widens a 4-channel input conv to the model's 8 with zero new channels; fills
     image K/V from text K/V when the source has none. Returns a short report."""
-    from ..model.checkpoint import open_checkpoint
-
     report: Dict[str, str] = {}
     with open_checkpoint(path) as ck:
         if not ck.parts["unet"]:
