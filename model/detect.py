@@ -106,65 +106,64 @@ def _variant_name(variant: Union[None, str, Variant]) -> Optional[str]:
     return name
 
 
-def _decide(parts: Dict[str, Dict[str, str]], flat: Mapping[str, Any], metadata: Mapping[str, str],
-            variant: Union[None, str, Variant], filename: Optional[str], old_name: bool, what: str) -> Detection:
+def _refuse_foreign(flat: Mapping[str, Any], what: str) -> None:
+    """One line for a file that is not a DynamiCrafter UNet (naming SD/SDXL/SVD files when it looks like one)."""
+    looks = describe_foreign(flat)
+    found = looks or f"{len(flat)} keys starting {first_few(sorted(flat))}"
+    raise DynamiCrafterInputError(
+        what,
+        "a DynamiCrafter checkpoint (UNet with 'temopral_conv', 'init_attn' and image K/V 'to_k_ip', plus "
+        "'image_proj_model.*')",
+        found,
+        "this file is not a DynamiCrafter model: pick the DynamiCrafter model.ckpt (Hugging Face "
+        "Doubiiu/DynamiCrafter_512, _1024, _512_Interp) or a pruned DynamiCrafter .safetensors"
+        + ("; load SD/SDXL/SVD files with the host's own loaders" if looks else ""),
+    )
+
+
+def _family_from_keys(parts: Dict[str, Dict[str, str]], old_name: bool) -> Tuple[str, str]:
+    """(family, evidence) from the keys: 256 by its alpha gates or old name, ToonCrafter by its decoder, else 512."""
     unet = parts["unet"]
-    if not unet or not is_dynamicrafter_unet(unet):
-        looks = describe_foreign(flat)
-        found = looks or f"{len(flat)} keys starting {first_few(sorted(flat))}"
-        raise DynamiCrafterInputError(
-            what,
-            "a DynamiCrafter checkpoint (UNet with 'temopral_conv', 'init_attn' and image K/V 'to_k_ip', plus "
-            "'image_proj_model.*')",
-            found,
-            "this file is not a DynamiCrafter model: pick the DynamiCrafter model.ckpt (Hugging Face "
-            "Doubiiu/DynamiCrafter_512, _1024, _512_Interp) or a pruned DynamiCrafter .safetensors"
-            + ("; load SD/SDXL/SVD files with the host's own loaders" if looks else ""),
-        )
-    explicit = _variant_name(variant)
     alpha = has_learnable_alpha(unet)
-    toon = is_tooncrafter(parts["vae"])
-    n_alpha = sum(k.endswith("attn2.alpha") for k in unet)
     if alpha or old_name:
-        family = "256"
-        evidence = ("keys say 256: " + ", ".join(
+        n_alpha = sum(k.endswith("attn2.alpha") for k in unet)
+        return "256", ("keys say 256: " + ", ".join(
             ([f"{n_alpha} learnable 'attn2.alpha' gates"] if alpha else [])
             + (["old name 'framestride_embed'"] if old_name else [])))
-    elif toon:
-        family = "tooncrafter"
+    if is_tooncrafter(parts["vae"]):
         n = sum("decoder.attn_refinement." in k for k in parts["vae"])
-        evidence = f"keys say ToonCrafter: dual-reference VAE decoder ({n} 'decoder.attn_refinement' keys)"
-    else:
-        family = "512-family"
-        evidence = "keys say 512-family: no 'attn2.alpha' gates" + (
-            " and no ToonCrafter decoder keys" if parts["vae"] else "")
+        return "tooncrafter", f"keys say ToonCrafter: dual-reference VAE decoder ({n} 'decoder.attn_refinement' keys)"
+    return "512-family", "keys say 512-family: no 'attn2.alpha' gates" + (
+        " and no ToonCrafter decoder keys" if parts["vae"] else "")
 
-    meta_variant = metadata.get(META_VARIANT) or None
-    meta_family = metadata.get(META_FAMILY) or None
-    if meta_variant is not None and meta_variant not in VARIANTS:
+
+def _with_metadata_family(family: str, evidence: str, meta_family: Optional[str], vae: Mapping[str, str],
+                          what: str) -> Tuple[str, str]:
+    """The key family reconciled with the file's metadata family (a pruned ToonCrafter file has no VAE keys)."""
+    if meta_family is None:
+        return family, evidence
+    if meta_family not in FAMILIES:
+        raise DynamiCrafterInputError(what, f"metadata '{META_FAMILY}' among {list(FAMILIES)}",
+                                      repr(meta_family), "reconvert the file with this pack")
+    if meta_family == "tooncrafter" and family == "512-family" and not vae:
+        return "tooncrafter", "metadata says ToonCrafter (pruned file without the VAE, keys as 512-family)"
+    if meta_family == "tooncrafter" and family == "512-family":  # the decoder lost keys (a damaged file)
+        missing = dualref_missing_keys(vae)
         raise DynamiCrafterInputError(
-            what, f"metadata '{META_VARIANT}' among {variant_names()}", repr(meta_variant),
-            "the file was written by a newer or different tool; choose the variant explicitly or reconvert it",
+            what, "the keys of ToonCrafter's dual-reference decoder (metadata family 'tooncrafter')",
+            f"{len(missing)} missing decoder keys (first {missing[:3]})",
+            "the file is incomplete: use the official ToonCrafter checkpoint or reconvert it from it")
+    if meta_family != family:
+        raise DynamiCrafterInputError(
+            what, f"metadata family '{meta_family}' to match the weights", evidence,
+            "the file's metadata is wrong: reconvert it from the original checkpoint",
         )
-    if meta_family is not None:
-        if meta_family not in FAMILIES:
-            raise DynamiCrafterInputError(what, f"metadata '{META_FAMILY}' among {list(FAMILIES)}",
-                                          repr(meta_family), "reconvert the file with this pack")
-        if meta_family == "tooncrafter" and family == "512-family" and not parts["vae"]:
-            family = "tooncrafter"
-            evidence = "metadata says ToonCrafter (pruned file without the VAE, keys as 512-family)"
-        elif meta_family == "tooncrafter" and family == "512-family":  # the decoder lost keys (a damaged file)
-            missing = dualref_missing_keys(parts["vae"])
-            raise DynamiCrafterInputError(
-                what, "the keys of ToonCrafter's dual-reference decoder (metadata family 'tooncrafter')",
-                f"{len(missing)} missing decoder keys (first {missing[:3]})",
-                "the file is incomplete: use the official ToonCrafter checkpoint or reconvert it from it")
-        elif meta_family != family:
-            raise DynamiCrafterInputError(
-                what, f"metadata family '{meta_family}' to match the weights", evidence,
-                "the file's metadata is wrong: reconvert it from the original checkpoint",
-            )
+    return family, evidence
 
+
+def _check_choices(family: str, evidence: str, explicit: Optional[str], meta_variant: Optional[str],
+                   what: str) -> None:
+    """An explicit variant or a metadata variant that the keys (or each other) rule out is refused."""
     allowed = FAMILY_VARIANTS[family]
     if explicit is not None and explicit not in allowed:
         why = evidence + (" (the 256 model has 16)" if explicit == "256" and family == "512-family" else "")
@@ -185,27 +184,46 @@ def _decide(parts: Dict[str, Dict[str, str]], flat: Mapping[str, Any], metadata:
             f"choose 'auto' or '{meta_variant}', or reconvert the original file with --variant {explicit}",
         )
 
+
+def _choose(family: str, explicit: Optional[str], meta_variant: Optional[str],
+            filename: Optional[str]) -> Tuple[str, str, str]:
+    """(variant, decided_by, why): keys > metadata > explicit > file name > the family's default."""
+    allowed = FAMILY_VARIANTS[family]
     if len(allowed) == 1:
-        chosen, by = allowed[0], "keys"
-        why = f"variant '{chosen}' from the keys"
+        why = f"variant '{allowed[0]}' from the keys"
         if family == "tooncrafter":
             why += " (the 512 interpolation UNet with ToonCrafter's dual-reference VAE decoder)"
-    elif meta_variant is not None:
-        chosen, by = meta_variant, "metadata"
-        why = f"variant '{chosen}' from the file's metadata '{META_VARIANT}' (written by the converter)"
-    elif explicit is not None:
-        chosen, by = explicit, "argument"
-        why = f"variant '{chosen}' as chosen explicitly"
-    else:
-        hint, note = variant_hint_from_filename(filename)
-        if hint is not None and hint in allowed:
-            chosen, by = hint, "filename"
-            why = f"variant '{chosen}' because {note} (no metadata, no explicit choice)"
-        else:
-            chosen, by = _FAMILY_DEFAULT[family], "default"
-            why = (f"variant '{chosen}' by default: the weights of 512, 1024 and 512-interp are identical in layout "
-                   f"and there was no metadata, no explicit choice, and {note}; choose the variant if this is the "
-                   f"1024 or interpolation model")
+        return allowed[0], "keys", why
+    if meta_variant is not None:
+        return meta_variant, "metadata", (f"variant '{meta_variant}' from the file's metadata '{META_VARIANT}' "
+                                          "(written by the converter)")
+    if explicit is not None:
+        return explicit, "argument", f"variant '{explicit}' as chosen explicitly"
+    hint, note = variant_hint_from_filename(filename)
+    if hint is not None and hint in allowed:
+        return hint, "filename", f"variant '{hint}' because {note} (no metadata, no explicit choice)"
+    chosen = _FAMILY_DEFAULT[family]
+    return chosen, "default", (f"variant '{chosen}' by default: the weights of 512, 1024 and 512-interp are identical "
+                               f"in layout and there was no metadata, no explicit choice, and {note}; choose the "
+                               f"variant if this is the 1024 or interpolation model")
+
+
+def _decide(parts: Dict[str, Dict[str, str]], flat: Mapping[str, Any], metadata: Mapping[str, str],
+            variant: Union[None, str, Variant], filename: Optional[str], old_name: bool, what: str) -> Detection:
+    """The Detection of a file: its key family, reconciled with its metadata, the choices checked, one chosen."""
+    if not parts["unet"] or not is_dynamicrafter_unet(parts["unet"]):
+        _refuse_foreign(flat, what)
+    explicit = _variant_name(variant)
+    family, evidence = _family_from_keys(parts, old_name)
+    meta_variant = metadata.get(META_VARIANT) or None
+    if meta_variant is not None and meta_variant not in VARIANTS:
+        raise DynamiCrafterInputError(
+            what, f"metadata '{META_VARIANT}' among {variant_names()}", repr(meta_variant),
+            "the file was written by a newer or different tool; choose the variant explicitly or reconvert it",
+        )
+    family, evidence = _with_metadata_family(family, evidence, metadata.get(META_FAMILY) or None, parts["vae"], what)
+    _check_choices(family, evidence, explicit, meta_variant, what)
+    chosen, by, why = _choose(family, explicit, meta_variant, filename)
     config = _config_from_metadata(metadata, what)
     if config is not None:
         evidence += (f"; config '{config}' from the file's metadata '{META_CONFIG}' (random weights: a pipeline "
