@@ -567,6 +567,7 @@ def generate(args) -> int:
             raise UserError(f"the host could not start: {e}") from None
         if not host.pack_loaded:
             raise UserError(f"the host could not import this pack:\n{host.pack_import_error}")
+        print(headless.import_failures_line(host.builtin_import_failures), flush=True)
         t_run = time.monotonic()
         outputs = run_graph(host, prompt)
         frames, fps, size = write_output(outputs, prompt, host, req.out_path)

@@ -43,6 +43,11 @@ HOST_MODULES = ("nodes", "execution", "folder_paths", "server", "comfy", "utils"
 
 log = logging.getLogger("DynamiCrafter.headless")
 
+if __package__:  # the pack's module (tests); generate.py imports this file as a top-level module
+    from .hostserver import HeadlessServer  # noqa: F401 (the PromptServer stand-in, re-exported)
+else:
+    from hostserver import HeadlessServer  # noqa: F401
+
 
 class HostNotFound(RuntimeError):
     """No ComfyUI where one was asked for or looked for; the message says what to do."""
@@ -197,47 +202,6 @@ def run_maybe_async(value):
             return await value
         return asyncio.run(_wait())
     return value
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# the PromptServer stand-in
-# ---------------------------------------------------------------------------------------------------------------------
-class HeadlessServer:
-    """What the executor, the progress hook and nodes call on server.PromptServer, without a server. Subclasses
-    (the CLI's progress line, the tests' event recorder) override send_sync."""
-
-    def __init__(self):
-        self.client_id = None
-        self.last_node_id = None
-        self.last_prompt_id = None
-        self.sockets = {}
-        self.sockets_metadata = {}
-        self.supports = ["custom_nodes_from_web"]
-        self.number = 0
-        self.prompt_queue = None
-        self.on_prompt_handlers = []
-        try:
-            from aiohttp import web
-            self.routes = web.RouteTableDef()
-            self.app = web.Application()
-        except ImportError:
-            self.routes = self.app = None
-
-    def send_sync(self, event, data, sid=None):
-        if event == "executing" and isinstance(data, dict) and data.get("node") is not None:
-            self.last_node_id = data.get("node")
-
-    async def send(self, event, data, sid=None):
-        self.send_sync(event, data, sid)
-
-    def send_progress_text(self, text, node_id, sid=None):
-        self.send_sync("progress_text", {"node": node_id, "text": text}, sid)
-
-    def queue_updated(self):
-        pass
-
-    def add_on_prompt_handler(self, handler):
-        self.on_prompt_handlers.append(handler)
 
 
 class _LogCapture(logging.Handler):
@@ -446,10 +410,11 @@ class Host:
                 run_maybe_async(nodes.init_extra_nodes(**kw))
             else:
                 nodes.init_custom_nodes()  # 2024-03: comfy_extras + the (empty) custom_nodes folder
-        for r in cap.records:
-            m = re.match(r"Cannot import (.+?) module for custom nodes: (.*)", r.getMessage(), re.S)
+        for r in cap.records:  # the module's import, or (V3 node files) its comfy_entrypoint, failed
+            m = re.match(r"(?:Cannot import (.+?) module for custom nodes|Error while calling comfy_entrypoint in "
+                         r"(.+?)): (.*)", r.getMessage(), re.S)
             if m:
-                self.builtin_import_failures[os.path.basename(m.group(1))] = m.group(2).strip()
+                self.builtin_import_failures[os.path.basename(m.group(1) or m.group(2))] = m.group(3).strip()
         for r in cap.records:
             m = re.match(r"IMPORT FAILED: (\S+)", r.getMessage())
             if m and m.group(1) not in self.builtin_import_failures:
@@ -558,6 +523,15 @@ def format_validation_error(valid: tuple) -> List[str]:
         for e in ne.get("errors", []):
             lines.append(f"node {node_id} ({ne.get('class_type')}): {e.get('message')}: {e.get('details')}")
     return lines
+
+
+IMPORT_FAILURES_PREFIX = "ComfyUI's own nodes that failed to import: "
+
+
+def import_failures_line(failures: Dict[str, str]) -> str:
+    """One line naming the host's built-in node files that did not import and why (first line of each reason)."""
+    parts = [f"{f} ({(why.strip().splitlines() or ['?'])[0]})" for f, why in sorted(failures.items())]
+    return IMPORT_FAILURES_PREFIX + ("; ".join(parts) if parts else "none")
 
 
 def progress_printer(stream=None, every: float = 0.5) -> Callable[[dict], None]:

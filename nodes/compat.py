@@ -275,3 +275,23 @@ def model_patcher_class():
 def fp8_dtypes() -> List[str]:
     """fp8 weight-storage choices this torch offers (cast to the compute dtype on use by the host's ops)."""
     return [n for n in ("fp8_e4m3fn", "fp8_e5m2") if hasattr(torch, "float8_" + n[4:])]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the host's context windows
+# ----------------------------------------------------------------------------------------------------------------
+def context_window_options(handler) -> dict:
+    """The settings of a host context handler (``comfy.context_windows.IndexListContextHandler``) that hosts added
+    after 2025-10, with the value that means "off" where this host's handler has no such attribute: ComfyUI v0.33
+    (2026-08) parses ``cond_retain_index_list`` / ``latent_retain_index_list`` into lists of ints and adds
+    ``split_conds_to_windows`` and ``causal_window_fix`` (on by default); ``context_stride`` and ``closed_loop`` are
+    older. ``schedule`` is the schedule's name ("standard_static", "batched", ...)."""
+    schedule = getattr(handler, "context_schedule", None)
+    return {
+        "schedule": getattr(schedule, "name", None),
+        "context_stride": int(getattr(handler, "context_stride", 1) or 1),
+        "cond_retain_index_list": [int(i) for i in (getattr(handler, "cond_retain_index_list", None) or [])],
+        "latent_retain_index_list": [int(i) for i in (getattr(handler, "latent_retain_index_list", None) or [])],
+        "split_conds_to_windows": bool(getattr(handler, "split_conds_to_windows", False)),
+        "causal_window_fix": bool(getattr(handler, "causal_window_fix", False)),
+    }

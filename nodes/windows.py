@@ -20,6 +20,7 @@ import torch
 import comfy.conds
 
 from ..model.errors import DynamiCrafterInputError
+from .compat import context_window_options
 from ..model.log import logger
 from ..model.windows import (
     FUSE_METHODS, MAX_FRAMES, SCHEDULES, WindowSpec, chain_spec, check_window_conditioning,
@@ -57,11 +58,33 @@ def layout_of(info: dict, frames: int) -> tuple:
             bool(info.get("loop_windows", False)))
 
 
-def window_cond(key: str, value, index_list: Sequence[int], layout: tuple):
+def retained_rows(index_list: Sequence[int], retain: Sequence[int], layout: tuple) -> list:
+    """The concat rows of a window under the host's ``cond_retain_index_list`` (ComfyUI v0.33): window position r
+    takes frame r's rows instead of frame ``index_list[r]``'s. For image-to-video every frame's concat is the start
+    image, so "0" (the host's "keep the start image in every window") changes nothing: the pack's own windows. A
+    keyframe chain's windows already hold their own keyframes: refused there, as positions outside the window."""
+    idx = [int(i) for i in index_list]
+    if not retain:
+        return idx
+    if layout[0] != "image":
+        raise DynamiCrafterInputError(
+            "cond_retain_index_list", "empty for start/end-image and keyframe conditioning (each window already "
+            "gets its own keyframes' rows)", repr(",".join(str(r) for r in retain)), "clear cond_retain_index_list")
+    bad = [r for r in retain if not 0 <= r < min(len(idx), layout[1])]
+    if bad:
+        raise DynamiCrafterInputError("cond_retain_index_list", f"window positions 0 to {len(idx) - 1}",
+                                      repr(",".join(str(r) for r in retain)), "use 0 (the start image) or clear it")
+    for r in retain:
+        idx[r] = r
+    return idx
+
+
+def window_cond(key: str, value, index_list: Sequence[int], layout: tuple, retain: Sequence[int] = ()):
     """One conditioning item of our MODEL for a window (``None``: the item is not frame-dependent).
 
     ``value`` is a cond object (``comfy.conds``) or its tensor / int. c_concat: rows of the window (a [K*T] stack of
-    K conds is sliced per cond); dcn_frames: the window length; dcn_layout: checked, unchanged."""
+    K conds is sliced per cond; ``retain``: the host's cond_retain_index_list, ``retained_rows``); dcn_frames: the
+    window length; dcn_layout: checked, unchanged."""
     kind, frames, keyframes, loop = layout
     idx = [int(i) for i in index_list]
     if key == LAYOUT_KEY:
@@ -78,15 +101,16 @@ def window_cond(key: str, value, index_list: Sequence[int], layout: tuple):
             raise DynamiCrafterInputError("context window", f"a concat latent of {frames} frames per video",
                                           f"{rows} rows", "connect the LATENT of DCN_Conditioning")
         k = rows // frames
-        sel = torch.tensor(idx, device=tensor.device)
+        sel = torch.tensor(retained_rows(idx, retain, layout), device=tensor.device)
         out = tensor.reshape((k, frames) + tuple(tensor.shape[1:])).index_select(1, sel)
         out = out.reshape((k * len(idx),) + tuple(tensor.shape[1:]))
         return value._copy_with(out) if isinstance(value, comfy.conds.CONDRegular) else out
     return None
 
 
-def resize_cond_item(cond_key, cond_value, window, x_in, device, new_cond_item):
-    """``IndexListCallbacks.RESIZE_COND_ITEM`` of the host's context windows: our items for ``window``."""
+def resize_cond_item(cond_key, cond_value, window, x_in, device, new_cond_item, retain: Sequence[int] = ()):
+    """``IndexListCallbacks.RESIZE_COND_ITEM`` of the host's context windows: our items for ``window`` (``retain``:
+    the handler's cond_retain_index_list, bound when the callback is registered)."""
     if "concat_latent" in new_cond_item and "image_tokens" in new_cond_item:
         # the conditioning node's record (read by extra_conds before sampling, not by the model): kept as it is
         # (the 2026-01 host's generic path calls a plain tensor here and fails)
@@ -97,7 +121,10 @@ def resize_cond_item(cond_key, cond_value, window, x_in, device, new_cond_item):
     if layout_item is None:
         return None
     layout = layout_item.cond if isinstance(layout_item, comfy.conds.CONDRegular) else layout_item
-    out = window_cond(cond_key, cond_value, window.index_list, layout)
+    if getattr(window, "causal_anchor_index", None) is not None:
+        raise DynamiCrafterInputError("causal_window_fix", "off for DynamiCrafter", "a window with a causal fix "
+                                      "frame", "set causal_window_fix to false on ContextWindowsManual")
+    out = window_cond(cond_key, cond_value, window.index_list, layout, retain)
     if isinstance(out, comfy.conds.CONDRegular) and isinstance(out.cond, torch.Tensor) and device is not None:
         out = out._copy_with(out.cond.to(device))
     return out
@@ -139,16 +166,60 @@ def prepare_handler(handler) -> None:
 
     kind = getattr(cw.IndexListCallbacks, "RESIZE_COND_ITEM", None)
     if kind is not None and not pe.get_callbacks_with_key(kind, "dcn", handler.callbacks):
-        pe.add_callback_with_key(kind, "dcn", resize_cond_item, handler.callbacks)
+        retain = context_window_options(handler)["cond_retain_index_list"]
+        pe.add_callback_with_key(kind, "dcn", lambda *a: resize_cond_item(*a, retain=retain), handler.callbacks)
     if getattr(handler, "dim", 0) != 0:
         raise DynamiCrafterInputError("context windows dim", "0 (DynamiCrafter's frames are the batch)",
                                       str(handler.dim), "set dim 0 on ContextWindowsManual")
+    if not getattr(handler, "_dcn_checked", False) and hasattr(handler, "should_use_context"):
+        use = handler.should_use_context
+
+        def checked(model, conds, x_in, *args, **kwargs):
+            check_host_options(handler, int(x_in.shape[0]), conds)
+            return use(model, conds, x_in, *args, **kwargs)
+
+        handler.should_use_context = checked
+        handler._dcn_checked = True
     if not getattr(handler, "_dcn_one_sigma", False) and hasattr(handler, "set_step"):
         # frames as batch: the host passes one sigma per frame (all equal); the 2025-10 handler compares the whole
         # vector with its sigma list (a size error), later hosts take timestep[0]. Give it one sigma.
         step = handler.set_step
         handler.set_step = lambda timestep, model_options: step(timestep.reshape(-1)[:1], model_options)
         handler._dcn_one_sigma = True
+
+
+def check_host_options(handler, frames: int, conds=None) -> None:
+    """Refuse, in one line before the first window runs, the host's window options (ComfyUI v0.33's
+    ContextWindowsManual) that mean nothing or something else for DynamiCrafter; only when the handler will window
+    (``frames`` > its context_length: otherwise the host ignores every option, for every model). The README's table
+    of the host's window settings says the same."""
+    length = int(handler.context_length)
+    if frames <= length:
+        return
+    o = context_window_options(handler)
+    if o["latent_retain_index_list"]:
+        raise DynamiCrafterInputError(
+            "latent_retain_index_list", "empty for DynamiCrafter (its start image is in the concat conditioning, not "
+            "in the noise latent)", repr(",".join(map(str, o["latent_retain_index_list"]))),
+            "clear it (cond_retain_index_list 0 keeps the start image in every window)")
+    if o["context_stride"] != 1:
+        raise DynamiCrafterInputError(
+            "context_stride", "1 for DynamiCrafter (windows of consecutive frames: its fps conditioning describes "
+            "those)", str(o["context_stride"]), "set context_stride to 1")
+    if o["split_conds_to_windows"]:
+        raise DynamiCrafterInputError(
+            "split_conds_to_windows", "off for DynamiCrafter (the pack's windows have no per-window prompts)", "on",
+            "set split_conds_to_windows to false")
+    if o["causal_window_fix"]:
+        raise DynamiCrafterInputError(
+            "causal_window_fix", f"off for DynamiCrafter (its temporal attention is not causal; the fix frame would "
+            f"make {length + 1}-frame windows)", "on", "set causal_window_fix to false on ContextWindowsManual")
+    if o["schedule"] == "batched" and frames % length:
+        raise DynamiCrafterInputError(
+            "context_schedule batched", f"a frame count that is a multiple of context_length {length} (every "
+            f"window {length} frames, as the pack's windows)", f"{frames} frames (a last window of "
+            f"{frames % length})", f"use {frames - frames % length} or {frames - frames % length + length} frames, "
+            "or standard_static")
 
 
 def _on_pre_run(patcher) -> None:

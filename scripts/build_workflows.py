@@ -75,8 +75,6 @@ SPECS: Dict[str, Tuple[list, list, list]] = {
     "DCN_ApplyAdapter": ([("model", "MODEL"), ("image_proj", "DCN_IMAGE_PROJ")],
                          [("model", "MODEL"), ("image_proj", "DCN_IMAGE_PROJ")], ["adapter_name", "strength_model"]),
     "DCN_SaveVideo": ([("images", "IMAGE")], [], ["filename_prefix", "format", "fps", "crf"]),
-    "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], [("VIDEO", "VIDEO")], ["fps"]),
-    "SaveVideo": ([("video", "VIDEO")], [], ["filename_prefix", "format", "codec"]),
     "Note": ([], [], [None]),
 }
 VIRTUAL = {"Note"}  # front-end-only nodes: in the UI file, never in the API file
@@ -375,7 +373,7 @@ def tooncrafter() -> Graph:
 def advanced() -> Graph:
     g = Graph("dynamicrafter_512_advanced_guider", "DynamiCrafter 512: SamplerCustomAdvanced + dual-CFG guider")
     g.add("Note", (30, 30), (370, 300), [_model_note(CKPT_512, "Doubiiu/DynamiCrafter_512",
-          "\nNEEDS A HOST FROM 2024-04 OR LATER (SamplerCustomAdvanced, guiders, CreateVideo/SaveVideo). The "
+          "\nNEEDS A HOST FROM 2024-04 OR LATER (SamplerCustomAdvanced, guiders). The "
           "DynamiCrafter guider (dual CFG + reference guidance rescale) drives the host's own samplers on the "
           "reference DDIM sigmas; euler on them is DDIM with eta 0. Older hosts: use the image-to-video workflow.")],
           color=NOTE_COLOR)
@@ -398,10 +396,10 @@ def advanced() -> Graph:
     dec = g.add("VAEDecode", (2000, 60), (210, 50))
     g.connect(sca, "output", dec, "samples")
     g.connect(loader, "vae", dec, "vae")
-    vid = g.add("CreateVideo", (2000, 170), (270, 80), [8.0])
-    g.connect(dec, "IMAGE", vid, "images")
-    save = g.add("SaveVideo", (2000, 300), (360, 420), ["DynamiCrafter/advanced", "mp4", "h264"])
-    g.connect(vid, "VIDEO", save, "video")
+    # the pack's saver, not the host's CreateVideo + SaveVideo: their inputs changed (v0.33: CreateVideo's bit_depth,
+    # SaveVideo's format/codec as nested dynamic combos), so one file could not fit every host
+    save = g.add("DCN_SaveVideo", (2000, 170), (360, 420), ["DynamiCrafter/advanced", "mp4", 8.0, 19])
+    g.connect(dec, "IMAGE", save, "images")
     return g
 
 

@@ -139,6 +139,12 @@ def host_windows(host):
     return host
 
 
+# ContextWindowsManual inputs of later hosts (freenoise: 2026-01; the rest: v0.33), each at the value that leaves the
+# pack's own windows; a host that does not declare an input does not read it (test_host_window_options.py tests them)
+HOST_WINDOW_OFF = {"cond_retain_index_list": "", "split_conds_to_windows": False, "latent_retain_index_list": "",
+                   "causal_window_fix": False}
+
+
 def _host_window_graph(frames, seed, steps, model_ckpt=None, keyframes=False, overlap=4):
     g = S.conditioning_graph(frames=frames, model_ckpt=model_ckpt)
     if keyframes:
@@ -146,7 +152,7 @@ def _host_window_graph(frames, seed, steps, model_ckpt=None, keyframes=False, ov
     g["40"] = {"class_type": "ContextWindowsManual", "inputs": {
         "model": S.model_ref(g), "context_length": 16, "context_overlap": overlap,
         "context_schedule": "standard_static", "context_stride": 1, "closed_loop": False, "fuse_method": "pyramid",
-        "dim": 0, "freenoise": False}}                                   # freenoise: 2026-01 hosts; others skip it
+        "dim": 0, "freenoise": False, **HOST_WINDOW_OFF}}
     g["20"] = {"class_type": "DCN_Guider", "inputs": {
         "model": ["40", 0], "positive": ["6", 0], "image_only": ["6", 1], "negative": ["6", 2],
         "cfg_text": 7.5, "cfg_image": 4.5, "guidance_rescale": 0.7, "mode": "multi"}}

@@ -2,6 +2,8 @@
 pixels are bit-equal to the pixels the trainer's image encoder feeds its patch embedding (both through
 model/conditioning.py's ``clip_preprocess``). (The concat layout: tests/model/test_conditioning.py for the builder,
 test_dcn_nodes.py for the node's frames.)"""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -21,17 +23,17 @@ def _png(path, h, w, seed=0):
 
 
 @pytest.mark.parametrize("size", [(300, 420), (224, 224)])
-def test_training_and_inference_clip_pixels_bit_equal(host, tmp_path, size):
+def test_training_and_inference_clip_pixels_bit_equal(host, size):
     from comfyui_dynamicrafter.training.data import resize_center_crop
     from comfyui_dynamicrafter.training.encoders import ImageEncoder, build_open_clip
 
     import nodes as host_nodes                                        # the host's own LoadImage
 
     h, w = size
-    path = str(tmp_path / "frame.png")
-    arr = _png(path, h, w)
+    name = f"dcn_preprocess_{h}x{w}.png"             # in the host's input folder: LoadImage takes names there (v0.33
+    arr = _png(os.path.join(host.dirs["input"], name), h, w)  # refuses absolute paths, as the UI never sends them)
     # inference: LoadImage -> IMAGE [1, H, W, 3] in [0, 1] -> DCN_ImageEncode's CLIP pixels
-    image = host_nodes.LoadImage().load_image(path)[0]
+    image = host_nodes.LoadImage().load_image(name)[0]
     assert tuple(image.shape) == (1, h, w, 3)
     encode = S.pack_module(host, "nodes.encode")
     infer = encode.clip_pixels(image, 224)

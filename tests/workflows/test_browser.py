@@ -42,6 +42,7 @@ WATCH_MISSING = """() => {
     }
 }"""
 LOAD = "async (wf) => { await app.loadGraphData(wf); }"
+FORGET_OPEN_WORKFLOWS = "try { localStorage.clear(); sessionStorage.clear(); } catch (e) {}"
 REPORT = """(types) => {
     const registered = Object.keys(LiteGraph.registered_node_types);
     const nodes = (app.graph._nodes || app.graph.nodes || []);
@@ -124,6 +125,9 @@ def test_workflow_in_the_browser(path, server, browser_context):
                     "(SamplerCustomAdvanced and guiders came in 2024-04)")
     os.makedirs(ARTIFACTS, exist_ok=True)
     page = browser_context.new_page()
+    # frontends of 2026 (1.49) restore the workflows an earlier page of this profile had open, after the load below:
+    # each test starts from the host's default graph, so the graph read and queued is the one loaded here
+    page.add_init_script(FORGET_OPEN_WORKFLOWS)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     t0 = time.monotonic()

@@ -23,7 +23,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 SEED_NAMES = {"seed", "noise_seed"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 # Host nodes each UI workflow needs beyond the pack's: what decides whether a host can run it.
-ADVANCED_HOST_NODES = ("SamplerCustomAdvanced", "RandomNoise", "KSamplerSelect", "CreateVideo", "SaveVideo")
+ADVANCED_HOST_NODES = ("SamplerCustomAdvanced", "RandomNoise", "KSamplerSelect")
 
 
 def ui_files() -> List[str]:
