@@ -87,6 +87,100 @@ def _window_conds(conds: dict, index_list, frames: int) -> dict:
     return out
 
 
+def _exact_model(model, latent: dict):
+    """(base model, variant, latent samples [T, 4, h, w]) of a DCN_Sampler call, refused in one line if not ours."""
+    base = model.model
+    variant = getattr(base, "dc_variant", None)
+    if variant is None:
+        raise DynamiCrafterInputError("model", "a DynamiCrafter MODEL (DCN_Loader)", type(base).__name__,
+                                      "load the model with the DynamiCrafter loader")
+    samples = latent["samples"]
+    if samples.ndim != 4:
+        raise DynamiCrafterInputError("latent", "a video latent [frames, 4, h, w] from DCN_Conditioning",
+                                      f"shape {list(samples.shape)}", "connect the conditioning node's LATENT")
+    if torch.count_nonzero(samples) > 0:
+        logger.warning("exact DDIM sampler starts from pure noise, as the reference; the latent's content is ignored")
+    return base, variant, samples
+
+
+def _rows_per_call(spec, frames: int) -> int:
+    """Frames per UNet call and branch: all of them, or the windows one call evaluates."""
+    if spec is None or frames <= spec.length:
+        return frames
+    n_win = len(spec.plan(frames).windows)
+    return spec.length * min(spec.max_windows_per_call or n_win, n_win)
+
+
+def _branch_controls(model, conds: dict, names, windowed: bool, frames: int):
+    """Each branch's ControlNet (None without one) and the control models to load; refused under the pack's windows."""
+    controls = {n: control.branch_control(compat.convert_cond(conds[BRANCH_CONDS[n]])) for n in names}
+    if windowed and any(c is not None for c in controls.values()):
+        raise DynamiCrafterInputError(
+            "windows", "no ControlNet on the conditioning while DCN_Sampler windows the video",
+            f"a ControlNet and DCN_Windows ({frames} frames)", "sample without DCN_Windows, or use KSampler / "
+            "SamplerCustom, whose ControlNet residuals the UNet adds")
+    control_models = control.prepare(model, controls)
+    if control_models:
+        compat.load_models(control_models)
+    return controls, control_models
+
+
+def _unet_call(model, c: dict, xk, sigma, topts: dict):
+    """One host apply_model call (through the patcher's model_function_wrapper when set); the raw v / eps out."""
+    base = model.model
+    wrapper = model.model_options.get("model_function_wrapper")
+    sink = topts["dcn_output_sink"]
+    if wrapper is not None:
+        wrapper(base.apply_model, {"input": xk, "timestep": sigma, "c": c, "cond_or_uncond": topts["cond_or_uncond"]})
+    else:
+        base.apply_model(xk, sigma, **c)
+    if not sink:
+        raise RuntimeError("the DynamiCrafter UNet did not run (a model patch replaced it?)")
+    return sink[-1].float()
+
+
+def _make_denoise(model, names, prepared: dict, controls: dict, control_models, frames: int, shape):
+    """model/'s denoiser ``(x [K n, 4, t, h, w], t, branches, windows)`` over the host's apply_model: the latent as
+    the host's variable, the branches' (or windows') conds batched, ControlNet residuals, the UNet output back."""
+    base, device = model.model, model.load_device
+    ch, h, w = shape
+    ms = base.model_sampling
+    batched = _cat_conds([prepared[n] for n in names], device)
+    topts_base = compat.transformer_options(model)  # with the patcher's wrappers (TorchCompileModel, ...)
+    sigmas_table = ms.sigmas.to(device)
+
+    def denoise(x, t, branches, wins=None):
+        compat.throw_if_interrupted()
+        if tuple(branches) != tuple(names):
+            raise RuntimeError(f"sampler asked for branches {branches}, prepared {names}")
+        k, n, length = len(branches), 1 if wins is None else len(wins), x.shape[2]   # length: T or the window's
+        xf = x.permute(0, 2, 1, 3, 4).reshape(k * n * length, ch, h, w)   # [(K n t), 4, h, w]
+        sigma = sigmas_table[t.to(device)].repeat_interleave(length)       # [(K n t)]
+        xk = xf / ms.input_scale(sigma, xf.ndim)                           # host variable; apply_model rescales
+        topts = dict(topts_base, dcn_output_sink=[], cond_or_uncond=[names.index(b) for b in branches
+                                                                     for _ in range(n)], sigmas=sigma[:1])
+        cond = batched if wins is None else _cat_conds(                    # rows: branch, window, frame
+            [_window_conds(prepared[b], win, frames) for b in branches for win in wins], device)
+        c = dict(cond, transformer_options=topts)
+        if control_models:  # the ControlNets' residuals for this batch (no windows: refused before sampling)
+            residuals = control.step_control(controls, branches, xk, sigma, cond, frames, topts)
+            if residuals is not None:
+                c["control"] = residuals
+        out = _unet_call(model, c, xk, sigma, topts)                       # raw v / eps [(K n t), 4, h, w]
+        return out.reshape(k * n, length, ch, h, w).permute(0, 2, 1, 3, 4)  # [K n, 4, t, h, w]
+    return denoise
+
+
+def _preview(model, steps: int):
+    """The host's progress bar and latent previews, with the interrupt check, as ddim_sample's callback."""
+    preview = latent_preview.prepare_callback(model, steps)
+
+    def callback(i, total, x_prev, pred_x0):
+        compat.throw_if_interrupted()
+        preview(i, pred_x0[0].transpose(0, 1), x_prev[0].transpose(0, 1), total)   # [t, 4, h, w] for the previewer
+    return callback
+
+
 def sample_exact(model, positive, image_only, negative, latent: dict, seed: int, steps: int, cfg_text: float,
                  cfg_image: float, eta: float, guidance_rescale: float, spacing: str = "auto", mode: str = "multi",
                  windows=None):
@@ -99,88 +193,21 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
     (``nodes.windows.resolve_windows``: keyframe chains always run on their segments), each window's conditioning
     sliced from the full-length one; FreeNoise uses ``seed``. Returns a LATENT (host latent scale).
     """
-    base = model.model
-    variant = getattr(base, "dc_variant", None)
-    if variant is None:
-        raise DynamiCrafterInputError("model", "a DynamiCrafter MODEL (DCN_Loader)", type(base).__name__,
-                                      "load the model with the DynamiCrafter loader")
-    samples = latent["samples"]
-    if samples.ndim != 4:
-        raise DynamiCrafterInputError("latent", "a video latent [frames, 4, h, w] from DCN_Conditioning",
-                                      f"shape {list(samples.shape)}", "connect the conditioning node's LATENT")
-    if torch.count_nonzero(samples) > 0:
-        logger.warning("exact DDIM sampler starts from pure noise, as the reference; the latent's content is ignored")
+    base, variant, samples = _exact_model(model, latent)
     frames, ch, h, w = samples.shape
     spacing = resolve_spacing(variant, spacing)
     names = guidance_branches(mode, cfg_text)
     conds = {"positive": positive, "negative": negative, "image_only": image_only}
-
     info = next((c[1].get(COND_KEY) for c in (positive or []) if isinstance(c[1].get(COND_KEY), dict)), None) or {}
     spec = resolve_windows(windows, info, frames, variant.resampler.video_length)
-    rows = frames                                                          # frames per UNet call and branch
-    if spec is not None and frames > spec.length:
-        n_win = len(spec.plan(frames).windows)
-        rows = spec.length * min(spec.max_windows_per_call or n_win, n_win)
-
     noise = comfy.sample.prepare_noise(samples, seed)                      # [T, 4, h, w], CPU, host's RNG rule
-    compat.load_models([model], model.memory_required([len(names) * rows, ch, h, w]))
+    compat.load_models([model], model.memory_required([len(names) * _rows_per_call(spec, frames), ch, h, w]))
     device = model.load_device
-    ms = base.model_sampling
     prepared = {n: _branch_conds(base, conds[BRANCH_CONDS[n]], noise.to(device), device, BRANCH_CONDS[n], seed)
                 for n in names}
-    controls = {n: control.branch_control(compat.convert_cond(conds[BRANCH_CONDS[n]])) for n in names}
-    if spec is not None and frames > spec.length and any(c is not None for c in controls.values()):
-        raise DynamiCrafterInputError(
-            "windows", "no ControlNet on the conditioning while DCN_Sampler windows the video",
-            f"a ControlNet and DCN_Windows ({frames} frames)", "sample without DCN_Windows, or use KSampler / "
-            "SamplerCustom, whose ControlNet residuals the UNet adds")
-    control_models = control.prepare(model, controls)
-    if control_models:
-        compat.load_models(control_models)
-    batched = _cat_conds([prepared[n] for n in names], device)
-    topts_base = compat.transformer_options(model)  # with the patcher's wrappers (TorchCompileModel, ...)
-    wrapper = model.model_options.get("model_function_wrapper")
-    sigmas_table = ms.sigmas.to(device)
-
-    def denoise(x, t, branches, wins=None):
-        compat.throw_if_interrupted()
-        k = len(branches)
-        if tuple(branches) != tuple(names):
-            raise RuntimeError(f"sampler asked for branches {branches}, prepared {names}")
-        n = 1 if wins is None else len(wins)
-        length = x.shape[2]                                                # T, or the window length
-        xf = x.permute(0, 2, 1, 3, 4).reshape(k * n * length, ch, h, w)   # [(K n t), 4, h, w]
-        sigma = sigmas_table[t.to(device)].repeat_interleave(length)       # [(K n t)]
-        xk = xf / ms.input_scale(sigma, xf.ndim)                           # host variable; apply_model rescales
-        sink = []
-        topts = dict(topts_base, dcn_output_sink=sink, cond_or_uncond=[names.index(b) for b in branches
-                                                                       for _ in range(n)], sigmas=sigma[:1])
-        if wins is None:
-            cond = batched
-        else:                                                              # rows: branch, window, frame
-            cond = _cat_conds([_window_conds(prepared[b], w, frames) for b in branches for w in wins], device)
-        c = dict(cond, transformer_options=topts)
-        if control_models:  # the ControlNets' residuals for this batch (no windows: refused before sampling)
-            residuals = control.step_control(controls, branches, xk, sigma, cond, frames, topts)
-            if residuals is not None:
-                c["control"] = residuals
-        if wrapper is not None:
-            wrapper(base.apply_model, {"input": xk, "timestep": sigma, "c": c,
-                                       "cond_or_uncond": topts["cond_or_uncond"]})
-        else:
-            base.apply_model(xk, sigma, **c)
-        if not sink:
-            raise RuntimeError("the DynamiCrafter UNet did not run (a model patch replaced it?)")
-        out = sink[-1].float()                                             # raw v / eps [(K n t), 4, h, w]
-        return out.reshape(k * n, length, ch, h, w).permute(0, 2, 1, 3, 4)  # [K n, 4, t, h, w]
-
-    preview = latent_preview.prepare_callback(model, steps)
-
-    def callback(i, total, x_prev, pred_x0):
-        compat.throw_if_interrupted()
-        x0f = pred_x0[0].transpose(0, 1)                                   # [t, 4, h, w] for the previewer
-        preview(i, x0f, x_prev[0].transpose(0, 1), total)
-
+    controls, control_models = _branch_controls(model, conds, names, spec is not None and frames > spec.length,
+                                                frames)
+    denoise = _make_denoise(model, names, prepared, controls, control_models, frames, (ch, h, w))
     x_T = noise.to(device=device, dtype=torch.float32).transpose(0, 1).unsqueeze(0)  # [1, 4, t, h, w]
     n_steps = len(ddim_timesteps(steps, spacing, variant.schedule.timesteps))
     step_noise = _StepNoise(n_steps, x_T.shape, step_noise_seed(seed), zero=(eta == 0))
@@ -190,13 +217,12 @@ def sample_exact(model, positive, image_only, negative, latent: dict, seed: int,
         try:
             out = ddim_sample(denoise, x_T, variant.schedule, steps, eta=eta, spacing=spacing, cfg_text=cfg_text,
                               cfg_image=cfg_image, guidance_rescale=guidance_rescale, mode=mode, noise=step_noise,
-                              callback=callback, windows=spec, freenoise_seed=seed)
+                              callback=_preview(model, steps), windows=spec, freenoise_seed=seed)
         finally:
             control.cleanup(controls)
     video = out[0].transpose(0, 1)                                         # [t, 4, h, w] model space
-    video = base.process_latent_out(video.float()).to(comfy.model_management.intermediate_device())
-    result = dict(latent)
-    result["samples"] = video
+    result = dict(latent, samples=base.process_latent_out(video.float()).to(
+        comfy.model_management.intermediate_device()))
     result.pop("noise_mask", None)
     return result
 

@@ -240,8 +240,10 @@ class DCN_ToonSketchGuidance:
                 "without a sketch get no guidance."}),
             "strength": ("FLOAT", {"default": 0.6, "min": lo, "max": hi, "step": 0.01, "tooltip":
                 "Residual scale (the reference's control_scale; its app offers 0-1, default 0.6)."}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip":
+                "Where in the schedule the sketches start to act (0 = the first step)."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip":
+                "Where they stop acting (1 = the last step)."}),
             "lines": (LINES, {"default": LINES[0], "tooltip": "dark lines on white: sketches as drawn (inverted as "
                               "the reference does); white lines on black: already line maps."}),
         }}
