@@ -21,7 +21,8 @@ from ..model.config import Variant
 from ..model.errors import DynamiCrafterInputError
 from ..model.limits import RANGES, available_memory, check_run_memory, estimate_run_bytes
 from ..model.log import logger
-from ..model.windows import MAX_FRAMES as WINDOW_MAX_FRAMES, chain_frames, keyframe_concat
+from ..model.plan import VideoPlan, plan_video
+from ..model.windows import MAX_FRAMES as WINDOW_MAX_FRAMES, keyframe_concat
 from .encode import to_rgb
 from .native import COND_KEY, KNOWN_TEXT_ENCODERS
 from .widgets import widget_problem
@@ -124,6 +125,62 @@ def check_run_fits(variant: Variant, width: int, height: int, frames: int) -> No
     check_run_memory(parts, have, label, f"{width}x{height} x {frames} frames", what="width/height/frames")
 
 
+def _images(start_image, end_image, keyframes, notes: List[str]):
+    """(start [1, H, W, 3], end or None, later keyframes [N, H, W, 3] or None) as RGB; an end image of another size
+    than the start image is refused."""
+    start, n = to_rgb(start_image, "start_image")
+    notes += n
+    if start.shape[0] > 1:
+        notes.append(f"start_image: batch of {start.shape[0]}, the first image is used")
+        start = start[:1]
+    end = kf = None
+    if end_image is not None:
+        end, n = to_rgb(end_image, "end_image")
+        notes += n
+        end = end[:1]
+        if tuple(end.shape[1:3]) != tuple(start.shape[1:3]):
+            raise DynamiCrafterInputError(
+                "end_image", f"the start image's size {start.shape[2]}x{start.shape[1]}",
+                f"{end.shape[2]}x{end.shape[1]}", "resize the end image to the start image's size")
+    if keyframes is not None:
+        kf, n = to_rgb(keyframes, "keyframes")
+        notes += n
+    return start, end, kf
+
+
+def _concat(plan: VideoPlan, vae, start, end, kf, width: int, height: int, notes: List[str]) -> torch.Tensor:
+    """The plan's concat latent [T, 4, h, w]: the start latent on every frame (image), on the first and last (pair:
+    the end image's, or the start's again for a loop), or the keyframes every W-1 frames (chain)."""
+    start_fit, n = fit_image(start, width, height)
+    if n:
+        notes.append(n)
+    lat = _vae_latent(vae, start_fit)                                      # [1, 4, h, w]
+    if plan.kind == "chain":
+        fits = []
+        for i in range(kf.shape[0]):
+            fit, n = fit_image(kf[i:i + 1], width, height)
+            if n:
+                notes.append(f"keyframe {i + 2}: {n}" + (" (its size in the keyframes batch: a batch holds one "
+                             "size, so ComfyUI's ImageBatch already cropped and scaled it to the first keyframe's; "
+                             "batch keyframes of one size)" if kf.shape[0] > 1 else ""))
+            fits.append(fit)
+        latents = torch.cat([lat] + [_vae_latent(vae, f) for f in fits])   # [N, 4, h, w]
+        return keyframe_concat(latents, plan.window, plan.loop)            # [T, 4, h, w]
+    last = None
+    if plan.kind == "pair":
+        last = lat if plan.loop else _vae_latent(vae, fit_image(end, width, height)[0])   # [1, 4, h, w]
+    return concat_latent(lat, plan.frames, last)[0].transpose(0, 1).contiguous()       # [T, 4, h, w]
+
+
+def _fs(variant: Variant, motion: int, notes: List[str]) -> int:
+    """The fps / frame-stride input: the widget's, or the model's default for 0 (a note outside the trained range)."""
+    fs = motion if motion > 0 else variant.default_motion
+    lo, hi = variant.motion_range
+    if not lo <= fs <= hi:
+        notes.append(f"{variant.motion_input} {fs} is outside the trained range {lo}-{hi} of the {variant.name} model")
+    return int(fs)
+
+
 def build_conditioning(positive, negative, image_embeds, vae, start_image, width: int, height: int, frames: int,
                        motion: int, loop: bool, end_image=None, keyframes=None):
     """-> (positive, image_only, negative, latent, notes). See the module docstring."""
@@ -135,101 +192,21 @@ def build_conditioning(positive, negative, image_embeds, vae, start_image, width
         raise DynamiCrafterInputError("frames", f"2 to {MAX_FRAMES}", str(frames), "use 16 (the trained length) or "
                                       "more with context windows")
     tokens, tokens_uc = image_embeds["cond"], image_embeds["uncond"]
-    width_d = tokens.shape[-1]
-    _check_text(positive, "positive", width_d)
-    _check_text(negative, "negative", width_d)
+    _check_text(positive, "positive", tokens.shape[-1])
+    _check_text(negative, "negative", tokens.shape[-1])
     width, height, notes = resolve_size(variant, width, height)
     check_run_fits(variant, width, height, frames)
-    start, n = to_rgb(start_image, "start_image")
+    start, end, kf = _images(start_image, end_image, keyframes, notes)
+    plan, n = plan_video(frames, variant.resampler.video_length, end_image=end is not None,
+                         keyframes=0 if kf is None else 1 + kf.shape[0], loop=loop, interp=variant.interp,
+                         name=variant.name)
     notes += n
-    if start.shape[0] > 1:
-        notes.append(f"start_image: batch of {start.shape[0]}, the first image is used")
-        start = start[:1]
-    end = None
-    if end_image is not None:
-        end, n = to_rgb(end_image, "end_image")
-        notes += n
-        end = end[:1]
-        if tuple(end.shape[1:3]) != tuple(start.shape[1:3]):
-            raise DynamiCrafterInputError(
-                "end_image", f"the start image's size {start.shape[2]}x{start.shape[1]}",
-                f"{end.shape[2]}x{end.shape[1]}", "resize the end image to the start image's size")
-    if loop:
-        if end is not None:
-            notes.append("loop is on: the end image is ignored, the video ends on the start image")
-        end = start
-    window = variant.resampler.video_length
-    kf = None
-    if keyframes is not None:
-        kf, n = to_rgb(keyframes, "keyframes")
-        notes += n
-        if end is not None and not loop:
-            notes.append("keyframes are connected: the end image is ignored (the chain ends on the last keyframe)")
-        end = None
-        count = 1 + kf.shape[0]
-        chained = chain_frames(count, window, loop)
-        if frames != chained:
-            notes.append(f"{count} keyframes ({'closed loop, ' if loop else ''}{window}-frame segments sharing their "
-                         f"boundary frame): {chained} frames (the frames widget's {frames} is not used)")
-        frames = chained
-        if frames > MAX_FRAMES:
-            raise DynamiCrafterInputError("keyframes", f"a chain of at most {MAX_FRAMES} frames "
-                                          f"({(MAX_FRAMES - 1) // (window - 1) + 1} keyframes)",
-                                          f"{count} keyframes = {frames} frames", "use fewer keyframes")
-        if not variant.interp:
-            notes.append(f"keyframe chain with the {variant.name} model (trained for image-to-video); the 512-interp "
-                         "model is made for it")
-    elif loop and frames > window:
-        if variant.interp:
-            raise DynamiCrafterInputError(
-                "loop", f"at most {window} frames with the {variant.name} model's start/end loop",
-                f"{frames} frames", "connect keyframes (a closed chain) or use the 512 image-to-video model, whose "
-                "long loops wrap the context windows around")
-        end = None
-        notes.append(f"loop over {frames} frames: the start image conditions every frame and the context windows "
-                     "wrap around (the last frame leads into the first)")
-    if end is not None and not variant.interp:
-        notes.append(f"interpolation/loop with the {variant.name} model (trained for image-to-video); the "
-                     "512-interp model is made for it")
-    if frames > window:
-        notes.append(f"{frames} frames: DCN_Sampler samples them in {window}-frame context windows (DCN_Windows sets "
-                     f"them), as does the host's Context Windows (Manual) node; other samplers run all frames in one "
-                     f"pass with the image tokens made for {window} frames shared (off the trained setting)")
-    elif frames != window:
-        notes.append(f"{frames} frames: the image tokens are made for {window} frames and are shared by all frames "
-                     "(as the reference does)")
-    start_fit, n = fit_image(start, width, height)
-    if n:
-        notes.append(n)
-    lat = _vae_latent(vae, start_fit)                                      # [1, 4, h, w]
-    if kf is not None:
-        kf_fit = []
-        for i in range(kf.shape[0]):
-            fit, n = fit_image(kf[i:i + 1], width, height)
-            if n:
-                notes.append(f"keyframe {i + 2}: {n}" + (" (its size in the keyframes batch: a batch holds one "
-                             "size, so ComfyUI's ImageBatch already cropped and scaled it to the first keyframe's; "
-                             "batch keyframes of one size)" if kf.shape[0] > 1 else ""))
-            kf_fit.append(fit)
-        latents = torch.cat([lat] + [_vae_latent(vae, f) for f in kf_fit])  # [N, 4, h, w]
-        concat = keyframe_concat(latents, window, loop)                    # [T, 4, h, w]
-    else:
-        last = None
-        if end is not None:
-            last = lat if loop else _vae_latent(vae, fit_image(end, width, height)[0])   # [1, 4, h, w]
-        concat = concat_latent(lat, frames, last)[0].transpose(0, 1).contiguous()      # [T, 4, h, w]
-    fs = motion if motion > 0 else variant.default_motion
-    lo, hi = variant.motion_range
-    if not lo <= fs <= hi:
-        notes.append(f"{variant.motion_input} {fs} is outside the trained range {lo}-{hi} of the {variant.name} model")
-    base = {"concat_latent": concat, "fs": int(fs), "frames": int(frames), "variant": variant.name,
-            "concat_kind": "chain" if kf is not None else ("pair" if end is not None else "image"),
-            "keyframes": 0 if kf is None else 1 + kf.shape[0], "loop_windows": bool(loop) and (
-                kf is not None or frames > window), "window": window}
+    concat = _concat(plan, vae, start, end, kf, width, height, notes)
+    base = {"concat_latent": concat, "fs": _fs(variant, motion, notes), "variant": variant.name, "plan": plan}
     pos = _with(positive, dict(base, image_tokens=tokens))
     img_only = _with(negative, dict(base, image_tokens=tokens))
     neg = _with(negative, dict(base, image_tokens=tokens_uc))
-    latent = {"samples": torch.zeros((frames,) + tuple(lat.shape[1:]))}
+    latent = {"samples": torch.zeros((plan.frames,) + tuple(concat.shape[1:]))}
     for note in notes:
         logger.info("%s", note)
     return pos, img_only, neg, latent, notes

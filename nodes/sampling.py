@@ -15,6 +15,7 @@ import latent_preview
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.sampler import combine_guidance, ddim_sample, guidance_branches, rescale_guidance
+from ..model.plan import for_frames
 from ..model.schedule import ddim_timesteps
 from . import compat, control
 from .model_sampling import make_model_sampling, reference_sigmas, resolve_spacing  # noqa: F401 (node API)
@@ -74,7 +75,7 @@ def _cat_conds(per_branch, device):
 
 def _window_conds(conds: dict, index_list, frames: int) -> dict:
     """One branch's processed conds (T rows) for a window: the rows of its frames, the frame count, layout checked."""
-    layout = conds[LAYOUT_KEY].cond if LAYOUT_KEY in conds else ("image", frames, 0, False)
+    layout = conds[LAYOUT_KEY].cond if LAYOUT_KEY in conds else for_frames(None, frames)
     idx = list(index_list)
     out = {}
     for k, c in conds.items():

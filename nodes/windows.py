@@ -21,10 +21,8 @@ import comfy.conds
 
 from ..model.errors import DynamiCrafterInputError
 from .compat import context_window_options
-from ..model.log import logger
-from ..model.windows import (
-    FUSE_METHODS, MAX_FRAMES, SCHEDULES, WindowSpec, chain_spec, check_window_conditioning,
-)
+from ..model.plan import VideoPlan, for_frames
+from ..model.windows import FUSE_METHODS, MAX_FRAMES, SCHEDULES, WindowSpec
 from .widgets import widget_problem
 
 LAYOUT_KEY = "dcn_layout"
@@ -48,17 +46,15 @@ class FrameConcat(comfy.conds.CONDNoiseShape):
 
 
 class Layout(comfy.conds.CONDConstant):
-    """(kind, frames, keyframes, loop) of the conditioning: what a window must look like
-    (``check_window_conditioning``)."""
+    """The conditioning's VideoPlan (model/plan.py): what a window must look like (``VideoPlan.check_window``)."""
 
 
-def layout_of(info: dict, frames: int) -> tuple:
-    """The Layout tuple of a conditioning record (DCN_Conditioning's) for a video of ``frames`` frames."""
-    return (info.get("concat_kind", "image"), int(frames), int(info.get("keyframes", 0)),
-            bool(info.get("loop_windows", False)))
+def layout_of(info: dict, frames: int) -> VideoPlan:
+    """The VideoPlan of a conditioning record (DCN_Conditioning's) for a video of ``frames`` frames."""
+    return for_frames(info.get("plan"), int(frames))
 
 
-def retained_rows(index_list: Sequence[int], retain: Sequence[int], layout: tuple) -> list:
+def retained_rows(index_list: Sequence[int], retain: Sequence[int], layout: VideoPlan) -> list:
     """The concat rows of a window under the host's ``cond_retain_index_list`` (ComfyUI v0.33): window position r
     takes frame r's rows instead of frame ``index_list[r]``'s. For image-to-video every frame's concat is the start
     image, so "0" (the host's "keep the start image in every window") changes nothing: the pack's own windows. A
@@ -66,11 +62,11 @@ def retained_rows(index_list: Sequence[int], retain: Sequence[int], layout: tupl
     idx = [int(i) for i in index_list]
     if not retain:
         return idx
-    if layout[0] != "image":
+    if layout.kind != "image":
         raise DynamiCrafterInputError(
             "cond_retain_index_list", "empty for start/end-image and keyframe conditioning (each window already "
             "gets its own keyframes' rows)", repr(",".join(str(r) for r in retain)), "clear cond_retain_index_list")
-    bad = [r for r in retain if not 0 <= r < min(len(idx), layout[1])]
+    bad = [r for r in retain if not 0 <= r < min(len(idx), layout.frames)]
     if bad:
         raise DynamiCrafterInputError("cond_retain_index_list", f"window positions 0 to {len(idx) - 1}",
                                       repr(",".join(str(r) for r in retain)), "use 0 (the start image) or clear it")
@@ -79,16 +75,16 @@ def retained_rows(index_list: Sequence[int], retain: Sequence[int], layout: tupl
     return idx
 
 
-def window_cond(key: str, value, index_list: Sequence[int], layout: tuple, retain: Sequence[int] = ()):
+def window_cond(key: str, value, index_list: Sequence[int], layout: VideoPlan, retain: Sequence[int] = ()):
     """One conditioning item of our MODEL for a window (``None``: the item is not frame-dependent).
 
     ``value`` is a cond object (``comfy.conds``) or its tensor / int. c_concat: rows of the window (a [K*T] stack of
     K conds is sliced per cond; ``retain``: the host's cond_retain_index_list, ``retained_rows``); dcn_frames: the
     window length; dcn_layout: checked, unchanged."""
-    kind, frames, keyframes, loop = layout
+    frames = layout.frames
     idx = [int(i) for i in index_list]
     if key == LAYOUT_KEY:
-        check_window_conditioning(kind, frames, idx, keyframes, loop)
+        layout.check_window(idx)
         return value
     if key == "dcn_frames":
         return comfy.conds.CONDConstant(len(idx)) if isinstance(value, comfy.conds.CONDRegular) else len(idx)
@@ -111,7 +107,7 @@ def window_cond(key: str, value, index_list: Sequence[int], layout: tuple, retai
 def resize_cond_item(cond_key, cond_value, window, x_in, device, new_cond_item, retain: Sequence[int] = ()):
     """``IndexListCallbacks.RESIZE_COND_ITEM`` of the host's context windows: our items for ``window`` (``retain``:
     the handler's cond_retain_index_list, bound when the callback is registered)."""
-    if "concat_latent" in new_cond_item and "image_tokens" in new_cond_item:
+    if isinstance(new_cond_item.get("plan"), VideoPlan):
         # the conditioning node's record (read by extra_conds before sampling, not by the model): kept as it is
         # (the 2026-01 host's generic path calls a plain tensor here and fails)
         return cond_value if isinstance(cond_value, torch.Tensor) else None
@@ -141,7 +137,7 @@ def apply_window(x: torch.Tensor, c_concat, transformer_options, kwargs: dict):
     if getattr(window, "dim", 0) != 0:
         raise DynamiCrafterInputError("context windows dim", "0 (DynamiCrafter's frames are the batch)",
                                       str(window.dim), "set dim 0 on ContextWindowsManual")
-    if len(idx) == layout[1]:
+    if len(idx) == layout.frames:
         return c_concat, kwargs
     window_cond(LAYOUT_KEY, layout, idx, layout)
     if x.shape[0] % len(idx):
@@ -292,30 +288,6 @@ class DCN_Windows:
 
 
 def resolve_windows(spec: Optional[WindowSpec], info: dict, frames: int, trained: int) -> Optional[WindowSpec]:
-    """The windows a run uses: a keyframe chain's own segments; a long loop's looped windows; else ``spec`` or, for
-    a video longer than the trained length, the default windows (with a note)."""
-    kind = info.get("concat_kind", "image")
-    if kind == "chain":
-        length = int(info["window"])
-        own = chain_spec(length, bool(info.get("loop_windows")), spec.fuse if spec else "pyramid",
-                         spec.max_windows_per_call if spec else 1)
-        if spec is not None and (spec.length, spec.overlap) != (own.length, own.overlap):
-            logger.info("keyframe chain: its own windows (%d frames, overlap 1, one per segment) replace the "
-                        "DCN_Windows settings", length)
-        return own
-    if frames <= (spec.length if spec else trained):
-        return spec
-    if kind == "pair":
-        raise DynamiCrafterInputError(
-            "frames", f"at most {spec.length if spec else trained} frames for start/end-image interpolation",
-            str(frames), "use keyframes (an IMAGE batch) for longer interpolation, or fewer frames")
-    if spec is None:
-        spec = WindowSpec()
-        logger.info("%d frames: sampled in %d-frame context windows (overlap %d, %s, %s); DCN_Windows changes it",
-                    frames, spec.length, spec.overlap, spec.schedule, spec.fuse)
-    if info.get("loop_windows") and not spec.schedule.startswith("looped"):
-        spec = WindowSpec(spec.length, spec.overlap, "looped_static", spec.fuse, spec.max_windows_per_call,
-                          spec.freenoise)
-        logger.info("loop: windows wrap around (looped_static)")
-    spec.check(frames, trained)
-    return spec
+    """The windows a run uses (``VideoPlan.windows``): a keyframe chain's own segments; a long loop's looped windows;
+    else ``spec`` or, for a video longer than the trained length, the default windows (with a note)."""
+    return for_frames(info.get("plan"), frames, trained).windows(spec)

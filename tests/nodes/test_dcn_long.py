@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from comfyui_dynamicrafter.model.plan import VideoPlan
 from comfyui_dynamicrafter.model.windows import WindowSpec, chain_spec
 from comfyui_dynamicrafter.tests.nodes import dcn_support as S
 from comfyui_dynamicrafter.tests.nodes import tinyckpt
@@ -102,7 +103,8 @@ def test_keyframe_chain_each_window_sees_its_own_pair(host, dc, monkeypatch, rec
                                   variant="512-interp")
     info = host.node_output("6")[0][0][0][1]["dcn_video"]
     concat = info["concat_latent"]
-    assert info["frames"] == 31 and info["concat_kind"] == "chain" and info["keyframes"] == 3
+    plan = info["plan"]
+    assert plan.frames == 31 and plan.kind == "chain" and plan.keyframes == 3
     assert concat.shape[0] == 31 and torch.equal(concat[0], concat[30]) and not torch.equal(concat[0], concat[15])
     assert not concat[1:15].any() and not concat[16:30].any()
     windows = {w for w, _, _ in seen}
@@ -123,7 +125,7 @@ def test_long_loop_windows_wrap_around(host, dc, record_property):
     spec = WindowSpec(16, 4, "looped_static", "pyramid")
     got, want, diff, _ = _exact(host, g, seed, steps, 0.0, REF, spec)
     info = host.node_output("6")[0][0][0][1]["dcn_video"]
-    assert info["concat_kind"] == "image" and info["loop_windows"]
+    assert info["plan"].kind == "image" and info["plan"].loop_windows
     record_property("max_abs_diff", diff)
     print(f"long loop 40 frames (looped_static windows): max abs diff {diff:.3g}")
     assert diff <= EXACT_ATOL + EXACT_RTOL * want.abs().max().item()
@@ -319,7 +321,7 @@ def test_host_resize_cond_item_slices_our_conds(host):
     concat = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1, 1).expand(frames, 4, 2, 2).contiguous()
     cond = [{"model_conds": {
         "c_concat": windows_mod.FrameConcat(concat), "dcn_frames": comfy.conds.CONDConstant(frames),
-        windows_mod.LAYOUT_KEY: windows_mod.Layout(("image", frames, 0, False)),
+        windows_mod.LAYOUT_KEY: windows_mod.Layout(VideoPlan("image", frames)),
         "dcn_image_tokens": comfy.conds.CONDRegular(torch.ones(1, 256, 8))}}]
     h = handler_for(16, 4)
     x = torch.zeros(frames, 4, 2, 2)
@@ -329,7 +331,7 @@ def test_host_resize_cond_item_slices_our_conds(host):
         assert torch.equal(mc["c_concat"].cond[:, 0, 0, 0], torch.tensor(idx, dtype=torch.float32))
         assert mc["dcn_frames"].cond == 16 and mc["dcn_image_tokens"].cond.shape == (1, 256, 8)
     chain = [{"model_conds": dict(cond[0]["model_conds"], **{
-        windows_mod.LAYOUT_KEY: windows_mod.Layout(("chain", 31, 3, False))})}]
+        windows_mod.LAYOUT_KEY: windows_mod.Layout(VideoPlan("chain", 31, keyframes=3))})}]
     with pytest.raises(Exception, match="keyframe"):
         h.get_resized_cond(chain, torch.zeros(31, 4, 2, 2), cw.IndexListContextWindow(list(range(12, 28)), dim=0,
                                                                                    total_frames=31))

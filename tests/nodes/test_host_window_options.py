@@ -10,6 +10,7 @@ import importlib
 import pytest
 import torch
 
+from comfyui_dynamicrafter.model.plan import VideoPlan
 from comfyui_dynamicrafter.model.windows import WindowSpec
 from comfyui_dynamicrafter.tests.nodes import dcn_support as S
 from comfyui_dynamicrafter.tests.nodes import tinyckpt
@@ -139,11 +140,11 @@ def test_cond_retain_moves_concat_rows_and_refuses_keyframe_chains(host):
             windows_mod.LAYOUT_KEY: windows_mod.Layout(layout)}}]
 
     win = cw.IndexListContextWindow(list(range(32, 48)), dim=0, total_frames=frames)
-    mc = h.get_resized_cond(cond(("image", frames, 0, False)), torch.zeros(frames, 4, 2, 2), win)[0]["model_conds"]
+    mc = h.get_resized_cond(cond(VideoPlan("image", frames)), torch.zeros(frames, 4, 2, 2), win)[0]["model_conds"]
     assert mc["c_concat"].cond[:, 0, 0, 0].tolist() == [0.0] + [float(i) for i in range(33, 48)]
     chain = cw.IndexListContextWindow(list(range(15, 31)), dim=0, total_frames=31)
     with pytest.raises(Exception, match="cond_retain_index_list") as e:
-        h.get_resized_cond(cond(("chain", 31, 3, False)), torch.zeros(31, 4, 2, 2), chain)
+        h.get_resized_cond(cond(VideoPlan("chain", 31, keyframes=3)), torch.zeros(31, 4, 2, 2), chain)
     assert "\n" not in str(e.value)
 
 
