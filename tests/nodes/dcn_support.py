@@ -119,7 +119,7 @@ class Reference:
         self.unet = load_dynamicrafter(ckpt_path, variant=v, dtype=torch.float32).unet.eval()
         pos, img_only, neg, latent = (o[0] for o in conditioning_outputs)
         info = pos[0][1]["dcn_video"]
-        self.frames = info["frames"]
+        self.frames = info["plan"].frames
         self.fs = int(info["fs"])
         concat = info["concat_latent"].float() * LATENT_SCALE                # [T, 4, h, w]
         self.concat = concat.transpose(0, 1).unsqueeze(0)                  # [1, 4, T, h, w]
