@@ -76,7 +76,6 @@ log = logging.getLogger("generate")
 # The settings of a run that are not the variant's (size, frames, motion, guidance rescale: model/variants.py).
 COMMON_DEFAULTS = dict(steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=123, crf=19)
 # The tiny pipeline check: small frames, few steps (the tiny UNet needs multiples of 16 px).
-TINY_SIZE = {"512": (128, 80), "512-interp": (128, 80), "1024": (192, 112), "256": (64, 64), "tooncrafter": (128, 80)}
 TINY_STEPS = 10
 SKETCH_ENCODER = "sketch_encoder.ckpt"   # as huggingface.co/Doubiiu/ToonCrafter ships it (or converted to .safetensors)
 
@@ -103,7 +102,7 @@ class _HostTracebacks(logging.Filter):
 def planned_size(args, variant: str, tiny: bool) -> Tuple[int, int, int]:
     """(width, height, frames) the run will use: the arguments, else the variant's (or the tiny check's) own."""
     v = get_variant(variant)
-    w, h = TINY_SIZE[variant] if tiny else (v.width, v.height)
+    w, h = v.tiny_size if tiny else (v.width, v.height)
     return args.width or w, args.height or h, args.frames or v.frames
 
 
@@ -459,7 +458,7 @@ def run_settings(args, req: Request, ckpt_path: str, tiny: bool) -> dict:
     s = dict(COMMON_DEFAULTS, width=v.width, height=v.height, frames=v.frames, motion=v.default_motion,
              guidance_rescale=v.guidance_rescale)
     if tiny:
-        s["width"], s["height"] = TINY_SIZE[req.variant]
+        s["width"], s["height"] = v.tiny_size
         s["steps"] = TINY_STEPS
     for name in ("width", "height", "frames", "steps", "motion", "guidance_rescale") + tuple(COMMON_DEFAULTS):
         if getattr(args, name) is not None:

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import shutil
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 PACKAGE = __package__ or "comfyui_dynamicrafter"  # generate.py registers the folder under this name when run
 
@@ -42,15 +42,25 @@ class ModelFile:
         return f"https://huggingface.co/{self.repo}/blob/main/{self.repo_file}"
 
 
-MODEL_FILES: Dict[str, ModelFile] = {
-    "512": ModelFile("512", "dynamicrafter_512.ckpt", "Doubiiu/DynamiCrafter_512", "model.ckpt", "about 10 GB"),
-    "512-interp": ModelFile("512-interp", "dynamicrafter_512_interp.ckpt", "Doubiiu/DynamiCrafter_512_Interp",
-                            "model.ckpt", "about 10 GB"),
-    "1024": ModelFile("1024", "dynamicrafter_1024.ckpt", "Doubiiu/DynamiCrafter_1024", "model.ckpt", "about 10 GB"),
-    "256": ModelFile("256", "dynamicrafter_256.ckpt", "Doubiiu/DynamiCrafter", "model.ckpt", "about 10 GB"),
-    "tooncrafter": ModelFile("tooncrafter", "tooncrafter_512_interp.ckpt", "Doubiiu/ToonCrafter", "model.ckpt",
-                             "about 10 GB"),
-}
+class _ModelFiles(Mapping):
+    """variant -> its official file, read from the registry (model/variants.py ``download``) on every access, so a
+    variant registered there is downloadable with no other edit."""
+
+    def _all(self) -> Dict[str, ModelFile]:
+        variants = importlib.import_module(PACKAGE + ".model.variants").VARIANTS   # torch-free
+        return {name: ModelFile(name, *v.download) for name, v in variants.items() if v.download}
+
+    def __getitem__(self, name: str) -> ModelFile:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+MODEL_FILES: Mapping[str, ModelFile] = _ModelFiles()
 
 
 def is_offline() -> Tuple[bool, str]:

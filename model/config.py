@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from .errors import DynamiCrafterInputError
 
@@ -118,3 +118,9 @@ class Variant:
     interp: bool = False
     description: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # the key families (model/detect.py) whose files may hold this variant, its own first
+    families: Tuple[str, ...] = ("512-family",)
+    first_stage: str = "sd"                      # "sd", or "dualref": ToonCrafter's dual-reference VAE decoder
+    tiny_size: Tuple[int, int] = (128, 80)       # width, height of generate.py --tiny runs
+    # the official file: (name in the model folders, hub repo, file in the repo, size); None: no download
+    download: Optional[Tuple[str, str, str, str]] = None

@@ -25,23 +25,12 @@ from .formats import describe_foreign, has_learnable_alpha, is_dynamicrafter_une
 from .log import logger
 from .resampler import Resampler
 from .unet import UNetModel
-from .variants import SMALL_CONFIGS, VARIANTS, get_variant, variant_names
+from .variants import SMALL_CONFIGS, VARIANTS, families, family_variants, get_variant, variant_names
 from .tooncrafter import dualref_missing_keys
 
-FAMILIES = ("256", "512-family", "tooncrafter")
-FAMILY_VARIANTS: Dict[str, Tuple[str, ...]] = {
-    "256": ("256",),
-    # a pruned ToonCrafter UNet file (no VAE keys) has the 512 layout: chosen by metadata, argument or filename
-    "512-family": ("512", "1024", "512-interp", "tooncrafter"),
-    # ToonCrafter: the 512 UNet architecture run in interpolation mode, with its own variant (defaults, VAE).
-    "tooncrafter": ("tooncrafter",),
-}
-_FAMILY_DEFAULT = {"256": "256", "512-family": "512", "tooncrafter": "tooncrafter"}
-
-
 def family_of(variant: str) -> str:
-    """The family written in metadata for a registry variant ("256", "512-family" or "tooncrafter")."""
-    return variant if variant in ("256", "tooncrafter") else "512-family"
+    """The family written in metadata for a registry variant (its own key family, model/variants.py)."""
+    return get_variant(variant).families[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,8 +131,8 @@ def _with_metadata_family(family: str, evidence: str, meta_family: Optional[str]
     """The key family reconciled with the file's metadata family (a pruned ToonCrafter file has no VAE keys)."""
     if meta_family is None:
         return family, evidence
-    if meta_family not in FAMILIES:
-        raise DynamiCrafterInputError(what, f"metadata '{META_FAMILY}' among {list(FAMILIES)}",
+    if meta_family not in families():
+        raise DynamiCrafterInputError(what, f"metadata '{META_FAMILY}' among {families()}",
                                       repr(meta_family), "reconvert the file with this pack")
     if meta_family == "tooncrafter" and family == "512-family" and not vae:
         return "tooncrafter", "metadata says ToonCrafter (pruned file without the VAE, keys as 512-family)"
@@ -164,7 +153,7 @@ def _with_metadata_family(family: str, evidence: str, meta_family: Optional[str]
 def _check_choices(family: str, evidence: str, explicit: Optional[str], meta_variant: Optional[str],
                    what: str) -> None:
     """An explicit variant or a metadata variant that the keys (or each other) rule out is refused."""
-    allowed = FAMILY_VARIANTS[family]
+    allowed = family_variants(family)
     if explicit is not None and explicit not in allowed:
         why = evidence + (" (the 256 model has 16)" if explicit == "256" and family == "512-family" else "")
         raise DynamiCrafterInputError(
@@ -188,7 +177,7 @@ def _check_choices(family: str, evidence: str, explicit: Optional[str], meta_var
 def _choose(family: str, explicit: Optional[str], meta_variant: Optional[str],
             filename: Optional[str]) -> Tuple[str, str, str]:
     """(variant, decided_by, why): keys > metadata > explicit > file name > the family's default."""
-    allowed = FAMILY_VARIANTS[family]
+    allowed = family_variants(family)
     if len(allowed) == 1:
         why = f"variant '{allowed[0]}' from the keys"
         if family == "tooncrafter":
@@ -202,7 +191,7 @@ def _choose(family: str, explicit: Optional[str], meta_variant: Optional[str],
     hint, note = variant_hint_from_filename(filename)
     if hint is not None and hint in allowed:
         return hint, "filename", f"variant '{hint}' because {note} (no metadata, no explicit choice)"
-    chosen = _FAMILY_DEFAULT[family]
+    chosen = allowed[0]
     return chosen, "default", (f"variant '{chosen}' by default: the weights of 512, 1024 and 512-interp are identical "
                                f"in layout and there was no metadata, no explicit choice, and {note}; choose the "
                                f"variant if this is the 1024 or interpolation model")

@@ -127,7 +127,7 @@ def full_checkpoint(variant: str = "512", seed: int = 10) -> Dict[str, torch.Ten
     sd.update(random_tensors(text_tower_shapes(), seed=seed + 1))
     sd.update(random_tensors(vision_tower_shapes(), seed=seed + 2))
     sd.update(random_tensors(vae_shapes(), seed=seed + 3, dtype=torch.float16))
-    if variant == "tooncrafter":
+    if get_variant(variant).first_stage == "dualref":
         sd.update(random_tensors(dualref_extra_shapes(), seed=seed + 4, dtype=torch.float16))
     return sd
 

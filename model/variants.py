@@ -31,11 +31,14 @@ VARIANTS: Dict[str, Variant] = {
         height=256, width=256, motion_input="frame_stride", default_motion=3, motion_range=(1, 10),
         timestep_spacing="uniform", guidance_rescale=0.0,
         description="DynamiCrafter 256x256, eps-prediction, frame-stride input, learnable image-attention gate",
+        families=("256",), tiny_size=(64, 64),
+        download=("dynamicrafter_256.ckpt", "Doubiiu/DynamiCrafter", "model.ckpt", "about 10 GB"),
     ),
     "512": Variant(
         name="512", unet=_UNET_512, resampler=_P, schedule=_SCHED_V,
         height=320, width=512, motion_input="fps", default_motion=24, motion_range=(15, 30),
         description="DynamiCrafter 320x512, v-prediction, zero-SNR, dynamic rescale 0.7",
+        download=("dynamicrafter_512.ckpt", "Doubiiu/DynamiCrafter_512", "model.ckpt", "about 10 GB"),
     ),
     "1024": Variant(
         name="1024",
@@ -44,11 +47,14 @@ VARIANTS: Dict[str, Variant] = {
         schedule=dataclasses.replace(_SCHED_V, base_scale=0.3),
         height=576, width=1024, motion_input="fps", default_motion=10, motion_range=(5, 15),
         description="DynamiCrafter 576x1024, v-prediction, zero-SNR, dynamic rescale 0.3",
+        tiny_size=(192, 112),
+        download=("dynamicrafter_1024.ckpt", "Doubiiu/DynamiCrafter_1024", "model.ckpt", "about 10 GB"),
     ),
     "512-interp": Variant(
         name="512-interp", unet=_UNET_512, resampler=_P, schedule=_SCHED_V,
         height=320, width=512, motion_input="fps", default_motion=5, motion_range=(1, 30), interp=True,
         description="DynamiCrafter 320x512 interpolation/loop (start + end frame); run.sh passes 5, training used 10",
+        download=("dynamicrafter_512_interp.ckpt", "Doubiiu/DynamiCrafter_512_Interp", "model.ckpt", "about 10 GB"),
     ),
     # ToonCrafter (reference scripts/run.sh): the 512-interp UNet trained on cartoons + the dual-reference VAE
     # (model/tooncrafter.py); frame stride 10, recommended 5-30 (smaller: more motion); cfg 7.5 on text only.
@@ -56,8 +62,10 @@ VARIANTS: Dict[str, Variant] = {
         name="tooncrafter", unet=_UNET_512, resampler=_P, schedule=_SCHED_V,
         height=320, width=512, motion_input="fps", default_motion=10, motion_range=(5, 30), interp=True,
         description="ToonCrafter 320x512 cartoon interpolation (start + end frame), dual-reference VAE decoder",
-        extra={"steps": 50, "eta": 1.0, "cfg_text": 7.5, "cfg_image": None, "first_stage": "dualref",
-               "decode_chunk": 16, "perframe_ae": True},
+        extra={"steps": 50, "eta": 1.0, "cfg_text": 7.5, "cfg_image": None, "decode_chunk": 16, "perframe_ae": True},
+        # a pruned ToonCrafter file (no VAE keys) has the 512 layout: chosen there by metadata, argument or name
+        families=("tooncrafter", "512-family"), first_stage="dualref",
+        download=("tooncrafter_512_interp.ckpt", "Doubiiu/ToonCrafter", "model.ckpt", "about 10 GB"),
     ),
 }
 
@@ -105,3 +113,14 @@ def get_variant(name: str, tiny: Union[bool, str] = False) -> Variant:
         resampler=dataclasses.replace(v.resampler, **small["resampler"]),
         extra={"config": config},
     )
+
+
+def families() -> List[str]:
+    """Every key family a registered variant belongs to (model/detect.py), in registry order."""
+    return list(dict.fromkeys(f for v in VARIANTS.values() for f in v.families))
+
+
+def family_variants(family: str) -> List[str]:
+    """The variants whose files may have the keys of ``family``; the first is the family's default."""
+    own = [v.name for v in VARIANTS.values() if v.families[0] == family]
+    return own + [v.name for v in VARIANTS.values() if family in v.families[1:]]
