@@ -59,6 +59,16 @@ def dc(host):
     return dcn_support.install(host.model_dirs, host.dirs["input"], host.refresh_models)
 
 
+@pytest.fixture(scope="module")
+def dc_guider(host, dc):
+    """``dc`` on a host with comfy.samplers.CFGGuider and SamplerCustomAdvanced (the guider path); a skip that names
+    the host elsewhere (2024-03 ComfyUI)."""
+    if not host.features.get("cfg_guider"):
+        pytest.skip(f"this host has no comfy.samplers.CFGGuider / SamplerCustomAdvanced (2024-03 ComfyUI); the "
+                    f"guider path needs a current host (COMFYUI_PATH): {host.info.describe()}")
+    return dc
+
+
 @pytest.fixture
 def host_server(host_info, tmp_path_factory):
     servers = []

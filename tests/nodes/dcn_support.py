@@ -163,3 +163,17 @@ class Reference:
 def to_video(latent_frames: torch.Tensor) -> torch.Tensor:
     """Host layout [T, 4, h, w] -> [1, 4, T, h, w]."""
     return latent_frames.transpose(0, 1).unsqueeze(0)
+
+
+def guider_graph(guider: dict, sampler: dict, steps: int, seed: int) -> dict:
+    """The conditioning graph with ``guider`` (node 20) and ``sampler`` (node 23) under SamplerCustomAdvanced (node 24)
+    over DCN_Sigmas and RandomNoise; the caller adds the output it reads."""
+    g = conditioning_graph()
+    g["20"] = guider
+    g["21"] = {"class_type": "DCN_Sigmas", "inputs": {"model": ["1", 0], "steps": steps, "spacing": "auto"}}
+    g["22"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
+    g["23"] = sampler
+    g["24"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["22", 0], "guider": ["20", 0], "sampler": ["23", 0], "sigmas": ["21", 0],
+        "latent_image": ["6", 3]}}
+    return g

@@ -46,18 +46,9 @@ class DCNTestRecordingEuler:
         return (comfy.samplers.KSAMPLER(euler),)
 
 
-@pytest.fixture(scope="module")
-def dc(host):
-    if not host.features.get("cfg_guider"):
-        pytest.skip(f"this host has no comfy.samplers.CFGGuider / SamplerCustomAdvanced (2024-03 ComfyUI); the "
-                    f"guider path needs a current host (COMFYUI_PATH): {host.info.describe()}")
-    return S.install(host.model_dirs, host.dirs["input"], host.refresh_models)
-
-
 def _guider_graph(which: str, seed: int, steps: int, cfg_text: float, cfg_image: float, rescale: float, nodes):
-    g = S.conditioning_graph()
     if which == "pack":
-        g["20"] = {"class_type": "DCN_Guider", "inputs": {
+        guider = {"class_type": "DCN_Guider", "inputs": {
             "model": ["1", 0], "positive": ["6", 0], "image_only": ["6", 1], "negative": ["6", 2],
             "cfg_text": cfg_text, "cfg_image": cfg_image, "guidance_rescale": rescale, "mode": "multi"}}
     else:  # the host's DualCFGGuider, "regular" style = the DynamiCrafter formula (README, first section)
@@ -65,19 +56,14 @@ def _guider_graph(which: str, seed: int, steps: int, cfg_text: float, cfg_image:
                   "cfg_conds": cfg_text, "cfg_cond2_negative": cfg_image}
         if "style" in nodes["DualCFGGuider"].INPUT_TYPES()["required"]:
             inputs["style"] = "regular"
-        g["20"] = {"class_type": "DualCFGGuider", "inputs": inputs}
-    g["21"] = {"class_type": "DCN_Sigmas", "inputs": {"model": ["1", 0], "steps": steps, "spacing": "auto"}}
-    g["22"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
-    g["23"] = {"class_type": "DCNTestRecordingEuler", "inputs": {}}
-    g["24"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["22", 0], "guider": ["20", 0], "sampler": ["23", 0], "sigmas": ["21", 0],
-        "latent_image": ["6", 3]}}
+        guider = {"class_type": "DualCFGGuider", "inputs": inputs}
+    g = S.guider_graph(guider, {"class_type": "DCNTestRecordingEuler", "inputs": {}}, steps, seed)
     S.add_decode(g, ["24", 0], f"dcn_guider_{which}")
     return g
 
 
 @pytest.mark.parametrize("which,rescale", [("pack", 0.7), ("pack", 0.0), ("host_dual_cfg", 0.0)])
-def test_guider_euler_follows_reference_ddim_trajectory(host, dc, which, rescale, record_property):
+def test_guider_euler_follows_reference_ddim_trajectory(host, dc_guider, which, rescale, record_property):
     if which == "host_dual_cfg" and not host.features.get("dual_cfg_guider"):
         pytest.skip("this host has no DualCFGGuider")
     seed, steps, cfg_text, cfg_image = 9, 8, 7.5, 4.5

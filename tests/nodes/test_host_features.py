@@ -40,18 +40,6 @@ def _needs(host, *names):
         pytest.skip(f"this host has no {', '.join(missing)} node (it came after 2024-03): {host.info.describe()}")
 
 
-@pytest.fixture(scope="module")
-def installed(host):
-    return S.install(host.model_dirs, host.dirs["input"], host.refresh_models)
-
-
-@pytest.fixture(scope="module")
-def dc(host, installed):
-    if not host.features.get("cfg_guider"):
-        pytest.skip(f"this host has no SamplerCustomAdvanced / CFGGuider (2024-03 ComfyUI): {host.info.describe()}")
-    return installed
-
-
 @contextlib.contextmanager
 def unet_calls(host):
     """Counts the pack's UNet evaluations (DynamiCrafterUNet._forward, the real call; nothing replaced)."""
@@ -71,20 +59,16 @@ def unet_calls(host):
 
 
 def _guider_graph(seed: int, patch: str = None):
-    g = S.conditioning_graph()
     model = ["1", 0]
+    extra = {}
     if patch is not None:
-        g["30"] = {"class_type": patch, "inputs": dict(CACHE[patch], model=["1", 0])}
+        extra["30"] = {"class_type": patch, "inputs": dict(CACHE[patch], model=["1", 0])}
         model = ["30", 0]
-    g["20"] = {"class_type": "DCN_Guider", "inputs": {
+    guider = {"class_type": "DCN_Guider", "inputs": {
         "model": model, "positive": ["6", 0], "image_only": ["6", 1], "negative": ["6", 2],
         "cfg_text": 7.5, "cfg_image": 4.5, "guidance_rescale": 0.7, "mode": "multi"}}
-    g["21"] = {"class_type": "DCN_Sigmas", "inputs": {"model": ["1", 0], "steps": STEPS, "spacing": "auto"}}
-    g["22"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
-    g["23"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}
-    g["24"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["22", 0], "guider": ["20", 0], "sampler": ["23", 0], "sigmas": ["21", 0],
-        "latent_image": ["6", 3]}}
+    g = S.guider_graph(guider, {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}, STEPS, seed)
+    g.update(extra)
     S.add_sink(g, ["24", 0], f"dcn_feature_{patch or 'plain'}")
     return g
 
@@ -104,7 +88,7 @@ def _easycache_knows_output_channels() -> bool:
 
 
 @pytest.mark.parametrize("patch", ["EasyCache", "LazyCache"])
-def test_cache_skips_unet_calls_with_the_guider(host, dc, patch, record_property):
+def test_cache_skips_unet_calls_with_the_guider(host, dc_guider, patch, record_property):
     _needs(host, patch)
     host.run_prompt(_guider_graph(seed=1))                      # warm: model loaded, conditioning cached
     if patch == "EasyCache" and not _easycache_knows_output_channels():
@@ -132,7 +116,7 @@ def test_cache_skips_unet_calls_with_the_guider(host, dc, patch, record_property
 
 
 @pytest.mark.parametrize("patch", ["EasyCache", "LazyCache"])
-def test_cache_is_refused_by_the_exact_sampler(host, installed, patch):
+def test_cache_is_refused_by_the_exact_sampler(host, dc, patch):
     _needs(host, patch)
     g = S.conditioning_graph()
     g["30"] = {"class_type": patch, "inputs": dict(CACHE[patch], model=["1", 0])}
@@ -146,7 +130,7 @@ def test_cache_is_refused_by_the_exact_sampler(host, installed, patch):
 
 
 @pytest.mark.parametrize("node", ["DCN_Sampler", "DCN_Guider"])
-def test_cfg_patches_are_refused_by_the_packs_cfg(host, installed, node):
+def test_cfg_patches_are_refused_by_the_packs_cfg(host, dc, node):
     """RescaleCFG (a host CFG patch, on every host) would be ignored by the pack's own dual CFG: refused."""
     if node == "DCN_Guider" and not host.features.get("cfg_guider"):
         pytest.skip(f"this host has no CFGGuider, so no DCN_Guider (2024-03 ComfyUI): {host.info.describe()}")
@@ -166,7 +150,7 @@ def test_cfg_patches_are_refused_by_the_packs_cfg(host, installed, node):
     assert "sampler_cfg_function" in msg and node in msg
 
 
-def test_torch_compile_model_runs_compiled(host, installed):
+def test_torch_compile_model_runs_compiled(host, dc):
     _needs(host, "TorchCompileModel")
     import torch._dynamo.utils as dyn
 
@@ -183,7 +167,7 @@ def test_torch_compile_model_runs_compiled(host, installed):
     torch.testing.assert_close(got, ref, atol=2e-4, rtol=1e-4)
 
 
-def test_model_is_built_with_the_hosts_patcher_class(host, installed):
+def test_model_is_built_with_the_hosts_patcher_class(host, dc):
     import comfy.model_patcher as mp
     host.run_prompt(S.add_sink(S.conditioning_graph(), ["6", 3], "dcn_patcher"))
     patcher = host.node_output("1")[0][0]
