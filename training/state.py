@@ -120,7 +120,8 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         # torch's own text suggests weights_only=False: never for a file of unknown origin, so it is not shown
-        found = (f"{path}: Python objects that only a full unpickler loads, which can run code"
+        found = (f"{path}: holds more than plain tensors (Python objects that only a full unpickler loads, which "
+                 "can run code)"
                  if "GLOBAL" in str(e) else
                  f"{path}: unreadable ({type(e).__name__}): damaged, truncated or not a torch file")
         raise DynamiCrafterInputError("checkpoint", "a training checkpoint of train.py (tensors, numbers, strings)",
@@ -135,10 +136,8 @@ def _try_load(path: str) -> Optional[Dict[str, Any]]:
     try:
         return load_checkpoint(path)
     except Exception as e:  # damaged / foreign file: say so and keep looking
-        import pickle
-
-        # torch's unpickling message advises loading unsafely; it is not repeated
-        why = ("holds more than plain tensors" if isinstance(e, pickle.UnpicklingError)
+        # load_checkpoint's own words (torch's unpickling message advises loading unsafely; it is not repeated)
+        why = (e.found[len(path) + 2:] if isinstance(e, DynamiCrafterInputError) and e.found.startswith(path + ": ")
                else (str(e).splitlines() or [""])[0][:160])
         logger.warning("checkpoint %s cannot be loaded (%s: %s); trying an older one", path, type(e).__name__, why)
         return None

@@ -4,6 +4,7 @@ naming the folder and the last good checkpoint; export and demo-data go through 
 damaged or code-running checkpoint is one line, never torch's advice to load it with weights_only=False."""
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -66,10 +67,21 @@ def test_room_for_two_checkpoints_samples_and_adapter_said_in_numbers(tmp_path, 
     assert not os.path.exists(disk / "run" / "checkpoints")  # made by the trainer's build, which never started
 
 
+def _fill(path) -> None:
+    """Write zeros into ``path`` until the file system says it is full (the run writes beside it meanwhile)."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * (64 << 10))
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+
+
 def test_disk_full_during_the_run_is_one_line_naming_the_last_good_checkpoint(tmp_path, tmpfs, video_data):
     disk = tmpfs("64m")
     out = disk / "run"
-    settings = tiny_settings(str(out), video_data[0], max_steps=9, save_every=3, keep_checkpoints=0)
+    settings = tiny_settings(str(out), video_data[0], max_steps=30, save_every=3, keep_checkpoints=0)
     cfg = write_config(str(tmp_path / "run.json"), settings)
     first = out / "checkpoints" / "step_00000003.pt"
     proc = subprocess.Popen([PY, os.path.join(REPO, "train.py"), "--config", cfg], cwd=REPO, env=child_env(),
@@ -79,8 +91,7 @@ def test_disk_full_during_the_run_is_one_line_naming_the_last_good_checkpoint(tm
         while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert first.exists(), proc.communicate()[1][-3000:]
-        st = os.statvfs(disk)
-        (disk / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize))   # the disk is full from here on
+        _fill(disk / "filler")                                                # the disk is full from here on
         _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
