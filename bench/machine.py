@@ -76,3 +76,11 @@ def reset_peak_rss() -> bool:
 
 def mib(kb: Optional[int]) -> Optional[float]:
     return None if kb is None else round(kb / 1024, 1)
+
+
+def write_json(path: Optional[str], text: str) -> None:
+    """A bench's JSON text to ``path`` (its folder made), one trailing newline; nothing when ``path`` is None."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text + "\n")

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     import _bootstrap
     _bootstrap.register()
     import torch
-    from comfyui_dynamicrafter.bench.machine import machine_info  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.bench.machine import machine_info, write_json  # lazy: the worker process imports the pack after _bootstrap.register()
 
     result = dict(case="tooncrafter decode", command="python " + " ".join(shlex.quote(a) for a in sys.argv),
                   machine=machine_info(), settings={k: v for k, v in vars(args).items() if k not in ("worker", "out")},
@@ -134,10 +134,7 @@ def main(argv=None) -> int:
             rel_l2=((ours - ref).norm() / ref.norm()).item())
     text = json.dumps(result, indent=1)
     print(text)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+    write_json(args.json, text)
     return 0
 
 
