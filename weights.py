@@ -41,6 +41,21 @@ class ModelFile:
     def url(self) -> str:
         return f"https://huggingface.co/{self.repo}/blob/main/{self.repo_file}"
 
+    @property
+    def download_url(self) -> str:
+        """The direct link (``/resolve/``): what a workflow's ``models`` entry carries for the front end."""
+        return f"https://huggingface.co/{self.repo}/resolve/main/{self.repo_file}"
+
+    def models_entry(self) -> Dict[str, str]:
+        """The front end's ``properties.models`` entry of a loader node that names this file."""
+        return {"name": self.filename, "url": self.download_url, "directory": WORKFLOW_FOLDER}
+
+
+# The model folder the shipped workflows name for the official full checkpoints: the host's standard top-level
+# ``checkpoints`` (one file holding UNet, P, both encoders and the VAE), which the front end's Missing Models panel and
+# the Desktop app's download know. models/dynamicrafter (this pack's own, where generate.py downloads) and
+# models/diffusion_models keep working: the loader lists all three (headless.CHECKPOINT_FOLDERS).
+WORKFLOW_FOLDER = "checkpoints"
 
 MODEL_FILES: Dict[str, ModelFile] = {
     "512": ModelFile("512", "dynamicrafter_512.ckpt", "Doubiiu/DynamiCrafter_512", "model.ckpt", "about 10 GB"),
