@@ -40,7 +40,14 @@ def _frontend(server) -> tuple:
     return got
 
 
+# The page opens as on a first start: without the workflow drafts an earlier test's page left in this browser profile
+# (the front end restores the last open workflow while it starts, which could land after a test's own load).
+NO_DRAFTS = """for (const k of Object.keys(localStorage))
+    if (/^Comfy\\.(Workflow|PreviousWorkflow)|^workflow$/.test(k)) localStorage.removeItem(k);"""
+
+
 def _open(page, server):
+    page.add_init_script(NO_DRAFTS)
     page.goto(server.url + "/", wait_until="load")
     page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
                            "Object.keys(LiteGraph.registered_node_types).includes('DCN_Loader')", timeout=90000)
@@ -105,9 +112,11 @@ def _graph_of(ui: dict) -> dict:
 def _make_video(server, page, ui: dict) -> str:
     """Queue ``ui`` from the page (the page converts it and sends the workflow along, as the Run button does)."""
     page.evaluate(LOAD, ui)
+    loader = "() => app.graph.serialize().nodes.filter(n => n.type === 'DCN_Loader').map(n => n.widgets_values[0])"
+    assert page.evaluate(loader) == [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "DCN_Loader"]
     before = set((server.get("/history") or {}).keys())
     errors = page.evaluate("async () => { await app.queuePrompt(0, 1); return app.lastNodeErrors || null; }")
-    assert not errors, errors
+    assert not errors, [e.get("details") for n in errors.values() for e in n["errors"]]
     import time
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
