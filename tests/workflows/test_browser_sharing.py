@@ -8,8 +8,8 @@
   the UI workflow in ``extra_pnginfo``) dropped on the canvas give back the same graph: node types, links and widget
   values equal to the workflow that made the file.
 
-These need the front end of 2025 and later (the Missing Models panel and the video readers came with it); the
-2024-03 host's page has neither and is skipped, saying so."""
+These need the front end of 2025 and later (1.27 of v0.3.64: a Missing Models dialog; 1.49 of v0.33: the error panel
+with a Download button; both read mp4 and WebP); the 2024-03 host's page has neither and is skipped, saying so."""
 from __future__ import annotations
 
 import base64
@@ -24,7 +24,10 @@ from comfyui_dynamicrafter.tests.workflows.test_browser import (ARTIFACTS, CHROM
                                                                 browser_context, server)
 
 pytestmark = pytest.mark.skipif(not os.path.isfile(CHROMIUM), reason=f"chromium is not installed ({CHROMIUM})")
-FRONTEND_MIN = (1, 49)  # the Missing Models panel and the mp4/WebP readers this file drives
+FRONTEND_MIN = (1, 27)  # the oldest front end driven here (v0.3.64's); its mp4/WebP readers and Missing Models dialog
+ERROR_PANEL = (1, 49)   # from here on the missing models sit in the error panel with a Download button
+# The 1.27 dialog offers downloads only for these suffixes (allowedSuffixes of its MissingModelsWarning); 1.49 adds more.
+DIALOG_127_SUFFIXES = (".safetensors", ".sft")
 
 
 def _frontend(server) -> tuple:
@@ -36,7 +39,7 @@ def _frontend(server) -> tuple:
         pytest.skip("comfyui_frontend_package is not installed beside this host")
     got = tuple(int(x) for x in v.split(".")[:2])
     if got < FRONTEND_MIN:
-        pytest.skip(f"front end {v}: these checks drive the panel of {FRONTEND_MIN[0]}.{FRONTEND_MIN[1]} and later")
+        pytest.skip(f"front end {v}: these checks drive the front ends of {FRONTEND_MIN[0]}.{FRONTEND_MIN[1]} and later")
     return got
 
 
@@ -61,7 +64,8 @@ DESKTOP_BRIDGE = """() => { window.__dcnDownloads = [];
 
 
 def test_missing_model_panel_offers_our_url_and_folder(server, browser_context):
-    _frontend(server)
+    if _frontend(server) < ERROR_PANEL:
+        return _missing_model_dialog_127(server, browser_context)
     path = os.path.join(wfcheck.UI_DIR, "dynamicrafter_512_image_to_video.json")
     ui = wfcheck.load(path)
     entry = next(n for n in ui["nodes"] if n["type"] == "DCN_Loader")["properties"]["models"][0]
@@ -81,6 +85,33 @@ def test_missing_model_panel_offers_our_url_and_folder(server, browser_context):
     page.wait_for_function("() => window.__dcnDownloads.length > 0", timeout=10000)
     got = page.evaluate("() => window.__dcnDownloads")
     assert got == [{"url": entry["url"], "name": entry["name"], "directory": entry["directory"]}], got
+    page.close()
+
+
+DIALOG_OPTIONS = """() => Array.from(document.querySelectorAll('.comfy-missing-models [role=option]')).map(o => ({
+    text: o.innerText, title: (o.querySelector('span[title]') || {}).title || null,
+    disabled: Array.from(o.querySelectorAll('button')).map(b => b.disabled)}))"""
+
+
+def _missing_model_dialog_127(server, browser_context):
+    """Front end 1.27 (v0.3.64): the Missing Models dialog lists ``directory / name`` with our URL as its hint; it
+    refuses a download whose name is not .safetensors/.sft (its own rule), saying so in the entry."""
+    ui = wfcheck.load(os.path.join(wfcheck.UI_DIR, "dynamicrafter_512_image_to_video.json"))
+    entry = next(n for n in ui["nodes"] if n["type"] == "DCN_Loader")["properties"]["models"][0]
+    page = browser_context.new_page()
+    _open(page, server)
+    page.evaluate(LOAD, ui)
+    page.locator(".comfy-missing-models").wait_for(timeout=30000)
+    options = page.evaluate(DIALOG_OPTIONS)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "missing_model_dialog_127.png"))
+    mine = [o for o in options if f"{entry['directory']} / {entry['name']}" in o["text"]]
+    assert len(mine) == 1 and mine[0]["title"] == entry["url"], options
+    assert "Invalid directory" not in mine[0]["text"], mine[0]
+    if entry["name"].endswith(DIALOG_127_SUFFIXES):
+        assert "Only allowed suffixes" not in mine[0]["text"] and not any(mine[0]["disabled"]), mine[0]
+    else:  # the official pickle: listed with its link, the download refused by this front end's suffix rule
+        assert "Only allowed suffixes" in mine[0]["text"] and all(mine[0]["disabled"]), mine[0]
     page.close()
 
 
@@ -152,6 +183,7 @@ def test_drop_restore_of_our_video(fmt, server, browser_context):
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     _open(page, server)
+    errors.clear()  # from here on, what the page does is about this test (1.27's own start-up error is not)
     video = _make_video(server, page, ui)
     assert video.endswith("." + fmt), video
     page.evaluate("async () => { await app.loadGraphData({nodes: [], links: [], version: 0.4}); }")  # a clean canvas
