@@ -76,7 +76,9 @@ def test_registry_install_into_its_own_folder_name(folder, host, host_info, host
     listed = sorted(k for k in info if k.startswith("DCN_"))
     assert listed == expected, srv.log_tail()
     log = open(srv.log_path, encoding="utf-8", errors="replace").read()
-    assert "IMPORT FAILED" not in log and "Cannot import" not in log, log[-3000:]
+    # the pack's own import lines only (a host may fail on its own extras, e.g. nodes_audio.py without torchaudio)
+    failed = [ln for ln in log.splitlines() if ("IMPORT FAILED" in ln or "Cannot import" in ln) and folder in ln]
+    assert not failed and pack in log, (failed, log[-3000:])
     modules = {info[k].get("python_module") for k in listed if info[k].get("python_module")}
     assert modules <= {f"custom_nodes.{folder}"}, modules
     print(f"{folder}: {len(listed)} nodes listed by {host_info.describe()}")
