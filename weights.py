@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 PACKAGE = __package__ or "comfyui_dynamicrafter"  # generate.py registers the folder under this name when run
@@ -41,13 +42,40 @@ class ModelFile:
     def url(self) -> str:
         return f"https://huggingface.co/{self.repo}/blob/main/{self.repo_file}"
 
+    @property
+    def download_url(self) -> str:
+        """The direct link (``/resolve/``): what a workflow's ``models`` entry carries for the front end."""
+        return f"https://huggingface.co/{self.repo}/resolve/main/{self.repo_file}"
+
+    def models_entry(self) -> Dict[str, str]:
+        """The front end's ``properties.models`` entry of a loader node that names this file."""
+        return {"name": self.filename, "url": self.download_url, "directory": WORKFLOW_FOLDER}
+
+
+# The model folder the shipped workflows name for the official full checkpoints: the host's standard top-level
+# ``checkpoints`` (one file holding UNet, P, both encoders and the VAE), which the front end's Missing Models panel and
+# the Desktop app's download know. models/dynamicrafter (this pack's own, where generate.py downloads) and
+# models/diffusion_models keep working: the loader lists all three (headless.CHECKPOINT_FOLDERS).
+WORKFLOW_FOLDER = "checkpoints"
+
+def _pack_module(name: str):
+    """A module of the pack (``name`` like ".model.variants"); when this file runs outside generate.py (the workflow
+    builder as a script), the folder is registered under the pack's fixed name first (_bootstrap.py, stdlib only)."""
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "_dc_bootstrap", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap.py"))
+        boot = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(boot)
+        boot.register(PACKAGE)
+    return importlib.import_module(PACKAGE + name)
+
 
 class _ModelFiles(Mapping):
     """variant -> its official file, read from the registry (model/variants.py ``download``) on every access, so a
     variant registered there is downloadable with no other edit."""
 
     def _all(self) -> Dict[str, ModelFile]:
-        variants = importlib.import_module(PACKAGE + ".model.variants").VARIANTS   # torch-free
+        variants = _pack_module(".model.variants").VARIANTS                      # torch-free
         return {name: ModelFile(name, *v.download) for name, v in variants.items() if v.download}
 
     def __getitem__(self, name: str) -> ModelFile:

@@ -97,7 +97,7 @@ def checkpoint_path(name: str) -> str:
         return path
     raise DynamiCrafterInputError(
         "ckpt_name", "a file in the model folders", f"no {name!r} in {searched_dirs()}",
-        "put the DynamiCrafter checkpoint into models/dynamicrafter (or refresh the page after adding it)",
+        "put the DynamiCrafter checkpoint into models/checkpoints (or models/dynamicrafter) and refresh the page",
     )
 
 
@@ -113,7 +113,7 @@ def missing_checkpoint(ckpt_name: Optional[str]) -> Optional[str]:
     """The one-line validation message of a loader's ``ckpt_name`` that is in none of the model folders, else None."""
     if ckpt_name is not None and ckpt_name not in list_checkpoints():
         return (f"ckpt_name: model file {ckpt_name!r} not found; searched {searched_dirs()}; put it into "
-                "models/dynamicrafter and refresh the page")
+                "models/checkpoints (or models/dynamicrafter) and refresh the page")
     return None
 
 

@@ -282,8 +282,8 @@ class DCN_Loader:
     def INPUT_TYPES(cls):
         return {"required": {
             "ckpt_name": (compat.list_checkpoints(), {
-                "tooltip": "DynamiCrafter checkpoint from models/dynamicrafter, models/diffusion_models or "
-                           "models/checkpoints. A full official model.ckpt also gives CLIP, CLIP_VISION and VAE."}),
+                "tooltip": "DynamiCrafter checkpoint from models/checkpoints, models/dynamicrafter or "
+                           "models/diffusion_models. A full official model.ckpt also gives CLIP, CLIP_VISION and VAE."}),
             "variant": (["auto"] + variant_names(), {
                 "default": "auto",
                 "tooltip": "auto: from the keys (256 vs 512-family), the file's metadata, or the file name; 512, "

@@ -19,6 +19,11 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+try:  # imported as part of the pack (tests) or run as a script
+    from ..weights import MODEL_FILES, WORKFLOW_FOLDER
+except ImportError:
+    sys.path.insert(0, ROOT)
+    from weights import MODEL_FILES, WORKFLOW_FOLDER
 WF_DIR = os.path.join(ROOT, "workflows")
 UI_DIR = os.path.join(ROOT, "example_workflows")  # the one UI copy: newer hosts serve this folder as templates
 API_DIR = os.path.join(WF_DIR, "api")
@@ -26,10 +31,11 @@ INPUT_DIR = os.path.join(WF_DIR, "input")
 START_IMAGE = "dynamicrafter_example_start.png"
 END_IMAGE = "dynamicrafter_example_end.png"
 
-# The model files the workflows name (generate.py downloads them under these names; see MODEL_FILES there).
-CKPT_512 = "dynamicrafter_512.ckpt"
-CKPT_INTERP = "dynamicrafter_512_interp.ckpt"
-CKPT_TOON = "tooncrafter_512_interp.ckpt"
+# The model files the workflows name (weights.MODEL_FILES: generate.py downloads them under these names).
+CKPT_512 = MODEL_FILES["512"].filename
+CKPT_INTERP = MODEL_FILES["512-interp"].filename
+CKPT_TOON = MODEL_FILES["tooncrafter"].filename
+MODEL_ENTRIES = {m.filename: m.models_entry() for m in MODEL_FILES.values()}
 
 PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
 LOOP_PROMPT = "a small sailboat rocking on gentle waves at sunset"
@@ -168,14 +174,20 @@ NOTE_COLOR = ("#432", "#653")
 
 
 def _model_note(ckpt: str, repo: str, extra: str = "") -> str:
-    fetch = "python generate.py --download-only" + (" --variant 512-interp" if "interp" in ckpt else "")
+    stem = os.path.splitext(ckpt)[0]
+    variant = next(v for v, m in MODEL_FILES.items() if m.filename == ckpt)
+    fetch = "python generate.py --download-only" + ("" if variant == "512" else f" --variant {variant}")
     return (f"MODEL FILE - pick it in DynamiCrafter Loader > ckpt_name\n"
-            f"{ckpt} goes into ComfyUI/models/dynamicrafter/\n"
-            f"(models/checkpoints or models/diffusion_models work too).\n"
-            f"It is model.ckpt of huggingface.co/{repo}, renamed;\n"
+            f"{ckpt} goes into ComfyUI/models/{WORKFLOW_FOLDER}/\n"
+            f"(models/dynamicrafter or models/diffusion_models work too).\n"
+            f"It is model.ckpt of huggingface.co/{repo}, renamed (the Missing Models panel offers it);\n"
             f"or let this pack fetch it (from the pack's folder):\n  {fetch}\n"
             f"Press R (refresh) after adding it. The one file holds the UNet, the image adapter, the text and "
-            f"image encoders and the VAE.\n\n"
+            f"image encoders and the VAE. Safetensors instead of pickle: python convert.py convert "
+            f"{ckpt} {stem}.safetensors --variant {variant} (then pick that name).\n"
+            f"A pruned repack (e.g. dynamicrafter_*_fp16_pruned.safetensors) has no text/image encoder: take CLIP "
+            f"from CLIPLoader (SD2.1 text encoder, type stable_diffusion) and CLIP_VISION from CLIPVisionLoader "
+            f"(CLIP-ViT-H-14).\n\n"
             f"IMAGE: LoadImage reads ComfyUI/input/ - upload your own, or copy the examples from this pack's "
             f"workflows/input/.\n{extra}")
 
@@ -184,6 +196,7 @@ def _common(g: Graph, ckpt: str, variant: str, prompt: str, end: bool, adapter: 
     """Loader, images, prompts, image encode; with ``adapter``, a DCN_ApplyAdapter on the loader's MODEL and P whose
     P feeds the image encode (the caller connects its MODEL to the sampler)."""
     loader = g.add("DCN_Loader", (30, 380), (370, 200), [ckpt, variant, "default"])
+    g.nodes[loader - 1]["properties"]["models"] = [dict(MODEL_ENTRIES[ckpt])]
     start = g.add("LoadImage", (30, 630), (370, 340), [START_IMAGE, "image"], title="Start image")
     end_id = g.add("LoadImage", (30, 1010), (370, 340), [END_IMAGE, "image"], title="End image") if end else None
     pos = g.add("CLIPTextEncode", (450, 60), (400, 170), [prompt], title="Positive prompt")
@@ -435,6 +448,9 @@ def tooncrafter_sketch() -> Graph:
     for i in g.nodes[samp - 1]["inputs"][1:4]:
         i["link"] = None
     loader = g.add("DCN_SketchEncoderLoader", (900, 400), (320, 60), [SKETCH_ENCODER])
+    g.nodes[loader - 1]["properties"]["models"] = [{   # the front end's Missing Models entry (folder controlnet)
+        "name": SKETCH_ENCODER, "url": f"https://huggingface.co/Doubiiu/ToonCrafter/resolve/main/{SKETCH_ENCODER}",
+        "directory": "controlnet"}]
     a = g.add("LoadImage", (900, 520), (320, 300), [SKETCH_IMAGES[0], "image"], title="Sketch for frame 5")
     b = g.add("LoadImage", (900, 860), (320, 300), [SKETCH_IMAGES[1], "image"], title="Sketch for frame 10")
     batch = g.add("ImageBatch", (1270, 720), (210, 50))
