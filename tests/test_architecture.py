@@ -24,8 +24,8 @@ ALLOWED = {
     "training": {"model"},
     "cli": {"model", "nodes"},
     "top": {"model", "nodes", "training", "cli"},
-    "bench": {"model", "nodes", "training", "cli"},
-    "scripts": {"model", "nodes", "training", "cli"},
+    "bench": {"model", "nodes", "training", "cli", "top"},       # tools beside the entry points
+    "scripts": {"model", "nodes", "training", "cli", "top"},
 }
 MAX_FUNCTION_LINES = 80
 MAX_FILE_LINES = 500
