@@ -81,7 +81,8 @@ def _run(host, g):
     host.reset_cache()
     host.run_prompt(g)
     model = host.node_output(g["21"]["inputs"]["model"][0])[0][0]
-    ms = model.get_model_object("model_sampling")
+    ms = (model.get_model_object("model_sampling") if hasattr(model, "get_model_object")   # 2024-03: no patches
+          else model.model.model_sampling)
     return (host.node_output("21")[0][0].clone(), ms.sigmas.detach().clone(),
             host.node_output("7")[0][0]["samples"].clone())
 
