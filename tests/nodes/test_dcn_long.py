@@ -185,8 +185,8 @@ def test_host_context_windows_equal_pack_windowed_ddim(host_windows, dc, monkeyp
 
     orig_resize = windows_mod.resize_cond_item
 
-    def spy_resize(*a):
-        out = orig_resize(*a)
+    def spy_resize(*a, **kw):
+        out = orig_resize(*a, **kw)
         if out is not None:
             resized.append(a[0])
         return out
@@ -310,6 +310,7 @@ def test_host_resize_cond_item_slices_our_conds(host):
     def handler_for(length, overlap):
         h = cw.IndexListContextHandler(cw.get_matching_context_schedule("standard_static"),
                                        cw.get_matching_fuse_method("pyramid"), length, overlap, dim=0)
+        h._model = None                 # what execute() sets before windows are resized (v0.33 reads it): no model
 
         class Patcher:
             model_options = {"context_handler": h}

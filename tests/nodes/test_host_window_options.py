@@ -19,6 +19,11 @@ from comfyui_dynamicrafter.tests.nodes.test_dcn_long import (
 )
 
 
+def _options(spec) -> list:
+    """A combo input's choices: (list, {...}) from V1 nodes, ("COMBO", {"options": list}) from the host's V3 nodes."""
+    return list(spec[0]) if isinstance(spec[0], (list, tuple)) else list(spec[1].get("options", []))
+
+
 def _declared(host, *names):
     cls = host.node_class_mappings.get("ContextWindowsManual")
     if cls is None or not host.features.get("cfg_guider"):
@@ -67,7 +72,7 @@ REFUSED = {
 def test_host_window_option_refused_in_one_line(host, dc, case):
     options, frames, needles = REFUSED[case]
     declared = _declared(host, *options)
-    if "context_schedule" in options and options["context_schedule"] not in declared["context_schedule"][0]:
+    if "context_schedule" in options and options["context_schedule"] not in _options(declared["context_schedule"]):
         pytest.skip(f"this host has no {options['context_schedule']} schedule: {host.info.describe()}")
     _, res = _run(host, frames, steps=1, **options)
     assert not res.success and res.error is not None, f"{case} was not refused"
@@ -126,23 +131,23 @@ def test_cond_retain_moves_concat_rows_and_refuses_keyframe_chains(host):
     h = cw.IndexListContextHandler(cw.get_matching_context_schedule("standard_static"),
                                    cw.get_matching_fuse_method("pyramid"), 16, 4, dim=0,
                                    cond_retain_index_list="0", causal_window_fix=False)
+    h._model = None                     # what execute() sets before windows are resized: no model-level resize here
 
     class Patcher:
         model_options = {"context_handler": h}
 
     windows_mod._on_pre_run(Patcher())
-    frames = 48
-    concat = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1, 1).expand(frames, 4, 2, 2).contiguous()
-
     def cond(layout):
+        frames = layout[1]
+        concat = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1, 1).expand(frames, 4, 2, 2).contiguous()
         return [{"model_conds": {
             "c_concat": windows_mod.FrameConcat(concat), "dcn_frames": comfy.conds.CONDConstant(frames),
             windows_mod.LAYOUT_KEY: windows_mod.Layout(layout)}}]
 
-    win = cw.IndexListContextWindow(list(range(32, 48)), dim=0, total_frames=frames)
-    mc = h.get_resized_cond(cond(VideoPlan("image", frames)), torch.zeros(frames, 4, 2, 2), win)[0]["model_conds"]
+    win = cw.IndexListContextWindow(list(range(32, 48)), dim=0, total_frames=48)
+    mc = h.get_resized_cond(cond(VideoPlan("image", 48)), torch.zeros(48, 4, 2, 2), win)[0]["model_conds"]
     assert mc["c_concat"].cond[:, 0, 0, 0].tolist() == [0.0] + [float(i) for i in range(33, 48)]
-    chain = cw.IndexListContextWindow(list(range(15, 31)), dim=0, total_frames=31)
+    chain = cw.IndexListContextWindow(list(range(15, 31)), dim=0, total_frames=31)   # a right chain window
     with pytest.raises(Exception, match="cond_retain_index_list") as e:
         h.get_resized_cond(cond(VideoPlan("chain", 31, keyframes=3)), torch.zeros(31, 4, 2, 2), chain)
     assert "\n" not in str(e.value)
@@ -152,7 +157,7 @@ def test_batched_whole_windows_equal_pack_static_windows_without_overlap(host, d
     """The batched schedule on a multiple of the window (48 = 3 x 16): windows 0-15, 16-31, 32-47, which are the
     pack's standard_static windows with overlap 0 (each frame in one window, whatever context_overlap says)."""
     declared = _declared(host, "causal_window_fix")
-    if "batched" not in declared["context_schedule"][0]:
+    if "batched" not in _options(declared["context_schedule"]):
         pytest.skip(f"this host has no batched schedule: {host.info.describe()}")
     frames = 48
     _, res = _run(host, frames, context_schedule="batched")
