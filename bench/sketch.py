@@ -38,10 +38,10 @@ SIDES = ("plain", "sketch")                                                # A, 
 def build(args, side):
     """The UNet (and on the sketch side the encoder), random weights, built on the meta device then filled."""
     import torch
-    from comfyui_dynamicrafter.bench.weights import init_random_
-    from comfyui_dynamicrafter.model.sketch import SketchEncoder, sketch_config
-    from comfyui_dynamicrafter.model.unet import UNetModel
-    from comfyui_dynamicrafter.model.variants import get_variant
+    from comfyui_dynamicrafter.bench.weights import init_random_  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.model.sketch import SketchEncoder, sketch_config  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.model.unet import UNetModel  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.model.variants import get_variant  # lazy: the worker process imports the pack after _bootstrap.register()
 
     tiny = args.config == "tiny"
     models = []
@@ -58,7 +58,7 @@ def build(args, side):
 def step_inputs(unet, args):
     """Seeded latent, concat latent, per-branch contexts (77 text + 16 image tokens per frame), fs, sketches."""
     import torch
-    from comfyui_dynamicrafter.model.sampler import guidance_branches
+    from comfyui_dynamicrafter.model.sampler import guidance_branches  # lazy: the worker process imports the pack after _bootstrap.register()
 
     g = torch.Generator().manual_seed(args.seed + 7)
     cfg, t, h, w = unet.cfg, args.frames, args.height // 8, args.width // 8
@@ -75,8 +75,8 @@ def step_inputs(unet, args):
 def guided_step(unet, encoder, inp, strength):
     """One step's model work -> (guided output, the residuals' smallest max-abs or None, number of residuals)."""
     import torch
-    from comfyui_dynamicrafter.model.sampler import combine_guidance, rescale_guidance
-    from comfyui_dynamicrafter.model.sketch import sketch_residuals
+    from comfyui_dynamicrafter.model.sampler import combine_guidance, rescale_guidance  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.model.sketch import sketch_residuals  # lazy: the worker process imports the pack after _bootstrap.register()
 
     control, smallest = None, None
     if encoder is not None:
@@ -92,7 +92,7 @@ def worker(args) -> None:
     import _bootstrap
     _bootstrap.register()
     import torch
-    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss
+    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss  # lazy: the worker process imports the pack after _bootstrap.register()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
                 f"{args.warmup}")
     import _bootstrap
     _bootstrap.register()
-    from comfyui_dynamicrafter.bench.machine import machine_info, write_json
+    from comfyui_dynamicrafter.bench.machine import machine_info, write_json  # lazy: the worker process imports the pack after _bootstrap.register()
 
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
