@@ -43,7 +43,7 @@ from comfyui_dynamicrafter.tests.scratch import scratch_dir
 
 # Model folder kinds the harness creates. Keys are the current host's names; the 2024-03 host calls two of them
 # "unet" and "clip" (headless.LEGACY_FOLDER_NAMES; HostInfo.folder_key gives a host's name).
-MODEL_KINDS = ("dynamicrafter", "checkpoints", "diffusion_models", "text_encoders", "clip_vision", "vae",
+MODEL_KINDS = ("dynamicrafter", "checkpoints", "diffusion_models", "text_encoders", "clip_vision", "vae", "controlnet",
                headless.ADAPTER_FOLDER)  # the last one: DCN_ApplyAdapter's (registered by the pack)
 # Built-in extras that cannot import on this machine class (torchaudio has no build beside torch 2.14.1 here).
 KNOWN_MISSING_MODULES = ("torchaudio",)

@@ -61,9 +61,11 @@ def tiny_lora_adapter(path: str) -> str:
     return path
 
 
-def install_inputs(model_dir: str, input_dir: str, adapter_dir: Optional[str] = None) -> dict:
-    """Link the tiny files into a host's dynamicrafter folder, copy the example images, and write a tiny adapter
-    under the name the adapter workflow picks into ``adapter_dir``; real name -> tiny name."""
+def install_inputs(model_dir: str, input_dir: str, adapter_dir: Optional[str] = None,
+                   controlnet_dir: Optional[str] = None) -> dict:
+    """Link the tiny files into a host's dynamicrafter folder (the tiny sketch encoder into ``controlnet_dir``), copy
+    the example images, and write a tiny adapter under the name the adapter workflow picks into ``adapter_dir``; real
+    name -> tiny name."""
     if adapter_dir and not os.path.isfile(os.path.join(adapter_dir, build_workflows.ADAPTER_FILE)):
         tiny_lora_adapter(os.path.join(adapter_dir, build_workflows.ADAPTER_FILE))
     names = {}
@@ -74,6 +76,8 @@ def install_inputs(model_dir: str, input_dir: str, adapter_dir: Optional[str] = 
         names[real] = os.path.basename(path)
     sketch = weights.tiny_sketch_encoder(generate.DEFAULT_CACHE)          # the sketch workflow's encoder
     names[build_workflows.SKETCH_ENCODER] = os.path.basename(sketch)
+    if controlnet_dir and not os.path.lexists(os.path.join(controlnet_dir, os.path.basename(sketch))):
+        os.symlink(sketch, os.path.join(controlnet_dir, os.path.basename(sketch)))
     for f in os.listdir(wfcheck.INPUT_DIR):
         shutil.copyfile(os.path.join(wfcheck.INPUT_DIR, f), os.path.join(input_dir, f))
     return names

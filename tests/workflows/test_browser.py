@@ -85,7 +85,8 @@ def server(tmp_path_factory):
     if info.label != "pypi-2024-03" and importlib.util.find_spec("comfyui_frontend_package") is None:
         pytest.skip(f"{info.describe()}: its server needs comfyui_frontend_package, not installed here")
     srv = hosting.HostServer(info, str(tmp_path_factory.mktemp("browser-server")))
-    names = install_inputs(srv.model_dirs["dynamicrafter"], srv.dirs["input"], srv.model_dirs["dynamicrafter_adapters"])
+    names = install_inputs(srv.model_dirs["dynamicrafter"], srv.dirs["input"], srv.model_dirs["dynamicrafter_adapters"],
+                           srv.model_dirs["controlnet"])
     t0 = time.monotonic()
     srv.start()
     srv.started_in = time.monotonic() - t0
@@ -149,7 +150,8 @@ def test_workflow_in_the_browser(path, server, browser_context):
 
     edits = {"DCN_Loader.ckpt_name": server.tiny_names, "DCN_Conditioning.width": SIZE,
              "DCN_Conditioning.height": SIZE, "DCN_Conditioning.frames": FRAMES, "DCN_Sampler.steps": STEPS,
-             "DCN_Sigmas.steps": STEPS}
+             "DCN_Sigmas.steps": STEPS, "DCN_SketchEncoderLoader.sketch_encoder_name": server.tiny_names,
+             "DCN_ToonSketchGuidance.frame_indices": "0, 3"}                # sparse sketches within FRAMES
     done = page.evaluate(SET_WIDGETS, edits)
     assert any(d.startswith("DCN_Loader.ckpt_name=dynamicrafter_tiny_") for d in done), done
     before = _history_ids(server)
@@ -175,7 +177,8 @@ def test_workflow_in_the_browser(path, server, browser_context):
     with av.open(video) as c:
         s = c.streams.video[0]
         frames, fps = sum(1 for _ in c.decode(s)), float(s.average_rate)
-    chain = any(n["type"] == "ImageBatch" for n in ui["nodes"])          # start + 2 keyframes: 2*15+1 frames
+    chain = any(i["name"] == "keyframes" and i.get("link") is not None for n in ui["nodes"]
+                if n["type"] == "DCN_Conditioning" for i in n.get("inputs", []))   # start + 2 keyframes: 2*15+1
     assert frames == (31 if chain else FRAMES) and fps == 8.0, (video, frames, fps)
     # the page got the result over its websocket and shows the preview on the save node
     page.wait_for_function(f"() => app.nodeOutputs && app.nodeOutputs['{save_id}'] && "
