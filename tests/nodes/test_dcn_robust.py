@@ -374,7 +374,8 @@ def test_cli_ranges_are_the_widgets_ranges(host):
     where = {"width": "DCN_Conditioning", "height": "DCN_Conditioning", "frames": "DCN_Conditioning",
              "motion": "DCN_Conditioning", "steps": "DCN_Sampler", "cfg": ("DCN_Sampler", "cfg_text"),
              "eta": "DCN_Sampler", "guidance_rescale": "DCN_Sampler", "fps": "DCN_SaveVideo", "crf": "DCN_SaveVideo",
-             "adapter_strength": ("DCN_ApplyAdapter", "strength_model")}
+             "adapter_strength": ("DCN_ApplyAdapter", "strength_model"),
+             "sketch_strength": ("DCN_ToonSketchGuidance", "strength")}
     for name, (lo, hi) in RANGES.items():
         node, widget = where[name] if isinstance(where[name], tuple) else (where[name], name)
         opts = ncm[node].INPUT_TYPES()["required"][widget][1]
