@@ -5,6 +5,9 @@ then our MODEL again. Each run's sigmas are its own: equal to a freshly built sc
 and the second run of our MODEL samples bit-identically to the first."""
 from __future__ import annotations
 
+import inspect
+import types
+
 import torch
 
 from comfyui_dynamicrafter.model.tiny import init_tensor
@@ -87,6 +90,15 @@ def _run(host, g):
             host.node_output("7")[0][0]["samples"].clone())
 
 
+def _simple_scheduler(ms, steps):
+    """The host's simple scheduler over a model_sampling (hosts before 2024-04 take the model that holds it)."""
+    import comfy.samplers
+
+    first = next(iter(inspect.signature(comfy.samplers.simple_scheduler).parameters))
+    return comfy.samplers.simple_scheduler(ms if first == "model_sampling" else types.SimpleNamespace(model_sampling=ms),
+                                           steps)
+
+
 def test_each_runs_sigmas_are_its_own(host, dc):
     import comfy.model_sampling
     import comfy.samplers
@@ -103,7 +115,7 @@ def test_each_runs_sigmas_are_its_own(host, dc):
     fresh_stock = comfy.model_sampling.ModelSamplingDiscrete(comfy.supported_models_base.BASE(stock_unet_config()))
     for name, (sched, table, _), fresh in (("ours, first", ours1, fresh_ours), ("stock", stock, fresh_stock),
                                            ("ours, again", ours2, fresh_ours)):
-        want = comfy.samplers.simple_scheduler(fresh, STEPS)
+        want = _simple_scheduler(fresh, STEPS)
         print(f"{name}: sigmas {[round(float(s), 4) for s in sched]}")
         assert torch.equal(table, fresh.sigmas), name
         assert torch.equal(sched, want), name
