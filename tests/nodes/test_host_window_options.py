@@ -137,8 +137,9 @@ def test_cond_retain_moves_concat_rows_and_refuses_keyframe_chains(host):
         model_options = {"context_handler": h}
 
     windows_mod._on_pre_run(Patcher())
+
     def cond(layout):
-        frames = layout[1]
+        frames = layout.frames
         concat = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1, 1).expand(frames, 4, 2, 2).contiguous()
         return [{"model_conds": {
             "c_concat": windows_mod.FrameConcat(concat), "dcn_frames": comfy.conds.CONDConstant(frames),
