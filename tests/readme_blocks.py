@@ -34,5 +34,7 @@ def readme_flags() -> List[str]:
 
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         text = f.read()
-    section = text[text.index("### Your own videos from the command line"):text.index("### Workflows")]
+    start = text.index("### Your own videos from the command line")
+    ends = [i for i in (text.find("\n## ", start), text.find("\n### ", start + 4)) if i > 0]
+    section = text[start:min(ends) if ends else len(text)]              # up to the next heading
     return sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", section)))
