@@ -8,22 +8,19 @@ Registers the pack folder as the package ``comfyui_dynamicrafter`` (as train.py 
 ``model/converter.py``. Exit status 0, or 2 with one line on stderr for a bad file or argument.
 """
 import argparse
-import importlib.util
 import os
+import runpy
 import sys
 from typing import Optional, Sequence
 
-_spec = importlib.util.spec_from_file_location(
-    "_dc_bootstrap", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap.py"))
-_boot = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_boot)
-_boot.register()  # the pack folder as the package comfyui_dynamicrafter
+if not __package__:  # run as a script: the pack folder as the package comfyui_dynamicrafter (stdlib only)
+    __package__ = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli", "bootstrap.py"))[
+        "register"]()
 
-from comfyui_dynamicrafter.model import converter as conv  # noqa: E402
-from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError  # noqa: E402
-from comfyui_dynamicrafter.model.sketch_io import convert_sketch_encoder, is_sketch_file  # noqa: E402
-from comfyui_dynamicrafter.model.variants import variant_names  # noqa: E402
-
+from .model import converter as conv  # noqa: E402 (after the registration above)
+from .model.errors import DynamiCrafterInputError  # noqa: E402
+from .model.sketch_io import convert_sketch_encoder, is_sketch_file  # noqa: E402
+from .model.variants import variant_names  # noqa: E402
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     names = variant_names()

@@ -29,38 +29,28 @@ import argparse
 import dataclasses
 import logging
 import os
+import runpy
 import shutil
 import sys
 import tempfile
 import time
 from typing import List, Optional, Tuple
 
-if __package__:  # imported as part of the pack (tests)
-    from . import headless
-    from .cli_checks import (TINY_LABEL, check_adapter, check_images, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
-                            check_output, check_sketches, labelled_output)
-    from .cli_flags import check_flags
-    from .graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video
-    from .model.errors import DynamiCrafterInputError
-    from .model.fileio import check_free_space, place_file
-    from .model.limits import available_memory, check_run_memory, estimate_run_bytes
-    from .model.variants import get_variant
-    from .weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
-        remote_metadata, tiny_checkpoint, tiny_sketch_encoder
-else:  # run as a script: register this folder as the package ``comfyui_dynamicrafter`` (stdlib + the registry only)
-    import _bootstrap
-    _bootstrap.register()
-    from comfyui_dynamicrafter import headless
-    from cli_checks import (TINY_LABEL, check_adapter, check_images, check_numbers,  # noqa: F401 (TINY_LABEL: tests)
-                            check_output, check_sketches, labelled_output)
-    from cli_flags import check_flags
-    from graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video
-    from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
-    from comfyui_dynamicrafter.model.fileio import check_free_space, place_file
-    from comfyui_dynamicrafter.model.limits import available_memory, check_run_memory, estimate_run_bytes
-    from comfyui_dynamicrafter.model.variants import get_variant
-    from weights import MODEL_FILES, ModelFile, WeightsError, check_weights, download_model, is_offline, \
-        remote_metadata, tiny_checkpoint, tiny_sketch_encoder
+if not __package__:  # run as a script: the pack folder as the package comfyui_dynamicrafter (stdlib only)
+    __package__ = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli", "bootstrap.py"))[
+        "register"]()
+
+from .cli import headless  # noqa: E402 (after the registration above)
+from .cli.cli_checks import (TINY_LABEL, check_adapter, check_images, check_numbers,  # noqa: E402,F401 (TINY_LABEL: tests)
+                             check_output, check_sketches, labelled_output)
+from .cli.cli_flags import check_flags  # noqa: E402
+from .cli.graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video  # noqa: E402
+from .cli.weights import (MODEL_FILES, ModelFile, WeightsError, check_weights, download_model,  # noqa: E402
+                          is_offline, remote_metadata, tiny_checkpoint, tiny_sketch_encoder)
+from .model.errors import DynamiCrafterInputError  # noqa: E402
+from .model.fileio import check_free_space, place_file  # noqa: E402
+from .model.limits import available_memory, check_run_memory, estimate_run_bytes  # noqa: E402
+from .model.variants import get_variant  # noqa: E402
 
 WINDOW = 16   # the models' trained length: longer videos run in context windows of this many frames
 MAX_FRAMES = 256

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shlex
 import statistics
 import subprocess
@@ -26,10 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __package__ in (None, "", "bench"):
     # Run as a script or as ``-m bench.bench``: import the pack under its fixed name (as train.py and the tests do),
     # so the relative imports below reach model/ like every other module of the pack.
-    sys.path.insert(0, ROOT)
-    import _bootstrap  # noqa: E402
-
-    __package__ = _bootstrap.register() + ".bench"
+    __package__ = runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]() + ".bench"
 
 import torch  # noqa: E402
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -116,11 +117,8 @@ def run_case(host, config, width, height, frames, steps, seed=7) -> dict:
 
 
 def start_host(comfyui, cpu, extra_args=()):
-    sys.path.insert(0, ROOT)
-    import _bootstrap
-
-    _bootstrap.register()
-    from comfyui_dynamicrafter import headless
+    runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]()
+    from comfyui_dynamicrafter.cli import headless  # lazy: the pack is registered (cli/bootstrap.py) only when a GPU run starts a host
 
     info = headless.find_host(comfyui)
     host = headless.Host(info, tempfile.mkdtemp(prefix="dc-gpu-check-"), cpu=cpu, extra_args=list(extra_args))
@@ -210,11 +208,8 @@ def main(argv=None) -> int:
 
     has_flags = False
     if torch.cuda.is_available() and not args.dry:
-        sys.path.insert(0, ROOT)
-        import _bootstrap
-
-        _bootstrap.register()
-        from comfyui_dynamicrafter import headless
+        runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]()
+        from comfyui_dynamicrafter.cli import headless  # lazy: the pack is registered (cli/bootstrap.py) only when a GPU run starts a host
 
         has_flags = set(FLAGS.values()) <= headless.find_host(args.comfyui).cli_flags()
     if not has_flags:

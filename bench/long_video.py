@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import runpy
 import statistics
 import subprocess
 import sys
@@ -29,10 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def worker(args) -> dict:
     """One frame count in this process: build, sample, measure."""
-    sys.path.insert(0, ROOT)
-    import _bootstrap
-
-    pkg = _bootstrap.register()
+    pkg = runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]()
     import importlib
 
     import torch
@@ -130,12 +128,11 @@ def main(argv=None) -> dict:
         for r in rows:
             r["time_ratio"] = round(r["min_step_s"] / (r["windows"] * t16), 3)
             r["rss_ratio"] = round(r["peak_rss_mb"] / rss16, 3)
-    sys.path.insert(0, ROOT)
-    import _bootstrap
     import importlib
 
     import torch
-    machine_info = importlib.import_module(_bootstrap.register() + ".bench.machine").machine_info
+    pkg = runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]()
+    machine_info = importlib.import_module(pkg + ".bench.machine").machine_info
 
     result = {"case": "long", "command": " ".join([os.path.relpath(sys.executable, ROOT)] +
                                                    [os.path.relpath(os.path.abspath(__file__), ROOT)] +

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shlex
 import statistics
 import subprocess
@@ -30,18 +31,16 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 SIDES = ("plain", "sketch")                                                # A, B
 
 
 def build(args, side):
     """The UNet (and on the sketch side the encoder), random weights, built on the meta device then filled."""
     import torch
-    from comfyui_dynamicrafter.bench.weights import init_random_  # lazy: the worker process imports the pack after _bootstrap.register()
-    from comfyui_dynamicrafter.model.sketch import SketchEncoder, sketch_config  # lazy: the worker process imports the pack after _bootstrap.register()
-    from comfyui_dynamicrafter.model.unet import UNetModel  # lazy: the worker process imports the pack after _bootstrap.register()
-    from comfyui_dynamicrafter.model.variants import get_variant  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.bench.weights import init_random_  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
+    from comfyui_dynamicrafter.model.sketch import SketchEncoder, sketch_config  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
+    from comfyui_dynamicrafter.model.unet import UNetModel  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
+    from comfyui_dynamicrafter.model.variants import get_variant  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
 
     tiny = args.config == "tiny"
     models = []
@@ -58,7 +57,7 @@ def build(args, side):
 def step_inputs(unet, args):
     """Seeded latent, concat latent, per-branch contexts (77 text + 16 image tokens per frame), fs, sketches."""
     import torch
-    from comfyui_dynamicrafter.model.sampler import guidance_branches  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.model.sampler import guidance_branches  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
 
     g = torch.Generator().manual_seed(args.seed + 7)
     cfg, t, h, w = unet.cfg, args.frames, args.height // 8, args.width // 8
@@ -75,8 +74,8 @@ def step_inputs(unet, args):
 def guided_step(unet, encoder, inp, strength):
     """One step's model work -> (guided output, the residuals' smallest max-abs or None, number of residuals)."""
     import torch
-    from comfyui_dynamicrafter.model.sampler import combine_guidance, rescale_guidance  # lazy: the worker process imports the pack after _bootstrap.register()
-    from comfyui_dynamicrafter.model.sketch import sketch_residuals  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.model.sampler import combine_guidance, rescale_guidance  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
+    from comfyui_dynamicrafter.model.sketch import sketch_residuals  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
 
     control, smallest = None, None
     if encoder is not None:
@@ -89,10 +88,9 @@ def guided_step(unet, encoder, inp, strength):
 
 
 def worker(args) -> None:
-    import _bootstrap
-    _bootstrap.register()
+    runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]()
     import torch
-    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,9 +172,8 @@ def main(argv=None) -> int:
     if args.frames < 1 or args.repeats < 1 or args.warmup < 0:
         p.error(f"--frames and --repeats must be >= 1 and --warmup >= 0; got {args.frames}, {args.repeats}, "
                 f"{args.warmup}")
-    import _bootstrap
-    _bootstrap.register()
-    from comfyui_dynamicrafter.bench.machine import machine_info, write_json  # lazy: the worker process imports the pack after _bootstrap.register()
+    runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]()
+    from comfyui_dynamicrafter.bench.machine import machine_info, write_json  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
 
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

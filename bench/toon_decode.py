@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shlex
 import subprocess
 import sys
@@ -29,18 +30,15 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def worker(args) -> None:
-    import _bootstrap
-    _bootstrap.register()
+    runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]()
     import torch
-    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss  # lazy: the worker process imports the pack after _bootstrap.register()
-    from comfyui_dynamicrafter.bench.weights import init_random_  # lazy: the worker process imports the pack after _bootstrap.register()
-    from comfyui_dynamicrafter.model.dtypes import dtype_from_name  # lazy: the worker process imports the pack after _bootstrap.register()
-    from comfyui_dynamicrafter.model.tooncrafter import DualRefAutoencoderKL, DualRefVAEConfig  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.bench.machine import _status_kb, mib, reset_peak_rss  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
+    from comfyui_dynamicrafter.bench.weights import init_random_  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
+    from comfyui_dynamicrafter.model.dtypes import dtype_from_name  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
+    from comfyui_dynamicrafter.model.tooncrafter import DualRefAutoencoderKL, DualRefVAEConfig  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
 
     dtype = dtype_from_name(args.dtype)
     with torch.device("meta"):
@@ -97,10 +95,9 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
-    import _bootstrap
-    _bootstrap.register()
+    runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]()
     import torch
-    from comfyui_dynamicrafter.bench.machine import machine_info, write_json  # lazy: the worker process imports the pack after _bootstrap.register()
+    from comfyui_dynamicrafter.bench.machine import machine_info, write_json  # lazy: the worker process imports the pack once it has registered it (cli/bootstrap.py)
 
     result = dict(case="tooncrafter decode", command="python " + " ".join(shlex.quote(a) for a in sys.argv),
                   machine=machine_info(), settings={k: v for k, v in vars(args).items() if k not in ("worker", "out")},

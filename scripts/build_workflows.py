@@ -15,15 +15,14 @@ import argparse
 import functools
 import json
 import os
+import runpy
 import sys
 from typing import Dict, List, Optional, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-try:  # imported as part of the pack (tests) or run as a script
-    from ..weights import MODEL_FILES, WORKFLOW_FOLDER
-except ImportError:
-    sys.path.insert(0, ROOT)
-    from weights import MODEL_FILES, WORKFLOW_FOLDER
+if not __package__:  # run as a script: the pack folder as the package comfyui_dynamicrafter (stdlib only)
+    __package__ = runpy.run_path(os.path.join(ROOT, "cli", "bootstrap.py"))["register"]() + ".scripts"
+from ..cli.weights import MODEL_FILES, WORKFLOW_FOLDER  # noqa: E402 (after the registration above)
 WF_DIR = os.path.join(ROOT, "workflows")
 UI_DIR = os.path.join(ROOT, "example_workflows")  # the one UI copy: newer hosts serve this folder as templates
 API_DIR = os.path.join(WF_DIR, "api")

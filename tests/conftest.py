@@ -1,7 +1,6 @@
-import importlib.util
 import os
+import runpy
 
-_spec = importlib.util.spec_from_file_location("_dc_bootstrap", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "_bootstrap.py"))
-_boot = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_boot)
-_boot.register()
+# the pack folder as the package comfyui_dynamicrafter (cli/bootstrap.py, stdlib only), as generate.py and train.py do
+runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cli", "bootstrap.py"))[
+    "register"]()

@@ -35,8 +35,8 @@ import urllib.request
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from comfyui_dynamicrafter import headless
-from comfyui_dynamicrafter.headless import (  # noqa: F401 (re-exported for the tests)
+from comfyui_dynamicrafter.cli import headless
+from comfyui_dynamicrafter.cli.headless import (  # noqa: F401 (re-exported for the tests)
     HOST_ENV, PACK_DIRNAME, HostInfo, HostNotFound, is_host_dir, pack_location,
 )
 from comfyui_dynamicrafter.tests.scratch import scratch_dir

@@ -31,7 +31,7 @@ MAX_FUNCTION_LINES = 80
 MAX_FILE_LINES = 500
 # Still over the limits (issue 20, left for the move of the command line's helpers into a room of their own): each
 # may only shrink off this list; a new entry fails, and so does one that is no longer over (take it off).
-KNOWN_OVER = {"generate.py", "headless.py", "scripts/build_workflows.py"}
+KNOWN_OVER = {"generate.py", "cli/headless.py", "scripts/build_workflows.py"}
 
 
 def product_files() -> List[pathlib.Path]:
@@ -138,6 +138,11 @@ def test_no_long_functions_or_files():
                                         f"files over {MAX_FILE_LINES} lines: {new}")
     print(f"files still over {MAX_FILE_LINES} lines (KNOWN_OVER): {long_files}")
     assert set(long_files) == KNOWN_OVER, f"no longer over the limit, take off KNOWN_OVER: {KNOWN_OVER - set(long_files)}"
+
+
+def test_the_top_level_holds_only_the_entry_points():
+    """README "Architecture": the root reads as the front door; the CLI's helpers live in cli/."""
+    assert sorted(p.name for p in ROOT.glob("*.py")) == ["__init__.py", "convert.py", "generate.py", "train.py"]
 
 
 def test_the_rules_see_an_upward_import(tmp_path):

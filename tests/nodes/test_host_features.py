@@ -20,7 +20,7 @@ import time
 import pytest
 import torch
 
-from comfyui_dynamicrafter.headless import capture_logs
+from comfyui_dynamicrafter.cli.headless import capture_logs
 from comfyui_dynamicrafter.tests import hosting
 from comfyui_dynamicrafter.tests.nodes import dcn_support as S
 

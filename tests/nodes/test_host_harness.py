@@ -205,10 +205,10 @@ def test_scratch_folders_go_when_the_process_exits(tmp_path):
     import subprocess
     import sys
 
-    from comfyui_dynamicrafter import _bootstrap
+    from comfyui_dynamicrafter.cli import bootstrap
 
     code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('b', {_bootstrap.__file__!r})\n"
+            f"spec = importlib.util.spec_from_file_location('b', {bootstrap.__file__!r})\n"
             "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b); b.register()\n"
             "from comfyui_dynamicrafter.tests.scratch import scratch_dir\n"
             "from comfyui_dynamicrafter.tests.hosting import make_workdir\n"

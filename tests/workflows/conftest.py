@@ -9,7 +9,8 @@ from typing import Optional
 
 import pytest
 
-from comfyui_dynamicrafter import generate, weights
+from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter.cli import weights
 from comfyui_dynamicrafter.scripts import build_workflows
 from comfyui_dynamicrafter.tests import hosting
 from comfyui_dynamicrafter.tests.workflows import wfcheck

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from comfyui_dynamicrafter import generate, headless, weights
+from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter.cli import headless, weights
 from comfyui_dynamicrafter.tests.hosting import KNOWN_MISSING_MODULES
 from comfyui_dynamicrafter.tests.workflows.conftest import run_generate as run, tiny_lora_adapter
 

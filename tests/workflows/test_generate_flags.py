@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_dynamicrafter import cli_flags, generate
+from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter.cli import cli_flags
 from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
 from comfyui_dynamicrafter.tests.readme_blocks import generate_examples, readme_flags
 

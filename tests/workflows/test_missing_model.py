@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from comfyui_dynamicrafter import weights
+from comfyui_dynamicrafter.cli import weights
 from comfyui_dynamicrafter.tests.workflows import wfcheck
 
 UI_FILES = wfcheck.ui_files()

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfyui_dynamicrafter import generate, weights
+from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter.cli import weights
 from comfyui_dynamicrafter.tests.readme_blocks import REPO, code_block, generate_examples
 
 TINY = ["--tiny", "--width", "64", "--height", "64", "--steps", "2"]

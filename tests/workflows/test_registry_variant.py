@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from comfyui_dynamicrafter import generate, weights
+from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter.cli import weights
 from comfyui_dynamicrafter.model import detect, tiny, variants
 from comfyui_dynamicrafter.tests.readme_blocks import REPO
 

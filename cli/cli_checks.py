@@ -6,14 +6,9 @@ import os
 import tempfile
 from typing import List, Tuple
 
-if __package__:
-    from .graphs import UserError
-    from .model.errors import DynamiCrafterInputError
-    from .model.limits import RANGES, check_image_file
-else:  # generate.py run as a script has registered the package comfyui_dynamicrafter
-    from graphs import UserError
-    from comfyui_dynamicrafter.model.errors import DynamiCrafterInputError
-    from comfyui_dynamicrafter.model.limits import RANGES, check_image_file
+from ..model.errors import DynamiCrafterInputError
+from ..model.limits import RANGES, check_image_file
+from .graphs import UserError
 
 OUT_FORMATS = {".mp4": "mp4", ".webp": "webp", ".gif": "gif"}
 TINY_LABEL = ".tiny-random-weights"
@@ -74,10 +69,7 @@ NUMBER_FLAGS = {"--width": ("width", "width"), "--height": ("height", "height"),
 
 def check_numbers(args) -> None:
     """Every number finite and within the range its widget takes, named by its flag (before any host starts)."""
-    if __package__:  # torch comes with it: imported once a run is asked for, not at import
-        from .model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
-    else:
-        from comfyui_dynamicrafter.model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
+    from ..model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
 
     for flag, (name, key) in NUMBER_FLAGS.items():
         value = getattr(args, name)
@@ -93,10 +85,7 @@ def check_numbers(args) -> None:
 def check_adapter(value: str) -> Tuple[str, float]:
     """--adapter FILE[:strength] -> (absolute path, strength): an existing .safetensors file and a finite strength in
     DCN_ApplyAdapter's range (before any host starts; the node validates the tensors against the model)."""
-    if __package__:
-        from .model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
-    else:
-        from comfyui_dynamicrafter.model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
+    from ..model.guards import check_finite_number  # lazy: torch comes with it: loaded once a run is asked for (generate.py --help and its refusals stay fast)
 
     lo, hi = RANGES["adapter_strength"]
     path, strength = value, 1.0

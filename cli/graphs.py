@@ -6,7 +6,7 @@ import json
 import os
 from typing import List, Tuple
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the pack folder
 WORKFLOWS = {
     "image_to_video": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_image_to_video.json"),
     "interpolation": os.path.join(ROOT, "workflows", "api", "dynamicrafter_512_interpolation.json"),

@@ -1,21 +1,22 @@
 """DynamiCrafter's weight files for generate.py: the official checkpoints (where they come from, downloading them
 resumably and checked), the check that a file opens as a checkpoint, and the tiny random-weight stand-ins.
 
-Standard library at import; huggingface_hub, safetensors and the pack's model code are imported when used.
+The standard library and the pack's torch-free registry at import; huggingface_hub, safetensors and the torch
+parts of model/ are imported when used.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import logging
 import os
 import re
 import shutil
-import sys
 from typing import Dict, Iterator, Mapping, Optional, Tuple
 
-PACKAGE = __package__ or "comfyui_dynamicrafter"  # generate.py registers the folder under this name when run
+from ..model.errors import DynamiCrafterInputError
+from ..model.fileio import atomic_path, file_sha256
+from ..model.variants import VARIANTS
 
 log = logging.getLogger("generate.weights")
 
@@ -58,25 +59,12 @@ class ModelFile:
 # models/diffusion_models keep working: the loader lists all three (headless.CHECKPOINT_FOLDERS).
 WORKFLOW_FOLDER = "checkpoints"
 
-def _pack_module(name: str):
-    """A module of the pack (``name`` like ".model.variants"); when this file runs outside generate.py (the workflow
-    builder as a script), the folder is registered under the pack's fixed name first (_bootstrap.py, stdlib only)."""
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "_dc_bootstrap", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap.py"))
-        boot = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(boot)
-        boot.register(PACKAGE)
-    return importlib.import_module(PACKAGE + name)
-
-
 class _ModelFiles(Mapping):
     """variant -> its official file, read from the registry (model/variants.py ``download``) on every access, so a
     variant registered there is downloadable with no other edit."""
 
     def _all(self) -> Dict[str, ModelFile]:
-        variants = _pack_module(".model.variants").VARIANTS                      # torch-free
-        return {name: ModelFile(name, *v.download) for name, v in variants.items() if v.download}
+        return {name: ModelFile(name, *v.download) for name, v in VARIANTS.items() if v.download}
 
     def __getitem__(self, name: str) -> ModelFile:
         return self._all()[name]
@@ -114,7 +102,6 @@ def remote_metadata(mf: ModelFile, timeout: float = 15.0):
 
 def sha256_of(path: str, progress: bool = True) -> str:
     """The file's SHA-256 (model/fileio.py), with a progress bar when tqdm is there."""
-    file_sha256 = importlib.import_module(PACKAGE + ".model.fileio").file_sha256
     bar = None
     if progress:
         try:
@@ -183,8 +170,7 @@ def tiny_checkpoint(cache_dir: str, variant: str) -> str:
     os.makedirs(folder, exist_ok=True)
     from safetensors.torch import save_file
 
-    tiny = importlib.import_module(PACKAGE + ".model.tiny")
-    atomic_path = importlib.import_module(PACKAGE + ".model.fileio").atomic_path
+    from ..model import tiny  # lazy: torch comes with it (generate.py --help and its refusals stay fast)
 
     sd = tiny.full_checkpoint(variant, seed=10)
     meta = dict(tiny.variant_metadata(None if variant == "256" else variant), **tiny.TINY_METADATA)
@@ -203,8 +189,7 @@ def tiny_sketch_encoder(cache_dir: str) -> str:
     os.makedirs(folder, exist_ok=True)
     from safetensors.torch import save_file
 
-    tiny = importlib.import_module(PACKAGE + ".model.tiny")
-    atomic_path = importlib.import_module(PACKAGE + ".model.fileio").atomic_path
+    from ..model import tiny  # lazy: torch comes with it (generate.py --help and its refusals stay fast)
     with atomic_path(path) as tmp:
         save_file(tiny.sketch_encoder(), tmp, metadata=dict(tiny.variant_metadata(None), **tiny.TINY_METADATA))
     return path
@@ -213,11 +198,10 @@ def tiny_sketch_encoder(cache_dir: str) -> str:
 def check_weights(path: str) -> None:
     """The file opens as a checkpoint (safetensors header or a memory-mapped .ckpt, no tensor data read): a broken
     or incomplete file is a one-line error here, before the host loads its nodes."""
-    checkpoint = importlib.import_module(PACKAGE + ".model.checkpoint")
-    errors = importlib.import_module(PACKAGE + ".model.errors")
+    from ..model.checkpoint import open_checkpoint  # lazy: torch comes with it (generate.py --help stays fast)
     try:
-        checkpoint.open_checkpoint(path).close()
-    except errors.DynamiCrafterInputError as e:
+        open_checkpoint(path).close()
+    except DynamiCrafterInputError as e:
         raise WeightsError(f"{path}: {e}") from None
 
 

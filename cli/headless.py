@@ -30,9 +30,10 @@ import sys
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from .model.folders import ADAPTER_FOLDER, CHECKPOINT_FOLDERS, LEGACY_FOLDER_NAMES, MODEL_FOLDER  # noqa: F401
+from .hostserver import HeadlessServer  # noqa: F401 (the PromptServer stand-in, re-exported)
+from ..model.folders import ADAPTER_FOLDER, CHECKPOINT_FOLDERS, LEGACY_FOLDER_NAMES, MODEL_FOLDER  # noqa: F401
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the pack folder
 HOST_ENV = "COMFYUI_PATH"
 HOST_MARKERS = ("main.py", "nodes.py", "execution.py", "folder_paths.py", "comfy")
 # Folder name of the link through which a host outside <comfy>/custom_nodes loads the pack. Deliberately not
@@ -42,11 +43,6 @@ PACK_DIRNAME = "ComfyUI-DynamiCrafter"
 HOST_MODULES = ("nodes", "execution", "folder_paths", "server", "comfy", "utils", "latent_preview", "app")
 
 log = logging.getLogger("DynamiCrafter.headless")
-
-if __package__:  # the pack's module (tests); generate.py imports this file as a top-level module
-    from .hostserver import HeadlessServer  # noqa: F401 (the PromptServer stand-in, re-exported)
-else:
-    from hostserver import HeadlessServer  # noqa: F401
 
 
 class HostNotFound(RuntimeError):

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from typing import Callable, List, NamedTuple
 
-if __package__:
-    from .graphs import UserError
-else:  # generate.py run as a script
-    from graphs import UserError
+from .graphs import UserError
 
 # Flags whose values go into the graph (workflow, node inputs, input images); the rest are used by the run itself.
 GRAPH_FLAGS = ("--image", "--end-image", "--keyframes", "--loop", "--prompt", "--negative", "--out", "--variant",
