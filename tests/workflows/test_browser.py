@@ -1,7 +1,7 @@
 """The workflows in a real browser: the host's server with the pack on 127.0.0.1, its page in headless Chromium
 (Debian's, driven by Playwright's client; nothing downloads a browser). Each UI workflow is loaded with the page's own
 call (``app.loadGraphData``, what a file drop ends in), the model file is picked and the size made small through
-the node widgets as a user would, and the graph is queued with the page's ``app.queuePrompt``. The test fails when
+the node widgets as a user would, and the graph is queued by clicking the page's Run / Queue button. The test fails when
 the page reports a missing node type; it waits for the video, checks its frame count and frame rate, checks that the
 page received the preview, and saves a screenshot of the loaded and of the finished graph under
 test-artifacts/browser/ (git-ignored)."""
@@ -73,7 +73,20 @@ SET_WIDGETS = """(edits) => {
 }"""
 FRAME_VIEW = """() => { const ds = app.canvas.ds; ds.scale = 0.62; ds.offset = [15, 25];
                        app.graph.setDirtyCanvas(true, true); }"""
-QUEUE = """async () => { await app.queuePrompt(0, 1); return app.lastNodeErrors || null; }"""
+NODE_ERRORS = "() => app.lastNodeErrors && Object.keys(app.lastNodeErrors).length ? app.lastNodeErrors : null"
+# the Run / Queue button as each front end draws it: 1.49 a button, 1.27-1.35 a split button (its first part runs),
+# the 2024-03 page its "Queue Prompt" button
+RUN_BUTTONS = ('[data-testid="queue-button"] button >> nth=0', '[data-testid="queue-button"]', "#queue-button")
+
+
+def press_run(page) -> str:
+    """Click the page's Run / Queue button, as a user does; the selector that found it."""
+    for sel in RUN_BUTTONS:
+        loc = page.locator(sel)
+        if loc.count() and loc.first.is_visible():
+            loc.first.click(timeout=30000)
+            return sel
+    raise AssertionError(f"no visible Run / Queue button on the page (looked for {RUN_BUTTONS})")
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +168,12 @@ def test_workflow_in_the_browser(path, server, browser_context):
     done = page.evaluate(SET_WIDGETS, edits)
     assert any(d.startswith("DCN_Loader.ckpt_name=dynamicrafter_tiny_") for d in done), done
     before = _history_ids(server)
-    node_errors = page.evaluate(QUEUE)
-    assert not node_errors, f"the host refused the graph: {node_errors}"
+    press_run(page)
     deadline = time.monotonic() + 600
     entry = None
     while time.monotonic() < deadline:
+        node_errors = page.evaluate(NODE_ERRORS)
+        assert not node_errors, f"the host refused the graph: {node_errors}"
         new = _history_ids(server) - before
         if new:
             entry = server.get(f"/history/{new.pop()}")
