@@ -332,7 +332,6 @@ class Trainer(TrainerState):
         cfg = self.cfg
         if self.is_main:
             dump_config(cfg, os.path.join(self.out_dir, "config.yaml"))
-        self.nan_at = st.fault("nan_loss")                                 # tests' fault injection (state.fault)
         it = iter(self._loader())
         bar = (tqdm(total=cfg.max_steps, initial=self.step, desc=f"train {self.stage.name}", unit="step",
                     dynamic_ncols=True) if self.is_main and cfg.progress else None)
@@ -342,7 +341,7 @@ class Trainer(TrainerState):
         try:
             while self.step < cfg.max_steps:
                 step = self.step + 1
-                value, shape = self._accumulate(it, step)
+                value, shape = self._accumulate(it)
                 gnorm = self._optimizer_step(value, step)
                 self.step = step
                 losses.append(value)
@@ -359,7 +358,7 @@ class Trainer(TrainerState):
                 metrics.close()
         return self._finish(losses)
 
-    def _accumulate(self, it, step: int):
+    def _accumulate(self, it):
         """``grad_accum`` micro-batches forward + backward -> (the step's mean loss over all processes, the last
         micro-batch's frames/height/width or None)."""
         cfg = self.cfg
@@ -372,8 +371,6 @@ class Trainer(TrainerState):
             self._note_skips(batch)
             with self._no_sync(a == cfg.grad_accum - 1):
                 loss = self.micro_loss(batch)
-                if self.nan_at == step:
-                    loss = loss * float("nan")
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             total += loss.detach() / cfg.grad_accum
         if self.world > 1:

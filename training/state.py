@@ -6,8 +6,8 @@ names the newest complete checkpoint. A process killed at any point leaves eithe
 a stray temporary file is ignored (and removed on the next save). Resume takes the file ``latest.json`` names if it
 loads, else the newest ``step_*.pt`` that loads.
 
-Test hook: ``DYNAMICRAFTER_TRAIN_FAULT=kill_during_save:<step>`` makes the process SIGKILL itself in the middle of
-writing the checkpoint of that step (see ``faults``), to prove the previous checkpoint survives.
+tests/training/test_resume.py proves this by SIGKILLing a trainer in the middle of a checkpoint write; its launcher
+(tests/training/faults.py) wraps this module's ``atomic_file`` from outside, so this file carries no test branch.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import re
-import signal
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -30,39 +29,6 @@ _STEP_RE = re.compile(r"step_(\d+)\.pt$")
 
 
 # ================================================================================================================
-# Fault injection (tests only; inert unless the environment variable is set)
-# ================================================================================================================
-def fault(kind: str) -> Optional[int]:
-    """The step of an injected fault ``kind`` from ``DYNAMICRAFTER_TRAIN_FAULT=kind:step[,kind:step]``, else None."""
-    spec = os.environ.get("DYNAMICRAFTER_TRAIN_FAULT", "")
-    for item in spec.split(","):
-        if ":" in item:
-            k, v = item.split(":", 1)
-            if k.strip() == kind:
-                return int(v)
-    return None
-
-
-class _KillingWriter:
-    """File wrapper that SIGKILLs the process once ``limit`` bytes have been written (fault injection)."""
-
-    def __init__(self, f, limit: int):
-        self.f, self.limit, self.n = f, limit, 0
-
-    def write(self, data) -> int:
-        n = self.f.write(data)
-        self.n += n
-        if self.n >= self.limit:
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-
-# ================================================================================================================
 # Atomic writes
 # ================================================================================================================
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -70,10 +36,10 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def atomic_torch_save(obj: Any, path: str, kill_after_bytes: Optional[int] = None) -> None:
+def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file, fsync, rename over ``path``, fsync the folder."""
     with atomic_file(path) as f:
-        torch.save(obj, _KillingWriter(f, kill_after_bytes) if kill_after_bytes else f)
+        torch.save(obj, f)
 
 
 def checkpoint_path(folder: str, step: int) -> str:
@@ -99,10 +65,7 @@ def save_checkpoint(folder: str, step: int, state: Dict[str, Any], keep: int = 3
         except OSError:
             pass
     path = checkpoint_path(folder, step)
-    kill = None
-    if fault("kill_during_save") == step:
-        kill = 4096
-    atomic_torch_save(dict(state, format=STATE_FORMAT), path, kill_after_bytes=kill)
+    atomic_torch_save(dict(state, format=STATE_FORMAT), path)
     atomic_write_bytes(os.path.join(folder, "latest.json"),
                        json.dumps({"step": step, "file": os.path.basename(path)}).encode())
     if keep > 0:

@@ -35,7 +35,6 @@ def write_config(path: str, settings: dict) -> str:
 def child_env(**extra) -> dict:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("DYNAMICRAFTER_TRAIN_FAULT", None)
     env.update(extra)
     return env
 
@@ -44,6 +43,11 @@ def run_cli(args, env=None, timeout=300, cmd=None) -> subprocess.CompletedProces
     cmd = cmd or [PY, os.path.join(REPO, "train.py")]
     return subprocess.run(cmd + list(args), cwd=REPO, env=env or child_env(), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def fault_cmd(spec: str) -> list:
+    """The command that runs train.py with the faults of ``spec`` (``kind:step[,...]``) injected by faults.py."""
+    return [PY, os.path.join(REPO, "tests", "training", "faults.py"), spec]
 
 
 def read_metrics(out_dir: str) -> dict:

@@ -17,7 +17,7 @@ import torch
 
 from comfyui_dynamicrafter.training import state as st
 
-from .conftest import PY, REPO, child_env, read_metrics, run_cli, tiny_settings, write_config
+from .conftest import PY, REPO, child_env, fault_cmd, read_metrics, run_cli, tiny_settings, write_config
 
 STEPS = 8
 
@@ -87,7 +87,7 @@ def test_kill_while_writing_checkpoint_keeps_previous(tmp_path, video_data, refe
     ref_out, ref_losses, ref_state = reference_run
     out = str(tmp_path)
     cfg = write_config(os.path.join(out, "run.json"), _settings(out, video_data[0]))
-    r = run_cli(["--config", cfg], env=child_env(DYNAMICRAFTER_TRAIN_FAULT="kill_during_save:4"))
+    r = run_cli(["--config", cfg], cmd=fault_cmd("kill_during_save:4"))
     assert r.returncode == -signal.SIGKILL                                      # died inside the step-4 save
     ck = os.path.join(out, "checkpoints")
     names = sorted(os.listdir(ck))
@@ -108,7 +108,7 @@ def test_kill_while_writing_checkpoint_keeps_previous(tmp_path, video_data, refe
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, video_data):
     out = str(tmp_path)
     cfg = write_config(os.path.join(out, "run.json"), _settings(out, video_data[0], num_workers=0))
-    r = run_cli(["--config", cfg], env=child_env(DYNAMICRAFTER_TRAIN_FAULT="nan_loss:5"))
+    r = run_cli(["--config", cfg], cmd=fault_cmd("nan_loss:5"))
     assert r.returncode == 3, r.stderr[-3000:]
     msg = [ln for ln in r.stderr.splitlines() if "training stopped" in ln]
     assert msg, r.stderr[-3000:]
