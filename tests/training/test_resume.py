@@ -88,7 +88,9 @@ def test_kill_while_writing_checkpoint_keeps_previous(tmp_path, video_data, refe
     out = str(tmp_path)
     cfg = write_config(os.path.join(out, "run.json"), _settings(out, video_data[0]))
     r = run_cli(["--config", cfg], cmd=fault_cmd("kill_during_save:4"))
-    assert r.returncode == -signal.SIGKILL                                      # died inside the step-4 save
+    assert r.returncode == -signal.SIGKILL, ("the injected kill did not fire inside the step-4 save (does "
+                                             "state.save_checkpoint still write through state.atomic_file?)\n"
+                                             + r.stderr[-3000:])             # died inside the step-4 save
     ck = os.path.join(out, "checkpoints")
     names = sorted(os.listdir(ck))
     assert "step_00000002.pt" in names and "step_00000004.pt" not in names
