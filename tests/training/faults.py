@@ -15,8 +15,8 @@ Nothing in ``training/`` knows about this module.
 """
 import contextlib
 import importlib
-import importlib.util
 import os
+import runpy
 import signal
 import sys
 
@@ -26,10 +26,7 @@ KILL_AFTER_BYTES = 4096
 
 def register_pack() -> str:
     """Register the pack folder as its package (the one place this launcher does it); the package name."""
-    spec = importlib.util.spec_from_file_location("_dc_bootstrap", os.path.join(REPO, "_bootstrap.py"))
-    boot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(boot)
-    return boot.register()
+    return runpy.run_path(os.path.join(REPO, "cli", "bootstrap.py"))["register"]()
 
 
 class _KillingWriter:
