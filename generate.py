@@ -112,7 +112,7 @@ def check_room(args, req, cpu: bool) -> None:
 
 
 # =====================================================================================================================
-# the host (headless.py: discovery, start-up, executor)
+# the host (headless.py: start-up, executor; discovery in hostfind.py)
 # =====================================================================================================================
 class ProgressServer(headless.HeadlessServer):
     """The PromptServer stand-in of a CLI run: sampling progress as one ``step i/n`` line on stderr."""
