@@ -212,6 +212,7 @@ class DCN_ApplyAdapter:
                        "P with the adapter's P weights (the input P when the adapter has none).")
     FUNCTION = "apply"
     CATEGORY = "DynamiCrafter/loaders"
+    DISPLAY_NAME = "DynamiCrafter Apply Adapter"
     DESCRIPTION = ("Applies an adapter trained with the pack's trainer (LoRA and/or trained layers, P) to a loaded "
                    "DynamiCrafter model; refuses adapters of another variant or P shape before patching.")
 
@@ -221,3 +222,6 @@ class DCN_ApplyAdapter:
 
 
 register_adapter_folder()
+
+
+NODES = (DCN_ApplyAdapter,)   # what this file adds to the registry (nodes/__init__.py)

@@ -263,6 +263,7 @@ class DCN_Conditioning:
                        "Empty video latent, frames as batch.")
     FUNCTION = "condition"
     CATEGORY = "DynamiCrafter/conditioning"
+    DISPLAY_NAME = "DynamiCrafter Conditioning"
     DESCRIPTION = "Builds DynamiCrafter's dual-stream conditioning for image-to-video, interpolation and loops."
 
     @classmethod
@@ -282,3 +283,6 @@ class DCN_Conditioning:
                                                                keyframes)
         result = (pos, img_only, neg, latent)
         return {"ui": {"text": notes}, "result": result} if notes else result
+
+
+NODES = (DCN_Conditioning,)   # what this file adds to the registry (nodes/__init__.py)

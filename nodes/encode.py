@@ -111,8 +111,12 @@ class DCN_ImageEncode:
     OUTPUT_TOOLTIPS = ("Image tokens for DCN_Conditioning.",)
     FUNCTION = "encode"
     CATEGORY = "DynamiCrafter/conditioning"
+    DISPLAY_NAME = "DynamiCrafter Image Encode"
     DESCRIPTION = "Encodes the image through CLIP vision and the query transformer P (context stream)."
 
     def encode(self, clip_vision, image_proj, image):
         embeds, notes = encode_image(clip_vision, image_proj, image)
         return {"ui": {"text": notes}, "result": (embeds,)} if notes else (embeds,)
+
+
+NODES = (DCN_ImageEncode,)   # what this file adds to the registry (nodes/__init__.py)

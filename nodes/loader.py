@@ -303,6 +303,7 @@ class DCN_Loader:
                        "SD VAE from a full checkpoint (else empty).", "Which variant was loaded and why.")
     FUNCTION = "load"
     CATEGORY = "DynamiCrafter/loaders"
+    DISPLAY_NAME = "DynamiCrafter Loader"
     DESCRIPTION = "Loads a DynamiCrafter image-to-video model natively (host memory management, dtypes, samplers)."
 
     @classmethod
@@ -314,3 +315,6 @@ class DCN_Loader:
         res = load_checkpoint(compat.checkpoint_path(ckpt_name), variant, weight_dtype)
         return {"ui": {"text": [res.info]},
                 "result": (res.model, res.projector, res.clip, res.clip_vision, res.vae, res.info)}
+
+
+NODES = (DCN_Loader,)   # what this file adds to the registry (nodes/__init__.py)

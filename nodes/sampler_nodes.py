@@ -67,6 +67,7 @@ class DCN_Sampler:
     OUTPUT_TOOLTIPS = ("The sampled video latent (frames as batch); decode with VAEDecode.",)
     FUNCTION = "sample"
     CATEGORY = "DynamiCrafter/sampling"
+    DISPLAY_NAME = "DynamiCrafter Sampler (reference DDIM)"
     DESCRIPTION = "Samples with DynamiCrafter's own DDIM: zero-SNR, dynamic rescale, dual CFG, guidance rescale."
 
     @classmethod
@@ -112,6 +113,7 @@ class DCN_Sigmas:
     OUTPUT_TOOLTIPS = ("Descending sigmas of the DDIM timesteps, then 0.",)
     FUNCTION = "sigmas"
     CATEGORY = "DynamiCrafter/sampling"
+    DISPLAY_NAME = "DynamiCrafter DDIM Sigmas"
     DESCRIPTION = "Sigmas of the reference DDIM timesteps for SamplerCustom / SamplerCustomAdvanced."
 
     def sigmas(self, model, steps, spacing):
@@ -141,6 +143,7 @@ class DCN_Guider:
     OUTPUT_TOOLTIPS = ("Guider for SamplerCustomAdvanced.",)
     FUNCTION = "guider"
     CATEGORY = "DynamiCrafter/sampling"
+    DISPLAY_NAME = "DynamiCrafter Guider (dual CFG)"
     DESCRIPTION = "DynamiCrafter's dual CFG for the host's samplers (use with DCN_Sigmas and euler for DDIM)."
 
     def guider(self, model, positive, image_only, negative, cfg_text, cfg_image, guidance_rescale, mode):
@@ -152,6 +155,4 @@ class DCN_Guider:
         return (g,)
 
 
-NODES = {"DCN_Sampler": DCN_Sampler, "DCN_Windows": DCN_Windows, "DCN_Sigmas": DCN_Sigmas}
-if compat.has_cfg_guider():
-    NODES["DCN_Guider"] = DCN_Guider
+NODES = (DCN_Sampler, DCN_Windows, DCN_Sigmas) + ((DCN_Guider,) if compat.has_cfg_guider() else ())

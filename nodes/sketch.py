@@ -152,6 +152,7 @@ class DCN_SketchEncoderLoader:
     OUTPUT_TOOLTIPS = ("The sketch encoder for DynamiCrafter ToonCrafter Sketch Guidance.",)
     FUNCTION = "load"
     CATEGORY = "DynamiCrafter/ToonCrafter"
+    DISPLAY_NAME = "DynamiCrafter Sketch Encoder Loader"
     DESCRIPTION = "Loads ToonCrafter's sketch encoder (a 1-channel-hint ControlNet), refusing other ControlNets."
 
     @classmethod
@@ -252,6 +253,7 @@ class DCN_ToonSketchGuidance:
     RETURN_NAMES = ("positive", "image_only", "negative")
     FUNCTION = "apply"
     CATEGORY = "DynamiCrafter/ToonCrafter"
+    DISPLAY_NAME = "DynamiCrafter ToonCrafter Sketch Guidance"
     DESCRIPTION = ("ToonCrafter sketch guidance (official sketch encoder): dense or sparse sketches, every CFG branch "
                    "guided, for DCN_Sampler, DCN_Guider and KSampler.")
 
@@ -267,6 +269,4 @@ class DCN_ToonSketchGuidance:
         return attach(positive, control), attach(image_only, control), attach(negative, control)
 
 
-NODES = {"DCN_SketchEncoderLoader": DCN_SketchEncoderLoader, "DCN_ToonSketchGuidance": DCN_ToonSketchGuidance}
-DISPLAY_NAMES = {"DCN_SketchEncoderLoader": "DynamiCrafter Sketch Encoder Loader",
-                 "DCN_ToonSketchGuidance": "DynamiCrafter ToonCrafter Sketch Guidance"}
+NODES = (DCN_SketchEncoderLoader, DCN_ToonSketchGuidance)

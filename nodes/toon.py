@@ -123,6 +123,7 @@ class DCN_ToonVAELoader:
                        "ToonCrafter decoder for DynamiCrafter ToonCrafter Decode.",)
     FUNCTION = "load"
     CATEGORY = "DynamiCrafter/loaders"
+    DISPLAY_NAME = "DynamiCrafter ToonCrafter VAE Loader"
     DESCRIPTION = "Loads ToonCrafter's first stage (SD encoder + dual-reference video decoder)."
 
     @classmethod
@@ -158,6 +159,7 @@ class DCN_ToonDecode:
     OUTPUT_TOOLTIPS = ("The decoded frames.",)
     FUNCTION = "decode"
     CATEGORY = "DynamiCrafter/ToonCrafter"
+    DISPLAY_NAME = "DynamiCrafter ToonCrafter Decode"
     DESCRIPTION = ("ToonCrafter decode: 16-frame chunks, the decoder attends to the start and end frames' encoder "
                    "features; optional middle-frame splice as in the reference inference.")
 
@@ -165,6 +167,4 @@ class DCN_ToonDecode:
         return (toon_decode(vae, samples, start_image, end_image, splice_middle, memory_cap_mb),)
 
 
-NODES = {"DCN_ToonVAELoader": DCN_ToonVAELoader, "DCN_ToonDecode": DCN_ToonDecode}
-DISPLAY_NAMES = {"DCN_ToonVAELoader": "DynamiCrafter ToonCrafter VAE Loader",
-                 "DCN_ToonDecode": "DynamiCrafter ToonCrafter Decode"}
+NODES = (DCN_ToonVAELoader, DCN_ToonDecode)

@@ -173,6 +173,7 @@ class DCN_SaveVideo:
     OUTPUT_NODE = True
     FUNCTION = "save"
     CATEGORY = "DynamiCrafter/video"
+    DISPLAY_NAME = "DynamiCrafter Save Video"
     DESCRIPTION = "Saves the video frames as mp4 (H.264), animated WebP or GIF in the output folder."
 
     def save(self, images, filename_prefix, format, fps, crf, prompt=None, extra_pnginfo=None):
@@ -180,3 +181,5 @@ class DCN_SaveVideo:
         ui, _ = save_video(images, filename_prefix, format, fps, crf, prompt, extra_pnginfo)
         return {"ui": ui}
 
+
+NODES = (DCN_SaveVideo,)   # what this file adds to the registry (nodes/__init__.py)

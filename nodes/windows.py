@@ -266,6 +266,7 @@ class DCN_Windows:
     OUTPUT_TOOLTIPS = ("Context-window settings for DCN_Sampler's windows input.",)
     FUNCTION = "windows"
     CATEGORY = "DynamiCrafter/sampling"
+    DISPLAY_NAME = "DynamiCrafter Context Windows"
     DESCRIPTION = "Long videos: sample in windows of the trained length, fused every step (keyframe chains use " \
                   "their own segments)."
 
