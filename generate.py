@@ -63,8 +63,11 @@ DEFAULT_CACHE = os.path.join(ROOT, ".cache")
 log = logging.getLogger("generate")
 
 
-# The settings of a run that are not the variant's (size, frames, motion, guidance rescale: model/variants.py).
-COMMON_DEFAULTS = dict(steps=50, cfg=7.5, cfg_image=7.5, eta=1.0, fps=8.0, seed=123, crf=19)
+# The settings of a run that are not the variant's (size, frames, motion, guidance rescale: model/variants.py);
+# steps, guidance and eta are the registry's sampler defaults (model/config.py SamplerDefaults).
+_SAMPLING = get_variant("512").sampling
+COMMON_DEFAULTS = dict(steps=_SAMPLING.steps, cfg=_SAMPLING.cfg_text, cfg_image=_SAMPLING.cfg_image,
+                       eta=_SAMPLING.eta, fps=8.0, seed=123, crf=19)
 # The tiny pipeline check: small frames, few steps (the tiny UNet needs multiples of 16 px).
 TINY_STEPS = 10
 SKETCH_ENCODER = "sketch_encoder.ckpt"   # as huggingface.co/Doubiiu/ToonCrafter ships it (or converted to .safetensors)

@@ -100,6 +100,28 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class SamplerDefaults:
+    """The DDIM sampler's defaults (reference ``scripts/run.sh``): stated here once; the sampler nodes' widgets, the
+    shipped workflows (scripts/build_workflows.py), generate.py and the trainer's samples read them."""
+
+    steps: int = 50
+    cfg_text: float = 7.5
+    cfg_image: float = 7.5          # image guidance of dual CFG; "single" mode does not use it
+    eta: float = 1.0
+    mode: str = "multi"             # "multi": text + image CFG; "single": text guidance only (ToonCrafter)
+
+
+@dataclass(frozen=True)
+class ToonDecodeDefaults:
+    """ToonCrafter's dual-reference decode (reference config and inference): model/tooncrafter.py and the decode
+    node read it."""
+
+    chunk_frames: int = 16          # frames per decode chunk (the reference UNet's temporal_length): numerics
+    perframe_ae: bool = True        # the reference's flag: the encoder sees each frame alone (model/vae.py always does)
+    splice_middle: bool = True      # the two middle frames from a second decode without frames 1 and T-2
+
+
+@dataclass(frozen=True)
 class Variant:
     """One named DynamiCrafter model: architecture, schedule and inference defaults."""
 
@@ -117,6 +139,9 @@ class Variant:
     guidance_rescale: float = 0.7
     interp: bool = False
     description: str = ""
+    sampling: SamplerDefaults = field(default_factory=SamplerDefaults)
+    toon_decode: Optional[ToonDecodeDefaults] = None  # the dual-reference decode's defaults (first_stage "dualref")
+    # {"config": name} on a small config (model/variants.py SMALL_CONFIGS); empty on a real variant
     extra: Mapping[str, Any] = field(default_factory=dict)
     # the key families (model/detect.py) whose files may hold this variant, its own first
     families: Tuple[str, ...] = ("512-family",)

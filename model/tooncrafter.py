@@ -39,12 +39,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .config import ToonDecodeDefaults
 from .errors import DynamiCrafterInputError
 from .tooncrafter_blocks import (Combiner, Fusion, VideoResBlock, _combine_stats, _frame_stats, _make_conv_out,
                                  _taps, _time_mix)
 from .vae import SCALE_FACTOR, AutoencoderKL, Decoder, VAEConfig, _chunks, _fold, _silu, sample_posterior
 
-TEMPORAL_LENGTH = 16                                                       # the reference UNet's temporal_length
+_DECODE = ToonDecodeDefaults()
+TEMPORAL_LENGTH = _DECODE.chunk_frames                                   # the reference UNet's temporal_length
 
 
 @dataclass(frozen=True)
@@ -366,7 +368,8 @@ def splice_index(t: int) -> List[int]:
     return index
 
 
-def decode_video(vae: DualRefAutoencoderKL, latents: torch.Tensor, hidden=None, splice_middle: bool = True,
+def decode_video(vae: DualRefAutoencoderKL, latents: torch.Tensor, hidden=None,
+                 splice_middle: bool = _DECODE.splice_middle,
                  temporal_length: int = TEMPORAL_LENGTH, memory_cap_mb: Optional[float] = None,
                  frames_per_pass: Optional[int] = None, structure: str = "stream",
                  scale_factor: float = SCALE_FACTOR) -> torch.Tensor:

@@ -3,14 +3,15 @@ built from them by the same code.
 
 Real values come from the reference `configs/inference_{256,512,1024}_v1.0.yaml` and
 `configs/training_512_v1.0/config_interp.yaml`; the inference defaults (size, frames, motion value and range,
-timestep spacing, guidance rescale) from the reference `scripts/run.sh`. Hosts and CLIs read their defaults here.
+timestep spacing, guidance rescale, the sampler's steps / cfg / eta: ``sampling``, model/config.py SamplerDefaults)
+from the reference `scripts/run.sh`. Hosts and CLIs read their defaults here.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Dict, List, Union
 
-from .config import ResamplerConfig, ScheduleConfig, UNetConfig, Variant
+from .config import ResamplerConfig, SamplerDefaults, ScheduleConfig, ToonDecodeDefaults, UNetConfig, Variant
 from .errors import DynamiCrafterInputError
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,12 +58,13 @@ VARIANTS: Dict[str, Variant] = {
         download=("dynamicrafter_512_interp.ckpt", "Doubiiu/DynamiCrafter_512_Interp", "model.ckpt", "about 10 GB"),
     ),
     # ToonCrafter (reference scripts/run.sh): the 512-interp UNet trained on cartoons + the dual-reference VAE
-    # (model/tooncrafter.py); frame stride 10, recommended 5-30 (smaller: more motion); cfg 7.5 on text only.
+    # (model/tooncrafter.py); frame stride 10, recommended 5-30 (smaller: more motion); guidance on text only
+    # (mode single).
     "tooncrafter": Variant(
         name="tooncrafter", unet=_UNET_512, resampler=_P, schedule=_SCHED_V,
         height=320, width=512, motion_input="fps", default_motion=10, motion_range=(5, 30), interp=True,
         description="ToonCrafter 320x512 cartoon interpolation (start + end frame), dual-reference VAE decoder",
-        extra={"steps": 50, "eta": 1.0, "cfg_text": 7.5, "cfg_image": None, "decode_chunk": 16, "perframe_ae": True},
+        sampling=SamplerDefaults(mode="single"), toon_decode=ToonDecodeDefaults(),
         # a pruned ToonCrafter file (no VAE keys) has the 512 layout: chosen there by metadata, argument or name
         families=("tooncrafter", "512-family"), first_stage="dualref",
         download=("tooncrafter_512_interp.ckpt", "Doubiiu/ToonCrafter", "model.ckpt", "about 10 GB"),

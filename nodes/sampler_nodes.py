@@ -2,6 +2,7 @@
 with ``comfy.samplers.CFGGuider``) the dual-CFG guider with the reference guidance rescale."""
 from __future__ import annotations
 
+from ..model.config import SamplerDefaults
 from ..model.errors import DynamiCrafterInputError
 from ..model.limits import RANGES
 from ..model.sampler import MODES
@@ -11,6 +12,7 @@ from .widgets import widget_problem
 from .windows import DCN_Windows
 
 _CFG = {"min": RANGES["cfg"][0], "max": RANGES["cfg"][1], "step": 0.1}
+_D = SamplerDefaults()  # the widgets' defaults (the registry's: model/config.py)
 
 
 def _check_model(model):
@@ -43,18 +45,19 @@ class DCN_Sampler:
             "latent": ("LATENT", {"tooltip": "latent output of DCN_Conditioning (sets frames and size)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "step": 1,
                              "tooltip": "Seed of the initial noise (same draw as KSampler) and of the DDIM noise."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "step": 1,
-                              "tooltip": "DDIM steps (the reference uses 50)."}),
-            "cfg_text": ("FLOAT", dict(_CFG, default=7.5, tooltip="Text guidance scale (1.0 = no guidance).")),
-            "cfg_image": ("FLOAT", dict(_CFG, default=7.5, tooltip="Image guidance scale of dual CFG ('multi').")),
-            "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                              "tooltip": "DDIM eta: 0 deterministic, 1.0 the reference default."}),
+            "steps": ("INT", {"default": _D.steps, "min": 1, "max": 1000, "step": 1,
+                              "tooltip": f"DDIM steps (the reference uses {_D.steps})."}),
+            "cfg_text": ("FLOAT", dict(_CFG, default=_D.cfg_text, tooltip="Text guidance scale (1.0 = no guidance).")),
+            "cfg_image": ("FLOAT", dict(_CFG, default=_D.cfg_image,
+                                        tooltip="Image guidance scale of dual CFG ('multi').")),
+            "eta": ("FLOAT", {"default": _D.eta, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": f"DDIM eta: 0 deterministic, {_D.eta} the reference default."}),
             "guidance_rescale": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01,
                                            "tooltip": "Rescale of the guided output towards the conditional one's std "
                                                       "(reference: 0.7 for 512/1024, 0 for 256)."}),
             "spacing": (SPACINGS, {"default": "auto", "tooltip": "DDIM timestep spacing; auto = the model's "
                                                                  "(uniform_trailing for 512/1024, uniform for 256)."}),
-            "mode": (list(MODES), {"default": "multi", "tooltip": "multi: text + image CFG (three branches); single: "
+            "mode": (list(MODES), {"default": _D.mode, "tooltip": "multi: text + image CFG (three branches); single: "
                                                                  "uc + cfg_text (cond - uc) as the reference's "
                                                                  "default script."}),
         }, "optional": {
@@ -105,7 +108,8 @@ class DCN_Sigmas:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "DynamiCrafter MODEL from DCN_Loader."}),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "step": 1, "tooltip": "Number of steps."}),
+            "steps": ("INT", {"default": _D.steps, "min": 1, "max": 1000, "step": 1,
+                              "tooltip": "Number of steps."}),
             "spacing": (SPACINGS, {"default": "auto", "tooltip": "Timestep spacing; auto = the model's."}),
         }}
 
@@ -132,11 +136,11 @@ class DCN_Guider:
             "positive": ("CONDITIONING", {"tooltip": "positive output of DCN_Conditioning."}),
             "image_only": ("CONDITIONING", {"tooltip": "image_only output of DCN_Conditioning."}),
             "negative": ("CONDITIONING", {"tooltip": "negative output of DCN_Conditioning."}),
-            "cfg_text": ("FLOAT", dict(_CFG, default=7.5, tooltip="Text guidance scale (1.0 = no guidance).")),
-            "cfg_image": ("FLOAT", dict(_CFG, default=7.5, tooltip="Image guidance scale (multi mode).")),
+            "cfg_text": ("FLOAT", dict(_CFG, default=_D.cfg_text, tooltip="Text guidance scale (1.0 = no guidance).")),
+            "cfg_image": ("FLOAT", dict(_CFG, default=_D.cfg_image, tooltip="Image guidance scale (multi mode).")),
             "guidance_rescale": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01,
                                            "tooltip": "Reference guidance rescale (0 = off)."}),
-            "mode": (list(MODES), {"default": "multi", "tooltip": "multi: text + image CFG; single: one scale."}),
+            "mode": (list(MODES), {"default": _D.mode, "tooltip": "multi: text + image CFG; single: one scale."}),
         }}
 
     RETURN_TYPES = ("GUIDER",)

@@ -21,6 +21,7 @@ import comfy.model_management
 import comfy.sd
 
 from ..model.checkpoint import open_checkpoint
+from ..model.config import ToonDecodeDefaults
 from ..model.errors import DynamiCrafterInputError
 from ..model.log import logger
 from ..model.tooncrafter import TEMPORAL_LENGTH, DualRefAutoencoderKL, decode_video, load_dualref_vae
@@ -30,6 +31,7 @@ from .conditioning import fit_image
 from .encode import to_rgb
 
 _PLAIN = {k[len("first_stage_model."):] for k in vae_shapes()}
+_SPLICE = ToonDecodeDefaults().splice_middle  # the widget's default (the registry's: model/config.py)
 
 
 def toon_vae_from_state_dict(vae_sd: Dict[str, torch.Tensor], what: str):
@@ -65,7 +67,7 @@ def require_toon_vae(vae) -> DualRefAutoencoderKL:
     return model
 
 
-def toon_decode(vae, samples: dict, start_image, end_image, splice_middle: bool = True, memory_cap_mb: int = 0):
+def toon_decode(vae, samples: dict, start_image, end_image, splice_middle: bool = _SPLICE, memory_cap_mb: int = 0):
     """LATENT [T, 4, h, w] + start/end IMAGE -> IMAGE [T, H, W, 3] as the reference inference decodes."""
     model = require_toon_vae(vae)
     if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
@@ -146,7 +148,7 @@ class DCN_ToonDecode:
             "samples": ("LATENT", {"tooltip": "The sampled video latent [frames, 4, h, w]."}),
             "start_image": ("IMAGE", {"tooltip": "The start frame given to the conditioning."}),
             "end_image": ("IMAGE", {"tooltip": "The end frame given to the conditioning (same size)."}),
-            "splice_middle": ("BOOLEAN", {"default": True, "tooltip":
+            "splice_middle": ("BOOLEAN", {"default": _SPLICE, "tooltip":
                 "As the reference: the two middle frames come from a second decode of the latent without frames "
                 "1 and T-2 (about twice the decode time). Needs at least 4 frames."}),
             "memory_cap_mb": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "step": 256, "tooltip":
@@ -163,7 +165,7 @@ class DCN_ToonDecode:
     DESCRIPTION = ("ToonCrafter decode: 16-frame chunks, the decoder attends to the start and end frames' encoder "
                    "features; optional middle-frame splice as in the reference inference.")
 
-    def decode(self, vae, samples, start_image, end_image, splice_middle=True, memory_cap_mb=0):
+    def decode(self, vae, samples, start_image, end_image, splice_middle=_SPLICE, memory_cap_mb=0):
         return (toon_decode(vae, samples, start_image, end_image, splice_middle, memory_cap_mb),)
 
 

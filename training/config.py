@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..model.config import SamplerDefaults
 from ..model.errors import DynamiCrafterInputError
 
 # Settings that change the numbers of a run: a resume refuses a checkpoint whose values differ.
@@ -97,7 +98,7 @@ class TrainConfig:
     samples: List[Dict[str, str]] = field(default_factory=list)  # [{image, prompt}]; empty = the first clips' frames
     sample_count: int = 2                   # sample videos per round when samples is empty
     sample_steps: int = 10                  # DDIM steps of the samples
-    sample_cfg: float = 7.5                 # text guidance of the samples (image guidance the same)
+    sample_cfg: float = SamplerDefaults().cfg_text  # text guidance of the samples (image guidance the same)
     val_every: int = 0                      # validation loss every N steps on val_csv (0 = with the samples)
     val_batches: int = 2                    # batches of the validation loss (fixed seeds: comparable across steps)
     keep_checkpoints: int = 3               # newest checkpoints kept (0 = all)
