@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from comfyui_dynamicrafter import generate, weights
+from comfyui_dynamicrafter import generate
+from comfyui_dynamicrafter.cli import weights
 from comfyui_dynamicrafter.model import tooncrafter, variants
 from comfyui_dynamicrafter.model.config import SamplerDefaults, ToonDecodeDefaults
 from comfyui_dynamicrafter.scripts import build_workflows
