@@ -5,6 +5,7 @@ a version number.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import types
@@ -154,6 +155,57 @@ def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# text and image encoders
+# ----------------------------------------------------------------------------------------------------------------
+def sd2_tokenizer():
+    """The host's SD2 tokenizer class."""
+    # hosts after 2024-03 moved it into comfy/text_encoders/ (there on 2025-10); the 2024-03 host has comfy/sd2_clip.py
+    try:
+        from comfy.text_encoders.sd2_clip import SD2Tokenizer
+    except ImportError:
+        from comfy.sd2_clip import SD2Tokenizer
+    return SD2Tokenizer
+
+
+def text_model_takes_options() -> bool:
+    """Whether ``comfy.sd1_clip.SDClipModel.__init__`` takes ``model_options``."""
+    # SDClipModel gained model_options after 2024-03 (there on 2025-10 and later); the 2024-03 one has none
+    import comfy.sd1_clip
+    return "model_options" in inspect.signature(comfy.sd1_clip.SDClipModel.__init__).parameters
+
+
+def clip_size_kwargs(sd: dict) -> dict:
+    """``parameters=`` (the weight count of ``sd``) for ``comfy.sd.CLIP`` where the host's CLIP takes it, else {}."""
+    # comfy.sd.CLIP takes parameters (its memory estimate) after 2024-03 (there on 2025-10); the 2024-03 one does not
+    import comfy.sd
+    if "parameters" in inspect.signature(comfy.sd.CLIP.__init__).parameters:
+        return {"parameters": sum(v.numel() for v in sd.values())}
+    return {}
+
+
+def clip_vision_image_size(clip_vision) -> int:
+    """Input size of the host's CLIP_VISION."""
+    # ClipVisionModel.image_size came after 2024-03 (there on 2025-10); the 2024-03 model is always 224
+    return int(getattr(clip_vision, "image_size", 224) or 224)
+
+
+@contextlib.contextmanager
+def vae_posterior_mode(vae):
+    """Within the block the host's VAE encodes to the posterior mode, not a sample."""
+    # the 2024-03 host's DiagonalGaussianRegularizer samples (sample=True, the global RNG); 2025-10 and later default
+    # to sample=False (the mode)
+    reg = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
+    sampling = bool(getattr(reg, "sample", False))
+    if sampling:
+        reg.sample = False
+    try:
+        yield
+    finally:
+        if sampling:
+            reg.sample = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # sampling plumbing
 # ----------------------------------------------------------------------------------------------------------------
 def convert_cond(cond):
@@ -175,6 +227,18 @@ def throw_if_interrupted() -> None:
 
 def load_models(patchers, memory_required: float = 0) -> None:
     comfy.model_management.load_models_gpu(list(patchers), memory_required)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ControlNet
+# ----------------------------------------------------------------------------------------------------------------
+def get_control(ctl, x, sigma, cond, batched: int, topts: dict):
+    """``ctl.get_control`` on either host API."""
+    # ControlBase.get_control takes transformer_options since 2024-08 (there on 2025-10); the 2024-03 one does not
+    params = inspect.signature(ctl.get_control).parameters
+    if "transformer_options" in params:
+        return ctl.get_control(x, sigma, cond, batched, topts)
+    return ctl.get_control(x, sigma, cond, batched)
 
 
 # ----------------------------------------------------------------------------------------------------------------
