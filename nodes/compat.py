@@ -328,6 +328,23 @@ def cfg_function_patches(model) -> List[str]:
     return [name for name in CFG_FUNCTIONS if opts.get(name)]
 
 
+def lora_adapter_class():
+    """The host's LoRA weight-adapter class where it has one, else None (the tuple patch format)."""
+    # comfy.weight_adapter.LoRAAdapter came in 2025 (there on 2025-10); the 2024-03 host reads ("lora", (up, down, ...))
+    try:
+        from comfy.weight_adapter import LoRAAdapter
+    except ImportError:
+        return None
+    return LoRAAdapter
+
+
+def model_sampling(model):
+    """The model_sampling object of a MODEL, with its patches (ModelSamplingDiscrete, ...) where the host has them."""
+    # ModelPatcher.get_model_object came after 2024-03 (there on 2025-10); the 2024-03 patcher has none
+    return model.get_model_object("model_sampling") if hasattr(model, "get_model_object") \
+        else model.model.model_sampling
+
+
 def model_patcher_class():
     """The patcher class the host builds its own models with: ``comfy.model_patcher.CoreModelPatcher`` where the
     host names one (newer hosts point it at ModelPatcherDynamic when dynamic VRAM is on; looked up per call because
