@@ -345,6 +345,18 @@ def model_sampling(model):
         else model.model.model_sampling
 
 
+def add_pre_run_callback(patcher, key: str, callback) -> None:
+    """``callback(patcher)`` when the host starts sampling with ``patcher`` (``CallbacksMP.ON_PRE_RUN``); nothing on
+    hosts without patcher callbacks."""
+    # comfy.patcher_extension's ModelPatcher callbacks came after 2024-03 (there on 2025-10); the 2024-03 host has none
+    try:
+        import comfy.patcher_extension as pe
+    except ImportError:
+        return
+    if hasattr(patcher, "add_callback_with_key") and hasattr(pe, "CallbacksMP"):
+        patcher.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, key, callback)
+
+
 def model_patcher_class():
     """The patcher class the host builds its own models with: ``comfy.model_patcher.CoreModelPatcher`` where the
     host names one (newer hosts point it at ModelPatcherDynamic when dynamic VRAM is on; looked up per call because
@@ -376,3 +388,26 @@ def context_window_options(handler) -> dict:
         "split_conds_to_windows": bool(getattr(handler, "split_conds_to_windows", False)),
         "causal_window_fix": bool(getattr(handler, "causal_window_fix", False)),
     }
+
+
+def add_resize_cond_item(handler, key: str, make_callback) -> None:
+    """Register ``make_callback()`` under ``key`` as the context handler's RESIZE_COND_ITEM callback (once per
+    handler); nothing on hosts without that callback kind."""
+    # IndexListCallbacks.RESIZE_COND_ITEM came with ComfyUI 2026-01 (v0.8.0); the 2025-10 (v0.3.64) handler has none
+    import comfy.context_windows as cw
+    import comfy.patcher_extension as pe
+
+    kind = getattr(cw.IndexListCallbacks, "RESIZE_COND_ITEM", None)
+    if kind is not None and not pe.get_callbacks_with_key(kind, key, handler.callbacks):
+        pe.add_callback_with_key(kind, key, make_callback(), handler.callbacks)
+
+
+def one_sigma_step(handler) -> None:
+    """Give the context handler's ``set_step`` one sigma (the first) whatever the host passes (idempotent): with frames
+    as batch the host passes one sigma per frame (all equal)."""
+    # the 2025-10 (v0.3.64) handler's set_step compares the whole timestep vector with its sigma list (a size error);
+    # 2026-01 (v0.8.0) and later take timestep[0]
+    if not getattr(handler, "_dcn_one_sigma", False) and hasattr(handler, "set_step"):
+        step = handler.set_step
+        handler.set_step = lambda timestep, model_options: step(timestep.reshape(-1)[:1], model_options)
+        handler._dcn_one_sigma = True
