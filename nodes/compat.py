@@ -393,7 +393,7 @@ def context_window_options(handler) -> dict:
 def add_resize_cond_item(handler, key: str, make_callback) -> None:
     """Register ``make_callback()`` under ``key`` as the context handler's RESIZE_COND_ITEM callback (once per
     handler); nothing on hosts without that callback kind."""
-    # IndexListCallbacks.RESIZE_COND_ITEM came with ComfyUI 2026-01 (v0.8.0); the 2025-10 (v0.3.64) handler has none
+    # IndexListCallbacks.RESIZE_COND_ITEM: the 2026-01 host (v0.8.0) and later have it, the 2025-10 (v0.3.64) one not
     import comfy.context_windows as cw
     import comfy.patcher_extension as pe
 
