@@ -95,19 +95,10 @@ def adapter_path(name: str) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # host patch formats
 # ----------------------------------------------------------------------------------------------------------------
-def _lora_adapter_class():
-    """The host's LoRA weight-adapter class where it has one (current hosts), else None (tuple format)."""
-    try:
-        from comfy.weight_adapter import LoRAAdapter
-    except ImportError:
-        return None
-    return LoRAAdapter
-
-
 def lora_patch(up: torch.Tensor, down: torch.Tensor, alpha: float, loaded_keys=()):
     """One LoRA pair in the host's patch format: ``W += strength * (alpha / rank) * up @ down``."""
     weights = (up, down, float(alpha), None, None, None)  # up [out, r], down [r, in], alpha, mid, dora, reshape
-    cls = _lora_adapter_class()
+    cls = compat.lora_adapter_class()
     if cls is not None:
         return cls(set(loaded_keys), weights)
     return ("lora", weights)

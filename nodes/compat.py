@@ -5,6 +5,7 @@ a version number.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import types
@@ -154,6 +155,57 @@ def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# text and image encoders
+# ----------------------------------------------------------------------------------------------------------------
+def sd2_tokenizer():
+    """The host's SD2 tokenizer class."""
+    # hosts after 2024-03 moved it into comfy/text_encoders/ (there on 2025-10); the 2024-03 host has comfy/sd2_clip.py
+    try:
+        from comfy.text_encoders.sd2_clip import SD2Tokenizer
+    except ImportError:
+        from comfy.sd2_clip import SD2Tokenizer
+    return SD2Tokenizer
+
+
+def text_model_takes_options() -> bool:
+    """Whether ``comfy.sd1_clip.SDClipModel.__init__`` takes ``model_options``."""
+    # SDClipModel gained model_options after 2024-03 (there on 2025-10 and later); the 2024-03 one has none
+    import comfy.sd1_clip
+    return "model_options" in inspect.signature(comfy.sd1_clip.SDClipModel.__init__).parameters
+
+
+def clip_size_kwargs(sd: dict) -> dict:
+    """``parameters=`` (the weight count of ``sd``) for ``comfy.sd.CLIP`` where the host's CLIP takes it, else {}."""
+    # comfy.sd.CLIP takes parameters (its memory estimate) after 2024-03 (there on 2025-10); the 2024-03 one does not
+    import comfy.sd
+    if "parameters" in inspect.signature(comfy.sd.CLIP.__init__).parameters:
+        return {"parameters": sum(v.numel() for v in sd.values())}
+    return {}
+
+
+def clip_vision_image_size(clip_vision) -> int:
+    """Input size of the host's CLIP_VISION."""
+    # ClipVisionModel.image_size came after 2024-03 (there on 2025-10); the 2024-03 model is always 224
+    return int(getattr(clip_vision, "image_size", 224) or 224)
+
+
+@contextlib.contextmanager
+def vae_posterior_mode(vae):
+    """Within the block the host's VAE encodes to the posterior mode, not a sample."""
+    # the 2024-03 host's DiagonalGaussianRegularizer samples (sample=True, the global RNG); 2025-10 and later default
+    # to sample=False (the mode)
+    reg = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
+    sampling = bool(getattr(reg, "sample", False))
+    if sampling:
+        reg.sample = False
+    try:
+        yield
+    finally:
+        if sampling:
+            reg.sample = True
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # sampling plumbing
 # ----------------------------------------------------------------------------------------------------------------
 def convert_cond(cond):
@@ -175,6 +227,18 @@ def throw_if_interrupted() -> None:
 
 def load_models(patchers, memory_required: float = 0) -> None:
     comfy.model_management.load_models_gpu(list(patchers), memory_required)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ControlNet
+# ----------------------------------------------------------------------------------------------------------------
+def get_control(ctl, x, sigma, cond, batched: int, topts: dict):
+    """``ctl.get_control`` on either host API."""
+    # ControlBase.get_control takes transformer_options since 2024-08 (there on 2025-10); the 2024-03 one does not
+    params = inspect.signature(ctl.get_control).parameters
+    if "transformer_options" in params:
+        return ctl.get_control(x, sigma, cond, batched, topts)
+    return ctl.get_control(x, sigma, cond, batched)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,6 +328,35 @@ def cfg_function_patches(model) -> List[str]:
     return [name for name in CFG_FUNCTIONS if opts.get(name)]
 
 
+def lora_adapter_class():
+    """The host's LoRA weight-adapter class where it has one, else None (the tuple patch format)."""
+    # comfy.weight_adapter.LoRAAdapter came in 2025 (there on 2025-10); the 2024-03 host reads ("lora", (up, down, ...))
+    try:
+        from comfy.weight_adapter import LoRAAdapter
+    except ImportError:
+        return None
+    return LoRAAdapter
+
+
+def model_sampling(model):
+    """The model_sampling object of a MODEL, with its patches (ModelSamplingDiscrete, ...) where the host has them."""
+    # ModelPatcher.get_model_object came after 2024-03 (there on 2025-10); the 2024-03 patcher has none
+    return model.get_model_object("model_sampling") if hasattr(model, "get_model_object") \
+        else model.model.model_sampling
+
+
+def add_pre_run_callback(patcher, key: str, callback) -> None:
+    """``callback(patcher)`` when the host starts sampling with ``patcher`` (``CallbacksMP.ON_PRE_RUN``); nothing on
+    hosts without patcher callbacks."""
+    # comfy.patcher_extension's ModelPatcher callbacks came after 2024-03 (there on 2025-10); the 2024-03 host has none
+    try:
+        import comfy.patcher_extension as pe
+    except ImportError:
+        return
+    if hasattr(patcher, "add_callback_with_key") and hasattr(pe, "CallbacksMP"):
+        patcher.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, key, callback)
+
+
 def model_patcher_class():
     """The patcher class the host builds its own models with: ``comfy.model_patcher.CoreModelPatcher`` where the
     host names one (newer hosts point it at ModelPatcherDynamic when dynamic VRAM is on; looked up per call because
@@ -295,3 +388,26 @@ def context_window_options(handler) -> dict:
         "split_conds_to_windows": bool(getattr(handler, "split_conds_to_windows", False)),
         "causal_window_fix": bool(getattr(handler, "causal_window_fix", False)),
     }
+
+
+def add_resize_cond_item(handler, key: str, make_callback) -> None:
+    """Register ``make_callback()`` under ``key`` as the context handler's RESIZE_COND_ITEM callback (once per
+    handler); nothing on hosts without that callback kind."""
+    # IndexListCallbacks.RESIZE_COND_ITEM: the 2026-01 host (v0.8.0) and later have it, the 2025-10 (v0.3.64) one not
+    import comfy.context_windows as cw
+    import comfy.patcher_extension as pe
+
+    kind = getattr(cw.IndexListCallbacks, "RESIZE_COND_ITEM", None)
+    if kind is not None and not pe.get_callbacks_with_key(kind, key, handler.callbacks):
+        pe.add_callback_with_key(kind, key, make_callback(), handler.callbacks)
+
+
+def one_sigma_step(handler) -> None:
+    """Give the context handler's ``set_step`` one sigma (the first) whatever the host passes (idempotent): with frames
+    as batch the host passes one sigma per frame (all equal)."""
+    # the 2025-10 (v0.3.64) handler's set_step compares the whole timestep vector with its sigma list (a size error);
+    # 2026-01 (v0.8.0) and later take timestep[0]
+    if not getattr(handler, "_dcn_one_sigma", False) and hasattr(handler, "set_step"):
+        step = handler.set_step
+        handler.set_step = lambda timestep, model_options: step(timestep.reshape(-1)[:1], model_options)
+        handler._dcn_one_sigma = True

@@ -23,6 +23,7 @@ from ..model.limits import RANGES, available_memory, check_run_memory, estimate_
 from ..model.log import logger
 from ..model.plan import VideoPlan, plan_video
 from ..model.windows import MAX_FRAMES as WINDOW_MAX_FRAMES, keyframe_concat
+from . import compat
 from .encode import to_rgb
 from .native import COND_KEY, KNOWN_TEXT_ENCODERS
 from .widgets import widget_problem
@@ -105,15 +106,8 @@ def _vae_latent(vae, rgb: torch.Tensor) -> torch.Tensor:
     if vae is None:
         raise DynamiCrafterInputError("vae", "the SD VAE", "nothing",
                                       "load the SD VAE with VAELoader or use a full DynamiCrafter checkpoint")
-    reg = getattr(getattr(vae, "first_stage_model", None), "regularization", None)
-    sampling = bool(getattr(reg, "sample", False))
-    if sampling:
-        reg.sample = False
-    try:
+    with compat.vae_posterior_mode(vae):
         lat = vae.encode(rgb[..., :3])
-    finally:
-        if sampling:
-            reg.sample = True
     return lat.float().to(comfy.model_management.intermediate_device())
 
 

@@ -9,20 +9,12 @@ image-only branch when only positive and negative carry the ControlNet), ``clean
 """
 from __future__ import annotations
 
-import inspect
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from ..model.control import KINDS
-
-
-def get_control(ctl, x, sigma, cond, batched: int, topts: dict):
-    """``ctl.get_control`` on either host API (a ``transformer_options`` argument since 2024-08)."""
-    params = inspect.signature(ctl.get_control).parameters
-    if "transformer_options" in params:
-        return ctl.get_control(x, sigma, cond, batched, topts)
-    return ctl.get_control(x, sigma, cond, batched)
+from . import compat
 
 
 def branch_control(converted_conds: Sequence[dict]):
@@ -64,7 +56,7 @@ def step_control(controls: Dict[str, object], branches: Sequence[str], x: torch.
         rows = torch.cat([torch.arange(i * frames, (i + 1) * frames) for i in idx]).to(x.device)
         cond = {k: (v[rows] if isinstance(v, torch.Tensor) and v.shape[:1] == x.shape[:1] else v)
                 for k, v in conds.items()}
-        out = get_control(ctl, x[rows], sigma[rows], cond, len(idx), topts)
+        out = compat.get_control(ctl, x[rows], sigma[rows], cond, len(idx), topts)
         if out is not None:
             groups.append((idx, out))
     if not groups:

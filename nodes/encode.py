@@ -17,6 +17,7 @@ from ..model.conditioning import CLIP_MEAN, CLIP_STD, clip_preprocess
 from ..model.errors import DynamiCrafterInputError
 from ..model.guards import check_image_finite
 from ..model.log import logger
+from . import compat
 
 _KNOWN_VISION = {1024: "a ViT-L/14 image encoder (the SD1.5/SDXL-style clip_vision)",
                  1664: "a ViT-bigG/14 image encoder", 768: "a ViT-B image encoder", 1152: "a SigLIP image encoder",
@@ -46,7 +47,7 @@ def clip_pixels(image_01: torch.Tensor, size: int = 224) -> torch.Tensor:
 
 
 def image_size_of(clip_vision) -> int:
-    return int(getattr(clip_vision, "image_size", 224) or 224)
+    return compat.clip_vision_image_size(clip_vision)
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ so the same code builds the real OpenCLIP ViT-H towers (it then gives exactly th
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -140,21 +139,9 @@ def vision_config_from_shapes(shapes: Dict[str, tuple], prefix: str = "model.vis
     }
 
 
-def _accepts(fn, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
-def _sd2_tokenizer():
-    try:
-        from comfy.text_encoders.sd2_clip import SD2Tokenizer
-    except ImportError:
-        from comfy.sd2_clip import SD2Tokenizer
-    return SD2Tokenizer
-
-
 def _text_classes(config_path: str):
     """SD2-style text encoder classes (penultimate layer + final LayerNorm, pad 0) over a derived config."""
-    base_takes_options = _accepts(comfy.sd1_clip.SDClipModel.__init__, "model_options")
+    base_takes_options = compat.text_model_takes_options()
 
     class DynamiCrafterTextModel(comfy.sd1_clip.SDClipModel):
         def __init__(self, device="cpu", dtype=None, model_options={}, **_kw):
@@ -182,11 +169,9 @@ def build_text_encoder(part: Dict[str, torch.Tensor]):
     if "text_projection" in sd:
         sd["text_projection.weight"] = sd.pop("text_projection").transpose(0, 1).contiguous()
     sd.pop("logit_scale", None)
-    target = comfy.supported_models_base.ClipTarget(_sd2_tokenizer(), _text_classes(_config_path(config)))
-    kw = {}
-    if _accepts(comfy.sd.CLIP.__init__, "parameters"):
-        kw["parameters"] = sum(v.numel() for v in sd.values())
-    clip = comfy.sd.CLIP(target, embedding_directory=folder_paths.get_folder_paths("embeddings"), **kw)
+    target = comfy.supported_models_base.ClipTarget(compat.sd2_tokenizer(), _text_classes(_config_path(config)))
+    clip = comfy.sd.CLIP(target, embedding_directory=folder_paths.get_folder_paths("embeddings"),
+                         **compat.clip_size_kwargs(sd))
     _require_complete(clip.load_sd(sd)[0], "text encoder", "text tower",
                       "use the original checkpoint or load the SD2.1 text encoder with CLIPLoader")
     logger.info("text encoder from the checkpoint: width %d, %d layers", config["hidden_size"],

@@ -122,8 +122,7 @@ class DCN_Sigmas:
 
     def sigmas(self, model, steps, spacing):
         variant = _check_model(model)
-        return (reference_sigmas(model.get_model_object("model_sampling") if hasattr(model, "get_model_object")
-                                 else model.model.model_sampling, steps, resolve_spacing(variant, spacing)),)
+        return (reference_sigmas(compat.model_sampling(model), steps, resolve_spacing(variant, spacing)),)
 
 
 class DCN_Guider:

@@ -29,7 +29,7 @@ from ..model.sketch import SketchEncoder, sketch_residuals
 from ..model.sketch_hint import aspect_note, check_sketch_count, frame_mask, parse_frame_indices, sketch_hints
 from ..model.sketch_io import load_sketch_encoder
 from . import compat
-from .control import KINDS, get_control
+from .control import KINDS
 from .native import COND_KEY, video_context, video_timesteps
 
 SKETCH_TYPE = "DCN_SKETCH_ENCODER"
@@ -69,7 +69,7 @@ class SketchControl(comfy.controlnet.ControlBase):
         topts = transformer_options if isinstance(transformer_options, dict) else {}
         prev = None
         if self.previous_controlnet is not None:
-            prev = get_control(self.previous_controlnet, x_noisy, t, cond, batched_number, topts)
+            prev = compat.get_control(self.previous_controlnet, x_noisy, t, cond, batched_number, topts)
         if self.strength == 0 or (self.timestep_range is not None and (t[0] > self.timestep_range[0]
                                                                        or t[0] < self.timestep_range[1])):
             return prev                                                    # no guidance: the encoder does not run

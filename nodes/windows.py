@@ -20,7 +20,7 @@ import torch
 import comfy.conds
 
 from ..model.errors import DynamiCrafterInputError
-from .compat import context_window_options
+from . import compat
 from ..model.plan import VideoPlan, for_frames
 from ..model.windows import FUSE_METHODS, MAX_FRAMES, SCHEDULES, WindowSpec
 from .widgets import widget_problem
@@ -157,13 +157,7 @@ def prepare_handler(handler) -> None:
     the host has RESIZE_COND_ITEM, dim 0 required, and one sigma for its step lookup."""
     if handler is None or getattr(handler, "callbacks", None) is None:
         return
-    import comfy.context_windows as cw
-    import comfy.patcher_extension as pe
-
-    kind = getattr(cw.IndexListCallbacks, "RESIZE_COND_ITEM", None)
-    if kind is not None and not pe.get_callbacks_with_key(kind, "dcn", handler.callbacks):
-        retain = context_window_options(handler)["cond_retain_index_list"]
-        pe.add_callback_with_key(kind, "dcn", lambda *a: resize_cond_item(*a, retain=retain), handler.callbacks)
+    compat.add_resize_cond_item(handler, "dcn", lambda: _resize_callback(handler))
     if getattr(handler, "dim", 0) != 0:
         raise DynamiCrafterInputError("context windows dim", "0 (DynamiCrafter's frames are the batch)",
                                       str(handler.dim), "set dim 0 on ContextWindowsManual")
@@ -176,12 +170,13 @@ def prepare_handler(handler) -> None:
 
         handler.should_use_context = checked
         handler._dcn_checked = True
-    if not getattr(handler, "_dcn_one_sigma", False) and hasattr(handler, "set_step"):
-        # frames as batch: the host passes one sigma per frame (all equal); the 2025-10 handler compares the whole
-        # vector with its sigma list (a size error), later hosts take timestep[0]. Give it one sigma.
-        step = handler.set_step
-        handler.set_step = lambda timestep, model_options: step(timestep.reshape(-1)[:1], model_options)
-        handler._dcn_one_sigma = True
+    compat.one_sigma_step(handler)
+
+
+def _resize_callback(handler):
+    """Our RESIZE_COND_ITEM callback for ``handler``, its cond_retain_index_list bound."""
+    retain = compat.context_window_options(handler)["cond_retain_index_list"]
+    return lambda *a: resize_cond_item(*a, retain=retain)
 
 
 def check_host_options(handler, frames: int, conds=None) -> None:
@@ -192,7 +187,7 @@ def check_host_options(handler, frames: int, conds=None) -> None:
     length = int(handler.context_length)
     if frames <= length:
         return
-    o = context_window_options(handler)
+    o = compat.context_window_options(handler)
     if o["latent_retain_index_list"]:
         raise DynamiCrafterInputError(
             "latent_retain_index_list", "empty for DynamiCrafter (its start image is in the concat conditioning, not "
@@ -225,12 +220,7 @@ def _on_pre_run(patcher) -> None:
 
 def install(patcher) -> None:
     """Give a ModelPatcher of our model the host-window hook (no-op on hosts without patcher callbacks)."""
-    try:
-        import comfy.patcher_extension as pe
-    except ImportError:  # 2024 hosts: no context windows at all
-        return
-    if hasattr(patcher, "add_callback_with_key") and hasattr(pe, "CallbacksMP"):
-        patcher.add_callback_with_key(pe.CallbacksMP.ON_PRE_RUN, "dcn_windows", _on_pre_run)
+    compat.add_pre_run_callback(patcher, "dcn_windows", _on_pre_run)  # 2024 hosts: no context windows at all
 
 
 # ================================================================================================================

@@ -149,3 +149,78 @@ def test_the_rules_see_an_upward_import(tmp_path):
     """The checker itself: a model/ file importing nodes/ is an upward arrow (guards the rules against rot)."""
     assert room_of("model.sampler") == "model" and room_of("generate") == "top" and room_of("cli.headless") == "cli"
     assert "nodes" not in ALLOWED["model"] and "cli" not in ALLOWED["nodes"]
+
+
+# README "Architecture": every host-version difference in nodes/compat.py. Outside it, nodes/ neither reads a host
+# function's signature nor probes a host module for a name nor falls back on a missing host module. Left elsewhere,
+# each with the reason it is no host-version difference:
+SEAM_EXCEPTIONS = {
+    ("nodes/widgets.py", "inspect.signature"): "the pack's own VALIDATE_INPUTS, called as every host calls it",
+    ("nodes/video.py", "except ImportError"): "comfy.cli_args is in every host; the fallback runs outside one",
+    ("nodes/video.py", "getattr on a host module"): "--disable-metadata is in every host (2024-03 on); same fallback",
+}
+HOST_ROOTS = {"comfy", "folder_paths", "latent_preview", "node_helpers", "comfy_extras"}
+
+
+def host_seams(source: str) -> List[Tuple[int, str]]:
+    """(line, kind) of each host-version probe in ``source``: ``inspect.signature(...)``, ``hasattr`` / ``getattr`` on
+    a host module (``comfy.x``, or a name a host module was imported as), and a ``try`` importing a host module with
+    ``except ImportError``."""
+    tree = ast.parse(source)
+    host_names = set(HOST_ROOTS)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            host_names |= {a.asname for a in node.names if a.asname and a.name.split(".")[0] in HOST_ROOTS}
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in HOST_ROOTS:
+            host_names |= {a.asname or a.name for a in node.names}
+
+    def root(expr) -> str:
+        while isinstance(expr, ast.Attribute):
+            expr = expr.value
+        return expr.id if isinstance(expr, ast.Name) else ""
+
+    def imports_host(stmts) -> bool:
+        return any(isinstance(n, ast.Import) and any(a.name.split(".")[0] in HOST_ROOTS for a in n.names)
+                   or isinstance(n, ast.ImportFrom) and not n.level
+                   and (n.module or "").split(".")[0] in HOST_ROOTS
+                   for s in stmts for n in ast.walk(s))
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            if isinstance(f, ast.Attribute) and f.attr == "signature" and root(f) == "inspect":
+                found.append((node.lineno, "inspect.signature"))
+            elif isinstance(f, ast.Name) and f.id in ("hasattr", "getattr") and node.args \
+                    and root(node.args[0]) in host_names:
+                found.append((node.lineno, f"{f.id} on a host module"))
+        elif isinstance(node, ast.Try) and imports_host(node.body) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                for h in node.handlers):
+            found.append((node.lineno, "except ImportError"))
+    return sorted(found)
+
+
+def test_host_version_differences_live_in_compat():
+    stray = []
+    for p in sorted((ROOT / "nodes").rglob("*.py")):
+        rel = p.relative_to(ROOT).as_posix()
+        if rel == "nodes/compat.py" or rel.startswith("nodes/host/"):
+            continue
+        stray += [f"{rel}:{line} {kind}" for line, kind in host_seams(p.read_text(encoding="utf-8"))
+                  if (rel, kind) not in SEAM_EXCEPTIONS]
+    assert not stray, ("host-version probes outside nodes/compat.py (move each into compat.py with the host change "
+                       "it follows): " + "; ".join(stray))
+
+
+def test_the_seam_rule_sees_a_probe():
+    """The checker itself, on a snippet with one of each probe (and a pack-object hasattr it must leave alone)."""
+    src = ("import inspect\nimport comfy.context_windows as cw\n"
+           "def f(ctl, model):\n"
+           "    inspect.signature(ctl.get_control)\n"
+           "    getattr(cw.IndexListCallbacks, 'RESIZE_COND_ITEM', None)\n"
+           "    hasattr(comfy.samplers, 'CFGGuider')\n"
+           "    hasattr(model, 'clone')\n"
+           "    try:\n        from comfy.weight_adapter import LoRAAdapter\n    except ImportError:\n        pass\n")
+    assert host_seams(src) == [(4, "inspect.signature"), (5, "getattr on a host module"),
+                               (6, "hasattr on a host module"), (8, "except ImportError")]
