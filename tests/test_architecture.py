@@ -1,8 +1,8 @@
 """The architecture rules of the README's "Architecture" section, read from the source with ``ast``.
 
 - Imports only point down: ``model/`` (host-free math) imports no other room; ``nodes/`` (host glue) and
-  ``training/`` import only ``model/``; ``cli/`` (headless host and the CLI's helpers) imports ``model/`` and
-  ``nodes/``'s registry names at most; the entry points and tools (``generate.py``, ``train.py``, ``convert.py``,
+  ``training/`` import only ``model/``; ``cli/`` (headless host and the CLI's helpers) imports ``model/``
+  only; the entry points and tools (``generate.py``, ``train.py``, ``convert.py``,
   ``__init__.py``, ``bench/``, ``scripts/``) sit on top.
 - No import cycle between the pack's modules, counting imports inside functions too.
 - A pack module imported inside a function says why on that line (``# lazy: <reason>``).
@@ -22,7 +22,7 @@ ALLOWED = {
     "model": set(),
     "nodes": {"model"},
     "training": {"model"},
-    "cli": {"model", "nodes"},
+    "cli": {"model"},
     "top": {"model", "nodes", "training", "cli"},
     "bench": {"model", "nodes", "training", "cli", "top"},       # tools beside the entry points
     "scripts": {"model", "nodes", "training", "cli", "top"},
