@@ -164,7 +164,7 @@ class PromptResult:
                 parts += [f"{e.get('message')}: {e.get('details')}" for e in ne.get("errors", [])]
             return sep.join(parts)
         assert self.error is not None, f"expected an error, got success={self.success}"
-        return self.error["exception_message"]
+        return self.error["exception_message"].rstrip("\n")   # hosts after 2024-03 append "\n" + their tips (none)
 
     def executed_nodes(self) -> List[str]:
         return [d.get("node") for e, d in self.events if e == "executed"]
