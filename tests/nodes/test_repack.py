@@ -96,12 +96,17 @@ def _pruned_graph(repack: str, encoders: str) -> dict:
     return g
 
 
+def _install(host, name: str, src: str) -> None:
+    """``src`` in the host's diffusion_models folder as ``name`` (a link), listed."""
+    dst = os.path.join(host.model_dirs["diffusion_models"], name)
+    if not os.path.lexists(dst):
+        os.symlink(src, dst)
+    host.refresh_models()
+
+
 def test_repack_pruned_interp_file_runs_in_the_executor(host, dc):
     r = next(r for r in repacks.REPACKS if r.name == "dynamicrafter_512_interp_fp16_pruned.safetensors")
-    dst = os.path.join(host.model_dirs["diffusion_models"], r.name)
-    if not os.path.lexists(dst):
-        os.symlink(repacks.repack_files()[r.name], dst)
-    host.refresh_models()
+    _install(host, r.name, repacks.repack_files()[r.name])
     res = host.run_prompt(_pruned_graph(r.name, dc["full"]))
     info = host.node_output("10")[5][0]
     assert "variant '512-interp' because the file name" in info, info
@@ -122,15 +127,13 @@ def test_repack_missing_parts_refused_in_one_line(host, dc, tmp_path):
     name = "dynamicrafter_512_interp_fp16_pruned.safetensors"
     no_vae = repacks.write_repack(next(x for x in repacks.REPACKS if x.name == name), tmp_path / "novae",
                                   drop=("first_stage_model.",))
-    dst = os.path.join(host.model_dirs["diffusion_models"], "novae_" + name)
-    if not os.path.lexists(dst):
-        os.symlink(no_vae, dst)
-    host.refresh_models()
+    _install(host, "novae_" + name, no_vae)
     res = host.run_prompt(_pruned_graph("novae_" + name, dc["full"]), check=False)
     _one_line(res.error_text(), "vae: expected the SD VAE, found nothing", "VAELoader")
     assert "Not in the file (outputs are empty; use the host's loaders): CLIP, CLIP_VISION, VAE." in \
         host.node_output("10")[5][0]
     # the pruned file's empty CLIP_VISION wired in: the image encode node says what to load
+    _install(host, name, repacks.repack_files()[name])
     g = _pruned_graph(name, dc["full"])
     g["5"]["inputs"]["clip_vision"] = ["10", 3]
     res = host.run_prompt(g, check=False)
