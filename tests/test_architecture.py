@@ -31,7 +31,7 @@ MAX_FUNCTION_LINES = 80
 MAX_FILE_LINES = 500
 # Still over the limits (issue 20, left for the move of the command line's helpers into a room of their own): each
 # may only shrink off this list; a new entry fails, and so does one that is no longer over (take it off).
-KNOWN_OVER = {"generate.py", "cli/headless.py", "scripts/build_workflows.py"}
+KNOWN_OVER = {"cli/headless.py", "scripts/build_workflows.py"}
 
 
 def product_files() -> List[pathlib.Path]:
