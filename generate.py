@@ -26,7 +26,6 @@ downloaded) and a CUDA GPU can run it, otherwise the tiny pipeline check, saying
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import runpy
@@ -41,22 +40,16 @@ if not __package__:  # run as a script: the pack folder as the package comfyui_d
         "register"]()
 
 from .cli import headless  # noqa: E402 (after the registration above)
-from .cli.cli_checks import (TINY_LABEL, check_adapter, check_images, check_numbers,  # noqa: E402,F401 (TINY_LABEL: tests)
-                             check_output, check_sketches, labelled_output)
-from .cli.cli_flags import check_flags  # noqa: E402
+from .cli.cli_checks import TINY_LABEL, check_output, labelled_output  # noqa: E402,F401 (TINY_LABEL: tests)
 from .cli.graphs import ROOT, WORKFLOWS, UserError, _one, apply_settings, load_workflow, probe_video  # noqa: E402
+from .cli.request import (EXAMPLE_END, EXAMPLE_START, Request, check_room, planned_size,  # noqa: E402,F401 (tests)
+                          read_request)
 from .cli.weights import (MODEL_FILES, ModelFile, WeightsError, check_weights, download_model,  # noqa: E402
                           is_offline, remote_metadata, tiny_checkpoint, tiny_sketch_encoder)
 from .model.errors import DynamiCrafterInputError  # noqa: E402
-from .model.fileio import check_free_space, place_file  # noqa: E402
-from .model.limits import available_memory, check_run_memory, estimate_run_bytes  # noqa: E402
+from .model.fileio import place_file  # noqa: E402
 from .model.variants import get_variant  # noqa: E402
 
-WINDOW = 16   # the models' trained length: longer videos run in context windows of this many frames
-MAX_FRAMES = 256
-EXAMPLE_START = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_start.png")
-EXAMPLE_END = os.path.join(ROOT, "workflows", "input", "dynamicrafter_example_end.png")
-EXAMPLE_PROMPT = "a small sailboat drifting on gentle waves at sunset, the sun glowing above the sea"
 PACK_MODELS = os.path.join(ROOT, "models", headless.MODEL_FOLDER)
 DEFAULT_CACHE = os.path.join(ROOT, ".cache")
 
@@ -87,31 +80,6 @@ class _HostTracebacks(logging.Filter):
             return True
         msg = record.getMessage()
         return not (msg.startswith("!!! Exception during processing") or msg.startswith("Traceback"))
-
-
-# =====================================================================================================================
-# inputs and outputs (checked before anything heavy starts; the checks of single arguments are in cli_checks.py)
-# =====================================================================================================================
-def planned_size(args, variant: str, tiny: bool) -> Tuple[int, int, int]:
-    """(width, height, frames) the run will use: the arguments, else the variant's (or the tiny check's) own."""
-    v = get_variant(variant)
-    w, h = v.tiny_size if tiny else (v.width, v.height)
-    return args.width or w, args.height or h, args.frames or v.frames
-
-
-def check_room(args, req, cpu: bool) -> None:
-    """Before the host starts: the run's activations against the device's memory (a lower bound), and the output's
-    folder against a (small) estimate of the video's size."""
-    w, h, frames = planned_size(args, req.variant, args.tiny)
-    unet = get_variant(req.variant, tiny="tiny" if args.tiny else False).unet
-    have, label = available_memory("cpu" if cpu else "cuda")
-    check_run_memory(estimate_run_bytes(unet, w, h, frames, branches=3, dtype_bytes=2), have, label,
-                     f"{w}x{h} x {frames} frames", what="--width/--height/--frames")
-    # H.264 / WebP / GIF of this many pixels take at least about 1/200 byte per pixel (+ headers): far below the
-    # real size, so a refusal here is certain, and the final move checks the real size again
-    need = 1024 + w * h * frames // 200
-    check_free_space(os.path.dirname(req.out_path), need, "--out")
-    check_free_space(tempfile.gettempdir(), need, "TMPDIR (the host's input and output folders of this run)")
 
 
 # =====================================================================================================================
@@ -198,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--image", help="start image (the first frame)")
     ap.add_argument("--end-image", help="end image: interpolation between --image and this (512-interp model)")
     ap.add_argument("--loop", action="store_true", help="a looping video: ends on the start image (512-interp); "
-                    f"with --frames over {WINDOW}: the 512 model with context windows that wrap around; with "
+                    f"with --frames over {get_variant('512').frames}: the 512 model with context windows that wrap around; with "
                     "--keyframes: a last segment back to the start image")
     ap.add_argument("--keyframes", nargs="+", metavar="IMAGE",
                     help="keyframe chain: --keyframes a.png b.png c.png (the first is the start image) -> 16-frame "
@@ -286,88 +254,8 @@ def main(argv=None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# the steps of a run: request -> host -> weights -> graph -> run -> file
+# the steps of a run: request (cli/request.py) -> host -> weights -> graph -> run -> file
 # ---------------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Request:
-    """What the command line asks for, checked: the workflow kind, the variant, readable images, a writable output."""
-    kind: str                        # a WORKFLOWS key
-    variant: str
-    image: Optional[str] = None      # absolute paths (None with --download-only)
-    end_image: Optional[str] = None
-    keyframes: List[str] = dataclasses.field(default_factory=list)   # after the start image
-    loop: bool = False
-    out_path: Optional[str] = None
-    fmt: Optional[str] = None
-    adapter: Optional[str] = None    # --adapter: absolute path of the file, and its strength
-    adapter_strength: float = 1.0
-    sketches: List[Tuple[str, int]] = dataclasses.field(default_factory=list)   # --sketch: (absolute path, frame)
-
-    @property
-    def model_file(self) -> ModelFile:
-        return MODEL_FILES[self.variant]
-
-
-def read_request(args) -> Request:
-    """Step 1: the arguments, with --demo's defaults; images and the output place checked before anything heavy."""
-    if args.demo:
-        args.image = args.image or EXAMPLE_START
-        args.prompt = args.prompt or EXAMPLE_PROMPT
-        args.out = args.out or "demo.mp4"
-    check_flags(args)
-    if args.keyframes:
-        if len(args.keyframes) < 2:
-            raise UserError(f"--keyframes: expected at least 2 images, found {len(args.keyframes)}; give the start "
-                            "image and at least one more")
-        if args.image or args.end_image:
-            raise UserError("--keyframes: the first keyframe is the start image; leave out --image / --end-image")
-        args.image = args.keyframes[0]
-    if args.frames is not None and not 2 <= args.frames <= MAX_FRAMES:
-        raise UserError(f"--frames: expected 2 to {MAX_FRAMES}, found {args.frames}; use {WINDOW} (the trained "
-                        "length) or more for a long video in context windows")
-    long = args.frames is not None and args.frames > WINDOW
-    if args.keyframes:
-        kind = "keyframes"
-    elif args.loop:
-        kind = "long_loop" if long else "loop"
-    elif args.end_image:
-        if long:
-            raise UserError(f"--end-image with --frames {args.frames}: interpolation covers at most {WINDOW} frames; "
-                            "use --keyframes for longer interpolation")
-        kind = "interpolation"
-    else:
-        kind = "long_video" if long else "image_to_video"
-    if args.variant == "tooncrafter" or args.sketch:                     # its own workflow: the ToonCrafter decode
-        if kind not in ("interpolation",) and not (args.download_only and kind == "image_to_video"):
-            raise UserError(f"{'--sketch' if args.sketch else '--variant tooncrafter'}: ToonCrafter interpolates "
-                            "between two frames: give --image and --end-image (no --loop, --keyframes or --frames over "
-                            "16)")
-        kind = "tooncrafter_sketch" if args.sketch else "tooncrafter"
-    if args.adapter is not None:
-        if kind != "image_to_video":
-            raise UserError(f"--adapter: the adapter workflow is image to video (up to {WINDOW} frames, one start "
-                            "image); leave out --end-image, --loop, --keyframes and --variant tooncrafter")
-        kind = "adapter"
-    req = Request(kind, args.variant or ("tooncrafter" if args.sketch else
-                                         "512-interp" if kind in ("loop", "interpolation", "keyframes") else "512"),
-                  loop=bool(args.loop))
-    if args.download_only:
-        return req
-    missing = [f"--{n}" for n in ("image", "prompt", "out") if getattr(args, n) is None]
-    if missing:
-        raise UserError(f"missing {', '.join(missing)} (python generate.py --help)")
-    check_numbers(args)
-    if args.adapter is not None:
-        req.adapter, req.adapter_strength = check_adapter(args.adapter)
-    if args.ckpt and os.path.dirname(args.ckpt) and not os.path.isfile(os.path.expanduser(args.ckpt)):
-        raise UserError(f"--ckpt: {os.path.abspath(os.path.expanduser(args.ckpt))} is not a file (give a file "
-                        "name from the model folders or the path of a checkpoint)")
-    req.image, req.keyframes, req.end_image = check_images(args, kind, WINDOW)
-    req.sketches = check_sketches(args.sketch, args.frames or get_variant(req.variant).frames)
-    req.out_path, req.fmt = check_output(labelled_output(args.out, args.tiny))
-    return req
-
-
 def _demo_on_cpu(args, cpu: bool) -> bool:
     return bool(args.demo and cpu and os.environ.get("DEMO_REAL") != "1")
 
@@ -462,10 +350,8 @@ def run_settings(args, req: Request, ckpt_path: str, tiny: bool) -> dict:
         s.update(adapter=os.path.basename(req.adapter), adapter_strength=req.adapter_strength)
     if req.sketches:  # the file's name; generate() puts the found (or tiny) one in
         s["sketch_encoder"] = SKETCH_ENCODER
-    if req.kind == "keyframes":  # the chain sets the length: (N-1)*15+1, closed N*15
-        n = 1 + len(req.keyframes)
-        s["frames"] = n * (WINDOW - 1) if req.loop else (n - 1) * (WINDOW - 1) + 1
-        s["loop"] = req.loop
+    if req.plan.kind == "chain":  # the chain sets the length (model/plan.py)
+        s["frames"], s["loop"] = req.plan.frames, req.plan.loop
     return s
 
 

@@ -30,18 +30,12 @@ def check_image(path: str, what: str):
     return hdr
 
 
-def check_images(args, kind: str, window: int):
+def check_images(args, kind: str):
     """Every image argument through check_image -> (start path, later keyframe paths, end path or None); sizes that
     the graph would change silently are refused: an end image of another size than the start image (the
     conditioning refuses it after the model loads), later keyframes of different sizes (the host's ImageBatch crops
-    and scales each to the first one's size before the pack sees them), a chain longer than the frames allow."""
-    if args.keyframes:
-        n, top = len(args.keyframes), RANGES["frames"][1]
-        frames = n * (window - 1) if args.loop else (n - 1) * (window - 1) + 1
-        if frames > top:
-            most = top // (window - 1) if args.loop else (top - 1) // (window - 1) + 1
-            raise UserError(f"--keyframes: expected at most {most} images (a chain of at most {top} frames), found "
-                            f"{n} = {frames} frames; use fewer keyframes")
+    and scales each to the first one's size before the pack sees them). (A chain too long for the frames: the plan's
+    refusal, cli/request.py.)"""
     if kind == "tooncrafter" and args.frames is not None and args.frames < 4:
         raise UserError(f"--frames {args.frames} with --variant tooncrafter: expected at least 4 (its decoder "
                         "splices the middle frame); use 16, the trained length")
