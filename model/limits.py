@@ -16,10 +16,12 @@ from typing import Dict, Optional, Tuple
 
 from .errors import DynamiCrafterInputError
 
+MAX_FRAMES = 256   # the longest video, windows and keyframe chains included (model/windows.py, model/plan.py)
+
 # Ranges of the numbers a run takes, host-free: the nodes declare their widgets with them and generate.py checks
 # its arguments against them before a host starts.
 RANGES = {
-    "width": (0, 8192), "height": (0, 8192), "frames": (2, 256), "motion": (0, 60), "steps": (1, 1000),
+    "width": (0, 8192), "height": (0, 8192), "frames": (2, MAX_FRAMES), "motion": (0, 60), "steps": (1, 1000),
     "cfg": (0.0, 30.0), "eta": (0.0, 1.0), "guidance_rescale": (0.0, 1.0), "fps": (1.0, 120.0), "crf": (0, 51),
     "adapter_strength": (-10.0, 10.0), "sketch_strength": (0.0, 2.0),
 }

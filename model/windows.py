@@ -36,11 +36,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .errors import DynamiCrafterInputError
+from .limits import MAX_FRAMES  # noqa: F401 (the frame limit, stated once; re-exported for nodes/ and plan.py)
 from .log import logger
 
 SCHEDULES = ("standard_static", "standard_uniform", "looped_static", "looped_uniform")
 FUSE_METHODS = ("pyramid", "flat", "overlap-linear")
-MAX_FRAMES = 256
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,17 +19,16 @@ import comfy.model_management
 from ..model.conditioning import concat_latent
 from ..model.config import Variant
 from ..model.errors import DynamiCrafterInputError
-from ..model.limits import RANGES, available_memory, check_run_memory, estimate_run_bytes
+from ..model.limits import MAX_FRAMES, RANGES, available_memory, check_run_memory, estimate_run_bytes
 from ..model.log import logger
 from ..model.plan import VideoPlan, plan_video
-from ..model.windows import MAX_FRAMES as WINDOW_MAX_FRAMES, keyframe_concat
+from ..model.windows import keyframe_concat
 from . import compat
 from .encode import to_rgb
 from .native import COND_KEY, KNOWN_TEXT_ENCODERS
 from .widgets import widget_problem
 
 MAX_SIZE = RANGES["width"][1]
-MAX_FRAMES = WINDOW_MAX_FRAMES
 
 
 def size_multiple(variant: Variant) -> int:
