@@ -80,7 +80,13 @@ RUN_BUTTONS = ('[data-testid="queue-button"] button >> nth=0', '[data-testid="qu
 
 
 def press_run(page) -> str:
-    """Click the page's Run / Queue button, as a user does; the selector that found it."""
+    """Click the page's Run / Queue button, as a user does; the selector that found it. A dialog the load opened
+    (frontend 1.35 lists the workflow's model files it cannot find in one) is closed first, as a user closes it."""
+    for _ in range(3):
+        if not page.locator(".p-dialog-mask").count():
+            break
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
     for sel in RUN_BUTTONS:
         loc = page.locator(sel)
         if loc.count() and loc.first.is_visible():
